@@ -1,0 +1,151 @@
+"""Versioned event payloads carried on NATS, and the run-history record types.
+
+Rule: a payload type only grows by optional fields (with defaults). A breaking change is a new
+``...vN`` type; readers keep accepting the old one until no producer sends it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Final
+
+import msgspec
+
+# ---------------------------------------------------------------------------------------------
+# Event type names (the envelope's ``type``).
+TOOL_INVOKE_V1: Final = "omni.tool.invoke.v1"
+TOOL_RESULT_V1: Final = "omni.tool.result.v1"
+RUN_PROGRESS_V1: Final = "omni.run.progress.v1"
+DEADLETTER_V1: Final = "omni.deadletter.v1"
+
+
+class Usage(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What one provider call consumed, as the provider reported it."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    cost: float = 0.0
+
+
+class ToolError(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Why a tool call failed. ``kind`` is one of the provider error kinds
+    (auth, rate_limited, timeout, server, bad_request, malformed_response, unavailable,
+    unknown_tool, internal)."""
+
+    kind: str
+    message: str
+    retryable: bool = False
+    status: int | None = None
+    retry_after_s: float | None = None
+
+
+class ToolInvoke(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One attempt of one step: do ``tool`` at ``provider`` with ``input``.
+
+    ``idempotency_key`` is deterministic (run, step, attempt): runners and providers use it so a
+    redelivered invoke never repeats a side effect.
+    """
+
+    run_id: str
+    step: str
+    attempt: int
+    tool: str
+    provider: str
+    input: dict[str, Any]
+    idempotency_key: str
+    config: dict[str, Any] = {}
+    timeout_ms: int | None = None
+    workflow: str | None = None
+
+
+class ToolResult(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The outcome of one ``ToolInvoke``."""
+
+    run_id: str
+    step: str
+    attempt: int
+    tool: str
+    provider: str
+    idempotency_key: str
+    success: bool
+    output: dict[str, Any] | None = None
+    error: ToolError | None = None
+    usage: Usage | None = None
+    model: str | None = None
+    started_at: datetime | None = None
+    duration_ms: float = 0.0
+    runner: str | None = None
+
+
+class RunProgress(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A notice that a run's history grew, for observers. The history itself is in PostgreSQL."""
+
+    run_id: str
+    workflow: str
+    seq: int
+    event: str
+    status: str
+    at: datetime
+    step: str | None = None
+    data: dict[str, Any] = {}
+
+
+class DeadLetter(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A message Omni could not accept, kept with the reason instead of being dropped."""
+
+    kind: str  # e.g. "trigger.rejected", "result.unprocessable"
+    reason: str
+    original_subject: str
+    original_body: str  # the body as received (UTF-8, or base64 when not text)
+    body_encoding: str = "utf-8"
+    errors: list[dict[str, Any]] = []
+    stream_seq: int | None = None
+    at: datetime | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Run history: the append-only event sequence of a run (stored in PostgreSQL, served over the API).
+class RunEventType:
+    RUN_STARTED: Final = "run.started"
+    STEP_SCHEDULED: Final = "step.scheduled"
+    STEP_STARTED: Final = "step.started"
+    STEP_COMPLETED: Final = "step.completed"
+    STEP_FAILED: Final = "step.failed"
+    RUN_COMPLETED: Final = "run.completed"
+    RUN_FAILED: Final = "run.failed"
+
+    TERMINAL: Final = frozenset({RUN_COMPLETED, RUN_FAILED})
+
+
+class RunStatus:
+    RUNNING: Final = "running"
+    COMPLETED: Final = "completed"
+    FAILED: Final = "failed"
+
+    ALL: Final = (RUNNING, COMPLETED, FAILED)
+    TERMINAL: Final = frozenset({COMPLETED, FAILED})
+
+
+class StepStatus:
+    PENDING: Final = "pending"
+    SCHEDULED: Final = "scheduled"
+    RUNNING: Final = "running"
+    COMPLETED: Final = "completed"
+    FAILED: Final = "failed"
+
+
+class RunEventRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    run_id: str
+    seq: int
+    type: str
+    at: datetime
+    data: dict[str, Any] = {}
+
+
+EVENT_PAYLOADS: dict[str, type[msgspec.Struct]] = {
+    TOOL_INVOKE_V1: ToolInvoke,
+    TOOL_RESULT_V1: ToolResult,
+    RUN_PROGRESS_V1: RunProgress,
+    DEADLETTER_V1: DeadLetter,
+}

@@ -1,0 +1,64 @@
+"""Every NATS subject Omni uses, defined once.
+
+Subjects are hierarchical: ``omni.<area>.<what>[.<qualifier>...]``. Services build concrete
+subjects with the functions below; wildcard forms are the constants used for stream and consumer
+filters.
+"""
+
+from __future__ import annotations
+
+# Application trigger events: product teams publish here (e.g. ``app.coach.session.start``).
+APP_PREFIX = "app."
+APP_ALL = "app.>"
+
+# Tool work: the engine publishes one invoke per step attempt to the provider's subject; the
+# tool-runner of that provider consumes it and publishes the result.
+TOOL_INVOKE_ALL = "omni.tool.invoke.>"
+TOOL_RESULT_ALL = "omni.tool.result.>"
+
+# Run progress notices, for observers (gateway waits, server-sent events).
+RUN_EVENTS_ALL = "omni.run.>"
+
+# Dead letters: rejected trigger events and work that cannot be processed.
+DEADLETTER_ALL = "omni.deadletter.>"
+
+# Request/reply endpoints of the workflow engine (NATS services API, queue group shared by replicas).
+ENGINE_SERVICE_NAME = "omni-workflow-engine"
+ENGINE_RPC_PREFIX = "omni.rpc.engine"
+ENGINE_WORKFLOWS_LIST = f"{ENGINE_RPC_PREFIX}.workflows.list"
+ENGINE_WORKFLOWS_GET = f"{ENGINE_RPC_PREFIX}.workflows.get"
+ENGINE_WORKFLOWS_REGISTER = f"{ENGINE_RPC_PREFIX}.workflows.register"
+ENGINE_RUNS_START = f"{ENGINE_RPC_PREFIX}.runs.start"
+ENGINE_RUNS_GET = f"{ENGINE_RPC_PREFIX}.runs.get"
+ENGINE_RUNS_LIST = f"{ENGINE_RPC_PREFIX}.runs.list"
+ENGINE_RUNS_EVENTS = f"{ENGINE_RPC_PREFIX}.runs.events"
+
+
+def _token(value: str) -> str:
+    """Make ``value`` safe as one subject token (no dots, spaces or wildcards)."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in value) or "_"
+
+
+def tool_invoke(provider: str) -> str:
+    return f"omni.tool.invoke.{_token(provider)}"
+
+
+def tool_result(provider: str) -> str:
+    return f"omni.tool.result.{_token(provider)}"
+
+
+def run_event(run_id: str, event_type: str) -> str:
+    """``omni.run.<run_id>.<event>``: subscribe to ``run_events_of(run_id)`` to follow one run."""
+    return f"omni.run.{_token(run_id)}.{_token(event_type)}"
+
+
+def run_events_of(run_id: str) -> str:
+    return f"omni.run.{_token(run_id)}.>"
+
+
+def deadletter(kind: str) -> str:
+    return f"omni.deadletter.{_token(kind)}"
+
+
+def is_app_subject(subject: str) -> bool:
+    return subject.startswith(APP_PREFIX) and len(subject) > len(APP_PREFIX)

@@ -1,0 +1,84 @@
+"""PostgreSQL: a pool per service, and forward-only SQL migrations per service schema.
+
+Migrations are files ``NNN_name.sql`` in a package directory, applied in order inside one
+transaction each, under a transaction-scoped advisory lock keyed by the schema name, so that
+replicas starting together apply each file exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from importlib import resources
+from importlib.resources.abc import Traversable
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+_MIGRATION = re.compile(r"^(\d{3,})_[a-z0-9_]+\.sql$")
+_IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def _schema_ident(schema: str) -> str:
+    # Schema names are interpolated into SQL (identifiers cannot be bound), so only plain
+    # lower-case identifiers are accepted.
+    if not _IDENT.match(schema):
+        raise ValueError(f"invalid schema name {schema!r}")
+    return f'"{schema}"'
+
+
+def _lock_key(schema: str) -> int:
+    # Advisory locks take a bigint; derive a stable one from the schema name.
+    return int.from_bytes(hashlib.sha256(f"omni-migrate:{schema}".encode()).digest()[:8], "big", signed=True)
+
+
+def migration_files(package: str, subdir: str = "migrations") -> list[tuple[str, str]]:
+    """``[(filename, sql)]`` sorted by number, from a package's ``migrations/`` directory."""
+    root: Traversable = resources.files(package).joinpath(subdir)
+    found = []
+    for entry in root.iterdir():
+        if _MIGRATION.match(entry.name):
+            found.append((entry.name, entry.read_text(encoding="utf-8")))
+    return sorted(found, key=lambda item: int(_MIGRATION.match(item[0]).group(1)))  # type: ignore[union-attr]
+
+
+async def apply_migrations(conn: asyncpg.Connection, schema: str, files: list[tuple[str, str]]) -> list[str]:
+    """Apply the files not yet applied to ``schema``; returns the names applied now."""
+    applied_now: list[str] = []
+    ident = _schema_ident(schema)
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(schema))
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {ident}")
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {ident}.schema_migrations ("
+            " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        rows = await conn.fetch(f"SELECT name FROM {ident}.schema_migrations")  # noqa: S608
+        done = {r["name"] for r in rows}
+        for name, sql in files:
+            if name in done:
+                continue
+            await conn.execute(f"SET LOCAL search_path TO {ident}")
+            await conn.execute(sql)
+            await conn.execute(f"INSERT INTO {ident}.schema_migrations (name) VALUES ($1)", name)  # noqa: S608
+            applied_now.append(name)
+    if applied_now:
+        log.info("applied migrations to schema %s: %s", schema, ", ".join(applied_now))
+    return applied_now
+
+
+async def create_pool(dsn: str, schema: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+    """A pool whose connections use ``schema`` first on their search path."""
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        server_settings={
+            "search_path": f"{_schema_ident(schema)},public",
+            "application_name": f"omni-{schema}",
+        },
+    )
+    assert pool is not None
+    return pool
