@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from importlib.resources.abc import Traversable
 
@@ -69,12 +70,21 @@ async def apply_migrations(conn: asyncpg.Connection, schema: str, files: list[tu
     return applied_now
 
 
-async def create_pool(dsn: str, schema: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
-    """A pool whose connections use ``schema`` first on their search path."""
+async def create_pool(
+    dsn: str,
+    schema: str,
+    *,
+    min_size: int = 2,
+    max_size: int = 10,
+    init: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+) -> asyncpg.Pool:
+    """A pool whose connections use ``schema`` first on their search path; ``init`` runs on each
+    new connection (type codecs)."""
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
+        init=init,  # type: ignore[arg-type]  # asyncpg-stubs types init as a Protocol
         server_settings={
             "search_path": f"{_schema_ident(schema)},public",
             "application_name": f"omni-{schema}",

@@ -1,0 +1,301 @@
+"""PostgreSQL access for the engine: definitions, run history with its projection, the outbox.
+
+Appending is optimistic: the caller says which ``last_seq`` it folded from; a concurrent append
+(another replica, a redelivery) makes the insert of the same ``(run_id, seq)`` fail, and the caller
+reloads and decides again. The events, the projection and the outbox rows of one decision are
+written in one transaction.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+from asyncpg.pool import PoolConnectionProxy
+
+from omni_engine.state import NewEvent, RunState
+
+Conn = asyncpg.Connection | PoolConnectionProxy
+"""A connection, whether taken from a pool or not."""
+
+_state_decoder = msgspec.json.Decoder(RunState)
+_encoder = msgspec.json.Encoder()
+
+
+class AppendConflict(Exception):
+    """Another writer appended to the run first."""
+
+
+class OutboxMessage(msgspec.Struct, kw_only=True):
+    subject: str
+    msg_id: str
+    body: bytes
+    durable: bool
+    traceparent: str | None = None
+    id: int = 0
+
+
+class DefinitionRow(msgspec.Struct, kw_only=True):
+    name: str
+    hash: str
+    definition: dict[str, Any]
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # jsonb in and out as Python values, encoded with msgspec (it handles datetimes and Structs).
+    await conn.set_type_codec(
+        "jsonb",
+        schema="pg_catalog",
+        encoder=lambda v: _encoder.encode(v).decode(),
+        decoder=json.loads,
+        format="text",
+    )
+
+
+class Store:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @staticmethod
+    async def init_connection(conn: asyncpg.Connection) -> None:
+        await _init_connection(conn)
+
+    # -- definitions ---------------------------------------------------------------------------
+    async def save_definition(
+        self,
+        name: str,
+        hash_: str,
+        version: str,
+        trigger: str | None,
+        definition: dict[str, Any],
+        origin: str,
+    ) -> bool:
+        """Store a version; make it current when it is new. Returns True when the version is new."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            inserted = await conn.fetchval(
+                "INSERT INTO workflow_definitions (name, hash, version, origin, definition)"
+                " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING true",
+                name,
+                hash_,
+                version,
+                origin,
+                definition,
+            )
+            current = await conn.fetchval("SELECT hash FROM workflows WHERE name = $1", name)
+            if inserted or current is None:
+                await conn.execute(
+                    "INSERT INTO workflows (name, hash, trigger, updated_at) VALUES ($1, $2, $3, now())"
+                    " ON CONFLICT (name) DO UPDATE SET hash = $2, trigger = $3, updated_at = now()",
+                    name,
+                    hash_,
+                    trigger,
+                )
+            return bool(inserted)
+
+    async def current_definitions(self, trigger: str | None = None) -> list[DefinitionRow]:
+        query = (
+            "SELECT w.name, w.hash, d.definition FROM workflows w"
+            " JOIN workflow_definitions d ON d.name = w.name AND d.hash = w.hash"
+        )
+        args: list[Any] = []
+        if trigger is not None:
+            query += " WHERE w.trigger = $1"
+            args.append(trigger)
+        rows = await self.pool.fetch(query + " ORDER BY w.name", *args)
+        return [DefinitionRow(name=r["name"], hash=r["hash"], definition=r["definition"]) for r in rows]
+
+    async def definition(self, name: str, hash_: str | None = None) -> DefinitionRow | None:
+        if hash_ is None:
+            row = await self.pool.fetchrow(
+                "SELECT w.name, w.hash, d.definition FROM workflows w"
+                " JOIN workflow_definitions d ON d.name = w.name AND d.hash = w.hash WHERE w.name = $1",
+                name,
+            )
+        else:
+            row = await self.pool.fetchrow(
+                "SELECT name, hash, definition FROM workflow_definitions WHERE name = $1 AND hash = $2",
+                name,
+                hash_,
+            )
+        if row is None:
+            return None
+        return DefinitionRow(name=row["name"], hash=row["hash"], definition=row["definition"])
+
+    # -- runs ----------------------------------------------------------------------------------
+    async def load_run(self, run_id: str) -> RunState | None:
+        raw = await self.pool.fetchval("SELECT state::text FROM runs WHERE run_id = $1", run_id)
+        return None if raw is None else _state_decoder.decode(raw)
+
+    async def run_id_for_origin(self, origin_key: str) -> str | None:
+        value = await self.pool.fetchval("SELECT run_id FROM runs WHERE origin_key = $1", origin_key)
+        return None if value is None else str(value)
+
+    async def create_run(
+        self,
+        state: RunState,
+        events: Sequence[NewEvent],
+        outbox: Sequence[OutboxMessage],
+        origin_key: str | None,
+    ) -> list[OutboxMessage] | None:
+        """Insert a new run with its first events. Returns None when the run (or its origin) exists."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            created = await conn.fetchval(
+                "INSERT INTO runs (run_id, workflow, hash, status, last_seq, state, origin_key,"
+                " created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6::text::jsonb, $7, $8, $9)"
+                " ON CONFLICT DO NOTHING RETURNING true",
+                state.run_id,
+                state.workflow,
+                state.hash,
+                state.status,
+                state.last_seq,
+                _encoder.encode(state).decode(),
+                origin_key,
+                state.created_at,
+                state.updated_at,
+            )
+            if not created:
+                return None
+            await self._insert_events(conn, state.run_id, 1, events)
+            return await self._insert_outbox(conn, outbox)
+
+    async def append(
+        self,
+        state: RunState,
+        expected_seq: int,
+        events: Sequence[NewEvent],
+        outbox: Sequence[OutboxMessage],
+    ) -> list[OutboxMessage]:
+        """Append ``events`` after ``expected_seq`` and save the new projection ``state``."""
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await self._insert_events(conn, state.run_id, expected_seq + 1, events)
+                updated = await conn.execute(
+                    "UPDATE runs SET status = $2, last_seq = $3, state = $4::text::jsonb, updated_at = $5"
+                    " WHERE run_id = $1 AND last_seq = $6",
+                    state.run_id,
+                    state.status,
+                    state.last_seq,
+                    _encoder.encode(state).decode(),
+                    state.updated_at,
+                    expected_seq,
+                )
+                if updated != "UPDATE 1":
+                    raise AppendConflict(state.run_id)
+                return await self._insert_outbox(conn, outbox)
+        except asyncpg.UniqueViolationError as exc:
+            raise AppendConflict(state.run_id) from exc
+
+    @staticmethod
+    async def _insert_events(conn: Conn, run_id: str, first_seq: int, events: Sequence[NewEvent]) -> None:
+        await conn.executemany(
+            "INSERT INTO run_events (run_id, seq, type, data, at) VALUES ($1, $2, $3, $4::text::jsonb, $5)",
+            [
+                (run_id, first_seq + i, e.type, _encoder.encode(e.data).decode(), e.at)
+                for i, e in enumerate(events)
+            ],
+        )
+
+    @staticmethod
+    async def _insert_outbox(conn: Conn, outbox: Sequence[OutboxMessage]) -> list[OutboxMessage]:
+        if not outbox:
+            return []
+        ids = await conn.fetch(
+            "INSERT INTO outbox (subject, msg_id, body, traceparent, durable)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::bool[]) RETURNING id",
+            [m.subject for m in outbox],
+            [m.msg_id for m in outbox],
+            [m.body for m in outbox],
+            [m.traceparent for m in outbox],
+            [m.durable for m in outbox],
+        )
+        for message, row in zip(outbox, ids, strict=True):
+            message.id = row["id"]
+        return list(outbox)
+
+    async def run_events(self, run_id: str, after_seq: int = 0, limit: int = 10_000) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(
+            "SELECT seq, type, data, at FROM run_events WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            run_id,
+            after_seq,
+            limit,
+        )
+        return [
+            {"run_id": run_id, "seq": r["seq"], "type": r["type"], "data": r["data"], "at": r["at"]}
+            for r in rows
+        ]
+
+    async def list_runs(
+        self, workflow: str | None, status: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[RunState], str | None]:
+        """Newest first, keyset-paginated on (created_at, run_id)."""
+        clauses: list[str] = []
+        args: list[Any] = []
+        if workflow:
+            args.append(workflow)
+            clauses.append(f"workflow = ${len(args)}")
+        if status:
+            args.append(status)
+            clauses.append(f"status = ${len(args)}")
+        if cursor:
+            created_at, run_id = decode_cursor(cursor)
+            args.extend([created_at, run_id])
+            clauses.append(f"(created_at, run_id) < (${len(args) - 1}, ${len(args)})")
+        args.append(limit + 1)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = await self.pool.fetch(
+            f"SELECT state::text AS state FROM runs {where}"  # noqa: S608 - clauses are fixed strings
+            f" ORDER BY created_at DESC, run_id DESC LIMIT ${len(args)}",
+            *args,
+        )
+        states = [_state_decoder.decode(r["state"]) for r in rows]
+        next_cursor = None
+        if len(states) > limit:
+            states = states[:limit]
+            last = states[-1]
+            next_cursor = encode_cursor(last.created_at, last.run_id)
+        return states, next_cursor
+
+    # -- outbox --------------------------------------------------------------------------------
+    async def delete_outbox(self, ids: Sequence[int]) -> None:
+        if ids:
+            await self.pool.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", list(ids))
+
+    async def claim_stale_outbox(self, conn: Conn, older_than_s: float, limit: int) -> list[OutboxMessage]:
+        """Within the caller's transaction, lock outbox rows left behind (e.g. by a crashed replica)."""
+        rows = await conn.fetch(
+            "SELECT id, subject, msg_id, body, traceparent, durable FROM outbox"
+            " WHERE created_at < now() - make_interval(secs => $1)"
+            " ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
+            older_than_s,
+            limit,
+        )
+        return [
+            OutboxMessage(
+                id=r["id"],
+                subject=r["subject"],
+                msg_id=r["msg_id"],
+                body=bytes(r["body"]),
+                traceparent=r["traceparent"],
+                durable=r["durable"],
+            )
+            for r in rows
+        ]
+
+
+def encode_cursor(created_at: datetime, run_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{run_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """Raises ValueError on a cursor this store did not make."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created_at, run_id = raw.split("|", 1)
+        return datetime.fromisoformat(created_at), run_id
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError("invalid cursor") from exc
