@@ -15,8 +15,12 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 log = logging.getLogger(__name__)
+
+Conn = asyncpg.Connection | PoolConnectionProxy
+"""A connection, whether taken from a pool or not."""
 
 _MIGRATION = re.compile(r"^(\d{3,})_[a-z0-9_]+\.sql$")
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -45,7 +49,7 @@ def migration_files(package: str, subdir: str = "migrations") -> list[tuple[str,
     return sorted(found, key=lambda item: int(_MIGRATION.match(item[0]).group(1)))  # type: ignore[union-attr]
 
 
-async def apply_migrations(conn: asyncpg.Connection, schema: str, files: list[tuple[str, str]]) -> list[str]:
+async def apply_migrations(conn: Conn, schema: str, files: list[tuple[str, str]]) -> list[str]:
     """Apply the files not yet applied to ``schema``; returns the names applied now."""
     applied_now: list[str] = []
     ident = _schema_ident(schema)

@@ -16,12 +16,9 @@ from typing import Any
 
 import asyncpg
 import msgspec
-from asyncpg.pool import PoolConnectionProxy
+from omni_runtime.db import Conn
 
 from omni_engine.state import NewEvent, RunState
-
-Conn = asyncpg.Connection | PoolConnectionProxy
-"""A connection, whether taken from a pool or not."""
 
 _state_decoder = msgspec.json.Decoder(RunState)
 _encoder = msgspec.json.Encoder()

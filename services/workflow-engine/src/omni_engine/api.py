@@ -1,0 +1,174 @@
+"""The engine's request/reply endpoints (NATS services API; every replica is in one queue group).
+
+Each handler decodes one typed request from ``omni_contract.rpc`` and answers an ``RpcReply``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import msgspec
+from nats.micro.request import Request
+from nats.micro.service import Service
+from omni_contract import rpc, subjects
+from omni_contract.envelope import encode
+from omni_contract.events import RunEventRecord, RunStatus
+from omni_runtime.telemetry import extract_context
+from opentelemetry import trace
+
+from omni_engine.definition import WorkflowDefinition, definition_to_dict
+from omni_engine.definitions import Definitions, InvalidDefinition
+from omni_engine.engine import Engine, EngineError
+from omni_engine.state import RunState
+from omni_engine.store import Store
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("omni.workflow-engine")
+T = TypeVar("T")
+
+
+def workflow_doc(defn: WorkflowDefinition) -> dict[str, Any]:
+    return {**definition_to_dict(defn), "hash": defn.content_hash}
+
+
+def run_summary(state: RunState) -> rpc.RunSummary:
+    end = state.completed_at or datetime.now(UTC)
+    return rpc.RunSummary(
+        run_id=state.run_id,
+        workflow=state.workflow,
+        version=state.version,
+        status=state.status,
+        created_at=state.created_at,
+        updated_at=state.updated_at,
+        duration_ms=round((end - state.created_at).total_seconds() * 1000, 3),
+        steps=[
+            rpc.StepSummary(
+                name=s.name,
+                tool=s.tool,
+                status=s.status,
+                provider=s.provider,
+                attempt=s.attempt,
+                started_at=s.started_at,
+                completed_at=s.completed_at,
+                duration_ms=s.duration_ms,
+                output=s.output,
+                error=s.error,
+                usage=s.usage,
+            )
+            for s in state.steps
+        ],
+        payload=state.payload,
+        context=state.context,
+        output=state.output,
+        error=state.error,
+        usage=state.usage,
+        last_seq=state.last_seq,
+    )
+
+
+class EngineApi:
+    def __init__(self, engine: Engine, definitions: Definitions, store: Store) -> None:
+        self.engine = engine
+        self.definitions = definitions
+        self.store = store
+
+    async def register(self, service: Service) -> None:
+        endpoints: list[tuple[str, str, Callable[[Request], Awaitable[None]]]] = [
+            ("workflows-list", subjects.ENGINE_WORKFLOWS_LIST, self._wrap(self.workflows_list, None)),
+            ("workflows-get", subjects.ENGINE_WORKFLOWS_GET, self._wrap(self.workflows_get, rpc.GetRequest)),
+            (
+                "workflows-register",
+                subjects.ENGINE_WORKFLOWS_REGISTER,
+                self._wrap(self.workflows_register, rpc.RegisterWorkflowRequest),
+            ),
+            ("runs-start", subjects.ENGINE_RUNS_START, self._wrap(self.runs_start, rpc.StartRunRequest)),
+            ("runs-get", subjects.ENGINE_RUNS_GET, self._wrap(self.runs_get, rpc.GetRequest)),
+            ("runs-list", subjects.ENGINE_RUNS_LIST, self._wrap(self.runs_list, rpc.ListRunsRequest)),
+            ("runs-events", subjects.ENGINE_RUNS_EVENTS, self._wrap(self.runs_events, rpc.RunEventsRequest)),
+        ]
+        for name, subject, handler in endpoints:
+            await service.add_endpoint(name=name, subject=subject, handler=handler)
+
+    def _wrap(
+        self, fn: Callable[[Any], Awaitable[Any]], request_type: type[Any] | None
+    ) -> Callable[[Request], Awaitable[None]]:
+        async def handle(req: Request) -> None:
+            with tracer.start_as_current_span(f"rpc {req.subject}", context=extract_context(req.headers)):
+                try:
+                    if request_type is None:
+                        request = None
+                    else:
+                        request = msgspec.json.decode(req.data or b"{}", type=request_type)
+                    result = await fn(request)
+                    reply = rpc.RpcReply(result=msgspec.Raw(encode(result)))
+                except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                    reply = rpc.RpcReply(error=rpc.RpcError(code="bad_request", message=str(exc)))
+                except EngineError as exc:
+                    reply = rpc.RpcReply(
+                        error=rpc.RpcError(code=exc.code, message=exc.message, details=exc.details)
+                    )
+                except InvalidDefinition as exc:
+                    reply = rpc.RpcReply(
+                        error=rpc.RpcError(code="invalid_workflow", message=str(exc), details=exc.problems)
+                    )
+                except Exception:
+                    log.exception("engine rpc %s failed", req.subject)
+                    reply = rpc.RpcReply(error=rpc.RpcError(code="internal", message="internal error"))
+                await req.respond(encode(reply))
+
+        return handle
+
+    async def workflows_list(self, _: None) -> dict[str, Any]:
+        defs = await self.definitions.all_current()
+        return {
+            "workflows": [workflow_doc(d) for d in defs],
+            "errors": [e.to_dict() for e in self.definitions.load_errors],
+        }
+
+    async def workflows_get(self, req: rpc.GetRequest) -> dict[str, Any]:
+        defn = await self.definitions.current(req.name)
+        if defn is None:
+            raise EngineError("not_found", f"unknown workflow '{req.name}'")
+        return workflow_doc(defn)
+
+    async def workflows_register(self, req: rpc.RegisterWorkflowRequest) -> dict[str, Any]:
+        return workflow_doc(await self.definitions.register(req.source, req.filename))
+
+    async def runs_start(self, req: rpc.StartRunRequest) -> rpc.StartRunReply:
+        state = await self.engine.start_run(req.workflow, req.payload, req.context, run_id=req.run_id)
+        return rpc.StartRunReply(
+            run_id=state.run_id, workflow=state.workflow, version=state.version, status=state.status
+        )
+
+    async def runs_get(self, req: rpc.GetRequest) -> rpc.RunSummary:
+        state = await self.store.load_run(req.name)
+        if state is None:
+            raise EngineError("not_found", f"unknown run '{req.name}'")
+        return run_summary(state)
+
+    async def runs_list(self, req: rpc.ListRunsRequest) -> rpc.RunPage:
+        if req.status and req.status not in RunStatus.ALL:
+            raise EngineError(
+                "bad_request",
+                f"unknown status '{req.status}'",
+                [rpc.FieldProblem(field="status", message=f"expected one of {', '.join(RunStatus.ALL)}")],
+            )
+        limit = max(1, min(req.limit, 500))
+        try:
+            states, cursor = await self.store.list_runs(req.workflow, req.status, limit, req.cursor)
+        except ValueError as exc:
+            raise EngineError(
+                "bad_request", str(exc), [rpc.FieldProblem(field="cursor", message=str(exc))]
+            ) from exc
+        return rpc.RunPage(runs=[run_summary(s) for s in states], next_cursor=cursor)
+
+    async def runs_events(self, req: rpc.RunEventsRequest) -> rpc.RunEventsReply:
+        if await self.store.load_run(req.run_id) is None:
+            raise EngineError("not_found", f"unknown run '{req.run_id}'")
+        rows = await self.store.run_events(req.run_id, req.after_seq)
+        return rpc.RunEventsReply(
+            run_id=req.run_id, events=[msgspec.convert(r, RunEventRecord) for r in rows]
+        )

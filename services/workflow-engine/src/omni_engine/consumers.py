@@ -1,0 +1,190 @@
+"""JetStream consumers of the engine: trigger events (``app.>``) and tool results.
+
+A message is acknowledged only after what it caused is committed in PostgreSQL, so a crash
+before that makes JetStream redeliver it; handlers are idempotent (runs started from a trigger
+are keyed by the event, results by run/step/attempt). A message that can never be processed
+goes to the dead-letter stream with the reason and is acknowledged; a transient failure
+(database unreachable) is negatively acknowledged with a delay and retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.errors import FetchTimeoutError
+from omni_contract import events as ev
+from omni_contract import subjects
+from omni_contract.envelope import HDR_MSG_ID, decode_envelope, encode_envelope, new_envelope, payload_of
+from omni_contract.events import DeadLetter, ToolResult
+from omni_runtime.logging import run_id_var
+from omni_runtime.telemetry import extract_context
+from opentelemetry import trace
+
+from omni_engine.definitions import Definitions
+from omni_engine.engine import SOURCE, Engine, EngineError
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("omni.workflow-engine")
+
+TRIGGER_NAMESPACE = uuid.UUID("5b1f7c1e-8f5a-4d1c-9c59-0b7d3c0e6a11")
+
+
+class Unprocessable(Exception):
+    """The message can never be processed: dead-letter it."""
+
+    def __init__(self, kind: str, reason: str, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+        self.errors = errors or []
+
+
+async def dead_letter(js: JetStreamContext, msg: Msg, problem: Unprocessable) -> None:
+    try:
+        body, encoding = msg.data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        body, encoding = base64.b64encode(msg.data).decode(), "base64"
+    seq = msg.metadata.sequence.stream if msg.reply else None
+    letter = DeadLetter(
+        kind=problem.kind,
+        reason=problem.reason,
+        original_subject=msg.subject,
+        original_body=body,
+        body_encoding=encoding,
+        errors=problem.errors,
+        stream_seq=seq,
+        at=datetime.now(UTC),
+    )
+    letter_id = f"{problem.kind}:{msg.subject}:{seq}" if seq is not None else uuid.uuid4().hex
+    envelope = new_envelope(ev.DEADLETTER_V1, SOURCE, letter, id_=letter_id)
+    await js.publish(
+        subjects.deadletter(problem.kind), encode_envelope(envelope), headers={HDR_MSG_ID: letter_id}
+    )
+    log.warning("dead-lettered %s message: %s", msg.subject, problem.reason)
+
+
+class TriggerHandler:
+    """Starts the workflows whose trigger is the event's subject."""
+
+    def __init__(self, engine: Engine, definitions: Definitions) -> None:
+        self.engine = engine
+        self.definitions = definitions
+
+    async def __call__(self, msg: Msg) -> None:
+        try:
+            body = json.loads(msg.data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise Unprocessable("trigger.rejected", f"body is not valid JSON: {exc}") from exc
+        event_id: str | None = None
+        if isinstance(body, dict) and "specversion" in body and "data" in body:
+            event_id = str(body.get("id")) if body.get("id") else None  # a CloudEvents envelope
+            payload = body["data"]
+        else:
+            payload = body
+        if event_id is None:
+            headers = msg.headers or {}
+            event_id = headers.get(HDR_MSG_ID) or f"seq-{msg.metadata.sequence.stream}"
+        defs = await self.definitions.for_trigger(msg.subject)
+        if not defs:
+            log.debug("no workflow is triggered by %s", msg.subject)
+            return
+        if not isinstance(payload, dict):
+            raise Unprocessable("trigger.rejected", "the event payload must be a JSON object")
+        rejected: list[dict[str, Any]] = []
+        for defn in defs:
+            origin = f"trigger:{msg.subject}:{event_id}:{defn.name}"
+            run_id = uuid.uuid5(TRIGGER_NAMESPACE, origin).hex
+            try:
+                await self.engine.start_run(
+                    defn.name,
+                    payload,
+                    {},
+                    run_id=run_id,
+                    origin_key=origin,
+                    trigger={"subject": msg.subject, "event_id": event_id},
+                )
+            except EngineError as exc:
+                if exc.code != "invalid_payload":
+                    raise
+                rejected.extend({"workflow": defn.name, **msgspec.to_builtins(p)} for p in exc.details)
+        if rejected:
+            fields = ", ".join(sorted({r["field"] for r in rejected}))
+            raise Unprocessable(
+                "trigger.rejected", f"payload does not match the trigger schema ({fields})", rejected
+            )
+
+
+class ResultHandler:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def __call__(self, msg: Msg) -> None:
+        try:
+            envelope = decode_envelope(msg.data)
+            if envelope.type != ev.TOOL_RESULT_V1:
+                raise Unprocessable("result.unprocessable", f"unexpected event type {envelope.type!r}")
+            result = payload_of(envelope, ToolResult)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise Unprocessable("result.unprocessable", f"not a valid {ev.TOOL_RESULT_V1}: {exc}") from exc
+        token = run_id_var.set(result.run_id)
+        try:
+            await self.engine.on_result(result)
+        finally:
+            run_id_var.reset(token)
+
+
+TRANSIENT = (asyncpg.PostgresConnectionError, OSError, asyncpg.InterfaceError, TimeoutError)
+
+
+async def consume(
+    js: JetStreamContext,
+    sub: JetStreamContext.PullSubscription,
+    handler: Callable[[Msg], Awaitable[None]],
+    stopping: asyncio.Event,
+    *,
+    name: str,
+    batch: int = 100,
+) -> None:
+    """Fetch batches and process each batch's messages concurrently until ``stopping`` is set.
+
+    The batch in hand is finished before returning, so SIGTERM never abandons work half-done.
+    """
+
+    async def one(msg: Msg) -> None:
+        ctx = extract_context(msg.headers)
+        with tracer.start_as_current_span(f"{name} {msg.subject}", context=ctx):
+            try:
+                await handler(msg)
+            except Unprocessable as problem:
+                await dead_letter(js, msg, problem)
+            except TRANSIENT as exc:
+                log.warning("%s: transient failure, will retry: %s", name, exc)
+                await msg.nak(delay=1.0)
+                return
+            except Exception:
+                log.exception("%s: failed to process %s; will retry", name, msg.subject)
+                await msg.nak(delay=2.0)
+                return
+            await msg.ack()
+
+    while not stopping.is_set():
+        try:
+            msgs = await sub.fetch(batch, timeout=1.0)
+        except (FetchTimeoutError, TimeoutError):
+            continue
+        except Exception as exc:  # noqa: BLE001 - connection trouble: back off, the client reconnects
+            log.warning("%s: fetch failed: %s", name, exc)
+            await asyncio.sleep(0.5)
+            continue
+        await asyncio.gather(*(one(m) for m in msgs))

@@ -1,0 +1,113 @@
+"""Entry point of the workflow engine."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from omni_contract import streams
+from omni_runtime import db
+from omni_runtime import nats as omni_nats
+from omni_runtime.service import ServiceContext, run_service
+from omni_runtime.settings import DatabaseSettings
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from omni_engine.api import EngineApi
+from omni_engine.consumers import ResultHandler, TriggerHandler, consume
+from omni_engine.definitions import Definitions
+from omni_engine.engine import Engine, EngineMetrics
+from omni_engine.relay import OutboxRelay
+from omni_engine.store import Store
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "engine"
+
+
+class EngineSettings(DatabaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OMNI_ENGINE_", extra="ignore")
+
+    workflows_dir: Path = Field(default=Path("workflows"), description="Workflow files loaded at start")
+    result_batch: int = Field(default=100, description="Tool results fetched per batch")
+    trigger_batch: int = Field(default=50, description="Trigger events fetched per batch")
+    outbox_stale_after_s: float = Field(default=2.0, description="Age at which the sweeper relays a row")
+
+
+async def body(ctx: ServiceContext, settings: EngineSettings) -> None:
+    pool = await db.create_pool(
+        settings.database_url,
+        SCHEMA,
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        init=Store.init_connection,
+    )
+    ctx.stack.push_async_callback(pool.close)
+    async with pool.acquire() as conn:
+        await db.apply_migrations(conn, SCHEMA, db.migration_files("omni_engine"))
+
+    async def db_ready() -> str | None:
+        await pool.fetchval("SELECT 1")
+        return None
+
+    ctx.health.add_check("postgres", db_ready)
+    await omni_nats.ensure_streams(ctx.js, streams.ALL_STREAMS)
+
+    assert ctx.nc is not None
+    assert ctx.micro is not None
+    store = Store(pool)
+    definitions = Definitions(store)
+    await definitions.load_dir(settings.workflows_dir)
+    relay = OutboxRelay(ctx.nc, store, ctx.registry, stale_after_s=settings.outbox_stale_after_s)
+    engine = Engine(store, definitions, relay, EngineMetrics(ctx.registry))
+    await EngineApi(engine, definitions, store).register(ctx.micro)
+
+    triggers = await omni_nats.pull_subscription(ctx.js, streams.ENGINE_TRIGGERS)
+    results = await omni_nats.pull_subscription(ctx.js, streams.ENGINE_RESULTS)
+    tasks = [
+        asyncio.create_task(
+            consume(
+                ctx.js,
+                triggers,
+                TriggerHandler(engine, definitions),
+                ctx.stopping,
+                name="trigger",
+                batch=settings.trigger_batch,
+            )
+        ),
+        asyncio.create_task(
+            consume(
+                ctx.js,
+                results,
+                ResultHandler(engine),
+                ctx.stopping,
+                name="result",
+                batch=settings.result_batch,
+            )
+        ),
+        asyncio.create_task(relay.sweep_forever(ctx.stopping)),
+    ]
+    log.info("workflow engine ready")
+    await ctx.stopping.wait()
+    # Consumers finish the batch in hand; what is not acknowledged by then is redelivered.
+    done, pending = await asyncio.wait(tasks, timeout=settings.shutdown_grace_s)
+    for task in pending:
+        task.cancel()
+    for task in done:
+        if task.exception():
+            log.error("engine task failed: %r", task.exception())
+
+
+def main() -> None:
+    settings = EngineSettings()
+    run_service(
+        "workflow-engine",
+        settings,
+        lambda ctx: body(ctx, settings),
+        description="Omni workflow engine: definitions, runs, run history",
+    )
+
+
+if __name__ == "__main__":
+    main()
