@@ -41,7 +41,6 @@ class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     subject: str | None = None
 
 
-
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Envelope)
 

@@ -38,7 +38,12 @@ ERROR_HTTP_STATUS: dict[str, int] = {
 
 
 class RpcReply(msgspec.Struct, kw_only=True, omit_defaults=True):
-    result: msgspec.Raw | None = None
+    """``error`` is set on failure; otherwise ``result`` holds the raw JSON result.
+
+    (msgspec cannot decode ``Raw | None``, so an absent result is the raw JSON ``null``.)
+    """
+
+    result: msgspec.Raw = msgspec.Raw(b"null")
     error: RpcError | None = None
 
 

@@ -1,0 +1,248 @@
+"""The engine against real NATS JetStream and PostgreSQL, run in-process.
+
+Tool work is answered by a small echo runner defined here (the real tool-runner has its own tests,
+and the end-to-end tests in ``tests/`` run everything together).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+from omni_contract import events as ev
+from omni_contract import rpc, streams, subjects
+from omni_contract.envelope import decode_envelope, encode, encode_envelope, new_envelope, payload_of
+from omni_contract.events import ToolInvoke, ToolResult
+from omni_engine.main import EngineSettings, body
+from omni_runtime.service import serve
+from omni_testkit import wait_for
+
+pytestmark = pytest.mark.integration
+
+WORKFLOWS = Path(__file__).resolve().parents[3] / "workflows"
+PAYLOAD = {
+    "userId": "u1",
+    "sessionId": "s1",
+    "targetLanguage": "es",
+    "sourceLanguage": "en",
+    "textInput": "hi",
+}
+
+Responder = Callable[[ToolInvoke], Awaitable[ToolResult]]
+
+
+def ok(invoke: ToolInvoke) -> ToolResult:
+    return ToolResult(
+        run_id=invoke.run_id,
+        step=invoke.step,
+        attempt=invoke.attempt,
+        tool=invoke.tool,
+        provider=invoke.provider,
+        idempotency_key=invoke.idempotency_key,
+        success=True,
+        output={
+            "echo": invoke.input,
+            "text": f"out-{invoke.step}",
+            "translatedText": "hola",
+            "feedback": "bien",
+        },
+    )
+
+
+async def run_echo_runner(nc: NATS, respond: Responder, stop: asyncio.Event, seen: list[ToolInvoke]) -> None:
+    js = nc.jetstream()
+    sub = await js.pull_subscribe(
+        subjects.TOOL_INVOKE_ALL, durable="echo-runner", stream=streams.TOOL_WORK.name
+    )
+    while not stop.is_set():
+        try:
+            msgs = await sub.fetch(10, timeout=0.2)
+        except (nats.errors.TimeoutError, TimeoutError):
+            continue
+        for msg in msgs:
+            invoke = payload_of(decode_envelope(msg.data), ToolInvoke)
+            seen.append(invoke)
+            result = await respond(invoke)
+            env = new_envelope(ev.TOOL_RESULT_V1, "echo-runner", result, id_=invoke.idempotency_key)
+            await js.publish(
+                subjects.tool_result(invoke.provider),
+                encode_envelope(env),
+                headers={"Nats-Msg-Id": invoke.idempotency_key},
+            )
+            await msg.ack()
+
+
+class Harness:
+    def __init__(self, nc: NATS, seen: list[ToolInvoke]) -> None:
+        self.nc = nc
+        self.seen = seen
+
+    async def call(self, subject: str, request: Any) -> rpc.RpcReply:
+        reply = await self.nc.request(subject, encode(request), timeout=5)
+        return msgspec.json.decode(reply.data, type=rpc.RpcReply)
+
+    async def run(self, run_id: str) -> dict[str, Any]:
+        reply = await self.call(subjects.ENGINE_RUNS_GET, rpc.GetRequest(name=run_id))
+        assert reply.error is None, reply.error
+        assert reply.result is not None
+        result: dict[str, Any] = json.loads(bytes(reply.result))
+        return result
+
+    async def finished(self, run_id: str) -> dict[str, Any]:
+        async def done() -> dict[str, Any] | None:
+            reply = await self.call(subjects.ENGINE_RUNS_GET, rpc.GetRequest(name=run_id))
+            if reply.error is not None or reply.result is None:
+                return None
+            run: dict[str, Any] = json.loads(bytes(reply.result))
+            return run if run["status"] in ("completed", "failed") else None
+
+        result: dict[str, Any] = await wait_for(done, timeout=20)
+        return result
+
+
+@pytest.fixture
+async def harness(nats_url: str, database_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    respond: Responder = getattr(request, "param", None) or (lambda i: asyncio.sleep(0, ok(i)))
+    settings = EngineSettings(
+        nats_url=nats_url, database_url=database_url, workflows_dir=WORKFLOWS, log_format="console"
+    )
+    stopping = asyncio.Event()
+    engine = asyncio.create_task(
+        serve(
+            "workflow-engine",
+            settings,
+            lambda ctx: body(ctx, settings),
+            install_signals=False,
+            stopping=stopping,
+        )
+    )
+    nc = await nats.connect(nats_url)
+    seen: list[ToolInvoke] = []
+    runner_stop = asyncio.Event()
+
+    async def engine_ready() -> bool:
+        try:
+            await nc.request(subjects.ENGINE_WORKFLOWS_LIST, b"{}", timeout=0.5)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            return False
+        return True
+
+    await wait_for(engine_ready, timeout=30)
+    runner = asyncio.create_task(run_echo_runner(nc, respond, runner_stop, seen))
+    try:
+        yield Harness(nc, seen)
+    finally:
+        runner_stop.set()
+        stopping.set()
+        await asyncio.wait_for(asyncio.gather(runner, engine), timeout=20)
+        await nc.close()
+
+
+async def test_run_started_over_rpc_completes_all_five_steps_in_order(harness: Harness) -> None:
+    reply = await harness.call(
+        subjects.ENGINE_RUNS_START, rpc.StartRunRequest(workflow="bilingual-coach", payload=PAYLOAD)
+    )
+    assert reply.error is None, reply.error
+    assert reply.result is not None
+    run_id = json.loads(bytes(reply.result))["run_id"]
+    run = await harness.finished(run_id)
+    assert run["status"] == "completed", run.get("error")
+    assert [s["name"] for s in run["steps"]] == [
+        "speech_to_text",
+        "natural_language_understanding",
+        "machine_translation",
+        "coach_feedback",
+        "text_to_speech",
+    ]
+    assert all(s["status"] == "completed" for s in run["steps"])
+    assert [i.step for i in harness.seen] == [s["name"] for s in run["steps"]]
+    # Templates pass the earlier step's output on.
+    nlu = next(i for i in harness.seen if i.step == "natural_language_understanding")
+    assert nlu.input["text"] == "out-speech_to_text"
+    events = await harness.call(subjects.ENGINE_RUNS_EVENTS, rpc.RunEventsRequest(run_id=run_id))
+    assert events.result is not None
+    history = json.loads(bytes(events.result))["events"]
+    assert [e["seq"] for e in history] == list(range(1, len(history) + 1))
+    assert history[0]["type"] == "run.started"
+    assert history[-1]["type"] == "run.completed"
+
+
+async def test_trigger_event_starts_one_run_even_when_published_twice(harness: Harness) -> None:
+    js = harness.nc.jetstream()
+    body_ = json.dumps(
+        {
+            "specversion": "1.0",
+            "id": "evt-1",
+            "type": "app.coach.session.start",
+            "source": "test",
+            "data": PAYLOAD,
+        }
+    ).encode()
+    await js.publish("app.coach.session.start", body_)
+    await js.publish("app.coach.session.start", body_)  # a different stream message, same event id
+
+    async def runs() -> list[dict[str, Any]] | None:
+        reply = await harness.call(subjects.ENGINE_RUNS_LIST, rpc.ListRunsRequest(workflow="bilingual-coach"))
+        assert reply.result is not None
+        page: list[dict[str, Any]] = json.loads(bytes(reply.result))["runs"]
+        return page if page and page[0]["status"] == "completed" else None
+
+    page = await wait_for(runs, timeout=20)
+    assert len(page) == 1
+
+
+async def test_invalid_trigger_payload_is_dead_lettered_with_the_field(harness: Harness) -> None:
+    js = harness.nc.jetstream()
+    sub = await js.subscribe(subjects.deadletter("trigger.rejected"), stream=streams.DEADLETTERS.name)
+    await js.publish("app.coach.session.start", json.dumps({"userId": "u1"}).encode())
+    msg = await sub.next_msg(timeout=10)
+    letter = payload_of(decode_envelope(msg.data), ev.DeadLetter)
+    assert letter.kind == "trigger.rejected"
+    assert "payload.sessionId" in letter.reason
+    assert any(e["field"] == "payload.targetLanguage" for e in letter.errors)
+
+
+async def _fail_nlu(invoke: ToolInvoke) -> ToolResult:
+    result = ok(invoke)
+    if invoke.step == "natural_language_understanding":
+        result.success = False
+        result.output = None
+        result.error = ev.ToolError(kind="server", message="provider said 500", status=500)
+    return result
+
+
+@pytest.mark.parametrize("harness", [_fail_nlu], indirect=True)
+async def test_a_failing_step_fails_the_run_with_its_error(harness: Harness) -> None:
+    reply = await harness.call(
+        subjects.ENGINE_RUNS_START, rpc.StartRunRequest(workflow="bilingual-coach", payload=PAYLOAD)
+    )
+    assert reply.result is not None
+    run = await harness.finished(json.loads(bytes(reply.result))["run_id"])
+    assert run["status"] == "failed"
+    assert run["error"]["step"] == "natural_language_understanding"
+    assert run["error"]["message"] == "provider said 500"
+    statuses = {s["name"]: s["status"] for s in run["steps"]}
+    assert statuses["machine_translation"] == "pending"
+
+
+async def test_start_with_bad_payload_names_the_field(harness: Harness) -> None:
+    reply = await harness.call(
+        subjects.ENGINE_RUNS_START,
+        rpc.StartRunRequest(workflow="bilingual-coach", payload={**PAYLOAD, "targetLanguage": 3}),
+    )
+    assert reply.error is not None
+    assert reply.error.code == "invalid_payload"
+    assert [d.field for d in reply.error.details] == ["payload.targetLanguage"]
+
+
+async def test_unknown_workflow_is_not_found(harness: Harness) -> None:
+    reply = await harness.call(subjects.ENGINE_WORKFLOWS_GET, rpc.GetRequest(name="nope"))
+    assert reply.error is not None
+    assert reply.error.code == "not_found"
