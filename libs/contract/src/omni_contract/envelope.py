@@ -33,7 +33,7 @@ class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     type: str
     source: str
     time: datetime
-    data: msgspec.Raw = msgspec.Raw(b"null")
+    data: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"null"))
     specversion: str = SPEC_VERSION
     datacontenttype: str = "application/json"
     correlation_id: str | None = None

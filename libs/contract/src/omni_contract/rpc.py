@@ -43,7 +43,7 @@ class RpcReply(msgspec.Struct, kw_only=True, omit_defaults=True):
     (msgspec cannot decode ``Raw | None``, so an absent result is the raw JSON ``null``.)
     """
 
-    result: msgspec.Raw = msgspec.Raw(b"null")
+    result: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"null"))
     error: RpcError | None = None
 
 

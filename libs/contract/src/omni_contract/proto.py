@@ -1,0 +1,162 @@
+"""Generate the language-neutral contract in ``proto/`` from this library.
+
+- ``proto/events/<type>.schema.json``: a JSON Schema per event type (the envelope's ``data``),
+- ``proto/envelope.schema.json``: the envelope itself,
+- ``proto/asyncapi.json``: an AsyncAPI 3.0 document of the NATS side (channels = subjects).
+
+``python -m omni_contract.proto write DIR`` writes the files; ``check DIR`` exits non-zero when the
+files on disk differ from what the code generates (a test runs it, so drift fails the build).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from omni_contract import events, rpc, streams, subjects
+from omni_contract.envelope import Envelope
+
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def _schema(cls: type[Any], title: str) -> dict[str, Any]:
+    schema: dict[str, Any] = msgspec.json.schema(cls)
+    return {"$schema": SCHEMA_DIALECT, "title": title, **schema}
+
+
+def _dump(doc: Any) -> str:
+    return json.dumps(doc, indent=2, sort_keys=True) + "\n"
+
+
+# Which subjects carry which event types, for the AsyncAPI document.
+CHANNELS: list[tuple[str, str, str, str]] = [
+    # (channel id, address, event type, description)
+    ("toolInvoke", "omni.tool.invoke.{provider}", events.TOOL_INVOKE_V1, "Work for a provider's tool-runner"),
+    ("toolResult", "omni.tool.result.{provider}", events.TOOL_RESULT_V1, "Results of tool invocations"),
+    ("runProgress", "omni.run.{runId}.{event}", events.RUN_PROGRESS_V1, "Progress notices of one run"),
+    ("deadLetter", "omni.deadletter.{kind}", events.DEADLETTER_V1, "Rejected or unprocessable messages"),
+]
+
+RPC_ENDPOINTS: list[tuple[str, str, type[Any] | None, type[Any] | None]] = [
+    ("workflowsList", subjects.ENGINE_WORKFLOWS_LIST, None, None),
+    ("workflowsGet", subjects.ENGINE_WORKFLOWS_GET, rpc.GetRequest, None),
+    ("workflowsRegister", subjects.ENGINE_WORKFLOWS_REGISTER, rpc.RegisterWorkflowRequest, None),
+    ("runsStart", subjects.ENGINE_RUNS_START, rpc.StartRunRequest, rpc.StartRunReply),
+    ("runsGet", subjects.ENGINE_RUNS_GET, rpc.GetRequest, rpc.RunSummary),
+    ("runsList", subjects.ENGINE_RUNS_LIST, rpc.ListRunsRequest, rpc.RunPage),
+    ("runsEvents", subjects.ENGINE_RUNS_EVENTS, rpc.RunEventsRequest, rpc.RunEventsReply),
+]
+
+
+def asyncapi() -> dict[str, Any]:
+    channels: dict[str, Any] = {}
+    operations: dict[str, Any] = {}
+    messages: dict[str, Any] = {}
+    for channel_id, address, event_type, description in CHANNELS:
+        message_id = event_type.replace(".", "_")
+        messages[message_id] = {
+            "name": event_type,
+            "contentType": "application/cloudevents+json",
+            "payload": {"$ref": f"events/{event_type}.schema.json"},
+        }
+        channels[channel_id] = {
+            "address": address,
+            "description": description,
+            "messages": {message_id: {"$ref": f"#/components/messages/{message_id}"}},
+        }
+        operations[f"send_{channel_id}"] = {
+            "action": "send",
+            "channel": {"$ref": f"#/channels/{channel_id}"},
+        }
+    channels["appEvents"] = {
+        "address": "app.{event}",
+        "description": "Application trigger events: the bare JSON payload, or a CloudEvents envelope",
+    }
+    operations["receive_appEvents"] = {"action": "receive", "channel": {"$ref": "#/channels/appEvents"}}
+    for op_id, subject, request, reply in RPC_ENDPOINTS:
+        channels[op_id] = {"address": subject, "description": "Workflow engine request/reply endpoint"}
+        operation: dict[str, Any] = {"action": "receive", "channel": {"$ref": f"#/channels/{op_id}"}}
+        if request is not None:
+            operation["x-request"] = {"$ref": f"rpc/{request.__name__}.schema.json"}
+        if reply is not None:
+            operation["x-reply"] = {"$ref": f"rpc/{reply.__name__}.schema.json"}
+        operations[op_id] = operation
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "Omni NATS contract",
+            "version": "1.0.0",
+            "description": "Subjects, streams and event types of Omni. Generated from libs/contract.",
+        },
+        "defaultContentType": "application/cloudevents+json",
+        "channels": channels,
+        "operations": operations,
+        "components": {"messages": messages},
+        "x-streams": [
+            {
+                "name": s.name,
+                "subjects": list(s.subjects),
+                "retention": s.retention.value,
+                "maxAgeSeconds": s.max_age_s,
+                "description": s.description,
+            }
+            for s in streams.ALL_STREAMS
+        ],
+    }
+
+
+def generate() -> dict[str, str]:
+    """Relative path -> file content."""
+    files = {"envelope.schema.json": _dump(_schema(Envelope, "Omni event envelope"))}
+    for event_type, cls in sorted(events.EVENT_PAYLOADS.items()):
+        files[f"events/{event_type}.schema.json"] = _dump(_schema(cls, event_type))
+    rpc_types = {t for _, _, req, rep in RPC_ENDPOINTS for t in (req, rep) if t is not None}
+    for cls in sorted(rpc_types | {rpc.RpcReply}, key=lambda c: c.__name__):
+        files[f"rpc/{cls.__name__}.schema.json"] = _dump(_schema(cls, cls.__name__))
+    files["asyncapi.json"] = _dump(asyncapi())
+    return files
+
+
+def write(root: Path, files: dict[str, str]) -> None:
+    for rel, content in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content, encoding="utf-8")
+
+
+def drift(root: Path, files: dict[str, str]) -> list[str]:
+    """Paths whose content on disk differs from ``files`` (missing files included)."""
+    problems = []
+    for rel, content in sorted(files.items()):
+        path = root / rel
+        if not path.exists():
+            problems.append(f"{rel}: missing")
+        elif path.read_text(encoding="utf-8") != content:
+            problems.append(f"{rel}: differs from the code")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argv if argv is not None else sys.argv[1:]
+    if len(args) != 2 or args[0] not in {"write", "check"}:
+        sys.stderr.write("usage: python -m omni_contract.proto write|check DIR\n")
+        return 2
+    root = Path(args[1])
+    files = generate()
+    if args[0] == "write":
+        write(root, files)
+        return 0
+    problems = drift(root, files)
+    for problem in problems:
+        sys.stderr.write(f"proto drift: {problem}\n")
+    if problems:
+        sys.stderr.write("run `make proto` and commit the result\n")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
