@@ -62,6 +62,7 @@ __all__ = [
     "dsn_with_database",
     "free_port",
     "port_in_use",
+    "postgres_can_use",
 ]
 
 logger = logging.getLogger(__name__)
@@ -952,3 +953,9 @@ class PostgresServer(_DatabaseAdmin):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await asyncio.to_thread(self.stop)
+
+
+def postgres_can_use(data_dir: Path) -> bool:
+    """Whether the user PostgreSQL runs as (``nobody`` when we are root) can reach ``data_dir``."""
+    who = _run_as()
+    return who is None or _blocking_ancestor(data_dir.absolute(), who) is None

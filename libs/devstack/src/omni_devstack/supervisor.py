@@ -1,0 +1,310 @@
+"""Runs the whole Omni system as local processes: embedded NATS and PostgreSQL (or the servers
+named by ``NATS_URL`` / ``DATABASE_URL``), the provider simulator when no provider key is set, and
+every service. ``omni run`` (``make run``) and the end-to-end tests use the same ``Stack``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from omni_devstack.servers import (
+    NatsServer,
+    PortInUseError,
+    PostgresServer,
+    ServerStartError,
+    dsn_with_database,
+    free_port,
+    port_in_use,
+    postgres_can_use,
+)
+
+log = logging.getLogger(__name__)
+
+DATABASE = "omni"
+STOP_TIMEOUT_S = 8.0
+
+
+@dataclass
+class ServiceSpec:
+    """One service process: a Python module run with ``python -m``."""
+
+    name: str
+    module: str
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class StackConfig:
+    home: Path
+    http_port: int = 8080
+    nats_url: str | None = None  # use this server instead of starting one
+    database_url: str | None = None
+    nats_port: int = 14222
+    pg_port: int = 15432
+    workflows_dir: Path = Path("workflows")
+    engine_replicas: int = 1
+    runner_replicas: int = 1
+    simulate: bool | None = None  # None: simulate when OPENROUTER_API_KEY is unset
+    sim_port: int = 0
+    log_dir: Path | None = None  # None: service logs go to this process's stderr
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+class ServiceProcess:
+    def __init__(self, spec: ServiceSpec, env: Mapping[str, str], log_dir: Path | None) -> None:
+        self.spec = spec
+        self.env = dict(env)
+        self.log_dir = log_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def start(self) -> None:
+        out: IO[bytes] | None = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            self._log = out = (self.log_dir / f"{self.name}.log").open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", self.spec.module, *self.spec.args],
+            env={**self.env, **self.spec.env},
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            # Own process group: a terminal's Ctrl-C reaches the supervisor only, which then stops
+            # the services in order (gateway first, NATS last).
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.running():
+            assert self.proc is not None
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> bool:
+        if self.proc is None:
+            return True
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: nothing is finished or handed back."""
+        self.signal(signal.SIGKILL)
+        self.wait(5)
+
+    def close_log(self) -> None:
+        if self._log:
+            self._log.close()
+            self._log = None
+
+
+class Stack:
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.nats: NatsServer | None = None
+        self.postgres: PostgresServer | None = None
+        self.nats_url = config.nats_url or ""
+        self.database_url = config.database_url or ""
+        self.sim_url: str | None = None
+        self.processes: dict[str, ServiceProcess] = {}
+        self.simulated = False
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.config.http_port}"
+
+    # -- start ---------------------------------------------------------------------------------
+    def start(self, ready_timeout: float = 60.0) -> None:
+        cfg = self.config
+        cfg.home.mkdir(parents=True, exist_ok=True)
+        if port_in_use(cfg.http_port):
+            raise PortInUseError("the gateway", "127.0.0.1", cfg.http_port, "OMNI_HTTP_PORT")
+        try:
+            self._start_servers()
+            self._start_services()
+            self.wait_ready(ready_timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_servers(self) -> None:
+        cfg = self.config
+        if not self.nats_url:
+            self.nats = NatsServer(cfg.home / "nats", port=cfg.nats_port, monitoring_port=0).start()
+            self.nats_url = self.nats.url
+        if not self.database_url:
+            self.postgres = PostgresServer(self._pg_dir(), port=cfg.pg_port).start()
+            self.postgres.ensure_database(DATABASE)
+            self.database_url = self.postgres.dsn(DATABASE)
+
+    def _pg_dir(self) -> Path:
+        wanted = self.config.home / "postgres"
+        if postgres_can_use(wanted):
+            return wanted
+        # As root, PostgreSQL runs as ``nobody``, which cannot enter e.g. a clone under /root.
+        digest = hashlib.sha256(str(self.config.home.resolve()).encode()).hexdigest()[:12]
+        fallback = Path("/var/lib/omni") / digest / "postgres"
+        fallback.parent.mkdir(parents=True, exist_ok=True)
+        for directory in (fallback.parent.parent, fallback.parent):
+            directory.chmod(0o755)
+        log.warning("PostgreSQL data in %s (the unprivileged server user cannot reach %s)", fallback, wanted)
+        return fallback
+
+    def base_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OMNI_")}
+        env.update(
+            {
+                "NATS_URL": self.nats_url,
+                "DATABASE_URL": self.database_url,
+                "PYTHONUNBUFFERED": "1",
+                "OMNI_ENGINE_WORKFLOWS_DIR": str(self.config.workflows_dir.resolve()),
+                "OMNI_GATEWAY_HTTP_PORT": str(self.config.http_port),
+            }
+        )
+        if self.config.log_dir is not None:
+            env["OMNI_LOG_FORMAT"] = "json"
+        env.update(self.config.extra_env)
+        return env
+
+    def service_specs(self) -> list[ServiceSpec]:
+        cfg = self.config
+        specs: list[ServiceSpec] = []
+        simulate = cfg.simulate if cfg.simulate is not None else not os.environ.get("OPENROUTER_API_KEY")
+        if simulate:
+            port = cfg.sim_port or free_port()
+            self.sim_url = f"http://127.0.0.1:{port}"
+            self.simulated = True
+            specs.append(
+                ServiceSpec(
+                    "provider-simulator", "omni_simulator.main", ["--host", "127.0.0.1", "--port", str(port)]
+                )
+            )
+        runner_env = (
+            {"OPENROUTER_API_KEY": "simulated", "OPENROUTER_BASE_URL": f"{self.sim_url}/api/v1"}
+            if simulate
+            else {}
+        )
+        for i in range(cfg.engine_replicas):
+            specs.append(ServiceSpec(f"workflow-engine-{i + 1}", "omni_engine.main"))
+        for i in range(cfg.runner_replicas):
+            specs.append(
+                ServiceSpec(
+                    f"tool-runner-openrouter-{i + 1}",
+                    "omni_toolrunner.main",
+                    ["--provider", "openrouter"],
+                    runner_env,
+                )
+            )
+        specs.append(ServiceSpec("gateway", "omni_gateway.main"))
+        return specs
+
+    def _start_services(self) -> None:
+        env = self.base_env()
+        for spec in self.service_specs():
+            process = ServiceProcess(spec, env, self.config.log_dir)
+            process.start()
+            self.processes[spec.name] = process
+
+    def start_service(self, name: str) -> None:
+        """(Re)start one service by name, e.g. after ``kill``."""
+        process = self.processes[name]
+        process.close_log()
+        process.start()
+
+    def kill(self, name: str) -> None:
+        self.processes[name].kill()
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            for process in self.processes.values():
+                if not process.running():
+                    raise ServerStartError(f"{process.name} exited during start-up (see its log)")
+            status, body = http_get(self.gateway_url + "/readyz")
+            if status == 200:
+                return
+            last = f"{status} {body[:300]}"
+            time.sleep(0.1)
+        raise ServerStartError(f"the gateway did not become ready within {timeout:.0f}s: {last}")
+
+    # -- stop ----------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """SIGTERM every service (gateway first), wait, SIGKILL what is left; then the servers."""
+        order = sorted(
+            self.processes.values(), key=lambda p: (p.name != "gateway", p.name == "provider-simulator")
+        )
+        for process in order:
+            process.signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for process in order:
+            if not process.wait(max(0.1, deadline - time.monotonic())):
+                log.warning("%s did not stop in time; killing it", process.name)
+                process.kill()
+            process.close_log()
+        if self.nats is not None:
+            self.nats.stop()
+        if self.postgres is not None:
+            self.postgres.stop()
+
+    def describe(self) -> str:
+        lines = [
+            f"Omni gateway:  {self.gateway_url}",
+            f"NATS:          {self.nats_url}",
+            f"PostgreSQL:    {_redact(self.database_url)}",
+        ]
+        if self.simulated:
+            lines.append(
+                f"Providers:     SIMULATED at {self.sim_url} (set OPENROUTER_API_KEY to use OpenRouter)"
+            )
+        return "\n".join(lines)
+
+
+def _redact(dsn: str) -> str:
+    if "@" in dsn and ":" in dsn.split("@", 1)[0].split("//", 1)[-1]:
+        scheme, rest = dsn.split("//", 1)
+        user = rest.split(":", 1)[0]
+        return f"{scheme}//{user}:***@{rest.split('@', 1)[1]}"
+    return dsn
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
+    """A tiny GET on loopback; (0, reason) when nothing answers."""
+    rest = url.split("//", 1)[1]
+    hostport, _, path = rest.partition("/")
+    host, _, port = hostport.partition(":")
+    conn = http.client.HTTPConnection(host, int(port or 80), timeout=timeout)
+    try:
+        conn.request("GET", "/" + path)
+        response = conn.getresponse()
+        return response.status, response.read().decode(errors="replace")
+    except OSError as exc:
+        return 0, str(exc)
+    finally:
+        conn.close()
+
+
+__all__ = ["DATABASE", "ServiceSpec", "Stack", "StackConfig", "dsn_with_database", "http_get"]
