@@ -89,3 +89,15 @@ def database_url(pg_server: PostgresEndpoint, request: pytest.FixtureRequest) ->
         yield url
     finally:
         pg_server.drop_database(name)
+
+
+@pytest.fixture
+def world_tmp() -> Iterator[Path]:
+    """A temporary directory that an unprivileged server user can enter (pytest's ``tmp_path``
+    is private to the user running the tests), for tests that start an embedded PostgreSQL."""
+    path = Path(tempfile.mkdtemp(prefix="omni-test-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,86 @@
+"""``omni run`` (what ``make run`` calls) on embedded servers: it serves the gateway, says that
+providers are simulated, and stops everything on SIGTERM within 10 seconds."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from omni_devstack.servers import free_port
+from omni_testkit import wait_for
+from omni_testkit.processes import live_pids, process_tree
+
+from ..conftest import ROOT
+
+pytestmark = pytest.mark.e2e
+
+
+def omni_run(home: Path, http_port: int, log: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if k not in {"NATS_URL", "DATABASE_URL", "OPENROUTER_API_KEY"}}
+    env.update(
+        {
+            "OMNI_HOME": str(home),
+            "OMNI_HTTP_PORT": str(http_port),
+            "OMNI_NATS_PORT": str(free_port()),
+            "OMNI_PG_PORT": str(free_port()),
+        }
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "omni_devstack.cli", "run"],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+async def test_omni_run_serves_the_gateway_and_stops_cleanly_on_sigterm(world_tmp: Path) -> None:
+    http_port = free_port()
+    log = world_tmp / "omni-run.log"
+    proc = omni_run(world_tmp / "home", http_port, log)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}", timeout=5) as client:
+
+            async def ready() -> bool:
+                try:
+                    return (await client.get("/readyz")).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            await wait_for(ready, timeout=120, message="gateway ready")
+            workflows = (await client.get("/workflows")).json()["workflows"]
+            assert "bilingual-coach" in [w["name"] for w in workflows]
+        tree = process_tree(proc.pid)
+        assert len(tree) >= 6  # omni, NATS, PostgreSQL, simulator, engine, runner, gateway
+        output = log.read_text()
+        assert "SIMULATED" in output
+        assert f"http://127.0.0.1:{http_port}" in output
+
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        assert time.monotonic() - started < 10
+        assert live_pids(tree) == set()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_omni_run_refuses_a_port_in_use_with_a_clear_error(world_tmp: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        log = world_tmp / "omni-run.log"
+        proc = omni_run(world_tmp / "home", port, log)
+        assert proc.wait(timeout=60) == 1
+    output = log.read_text()
+    assert f"127.0.0.1:{port}" in output
+    assert "OMNI_HTTP_PORT" in output
