@@ -23,7 +23,7 @@ RUN_EVENTS_ALL = "omni.run.>"
 DEADLETTER_ALL = "omni.deadletter.>"
 
 # Request/reply endpoints of the workflow engine (NATS services API, queue group shared by replicas).
-ENGINE_SERVICE_NAME = "omni-workflow-engine"
+ENGINE_SERVICE_NAME = "workflow-engine"
 ENGINE_RPC_PREFIX = "omni.rpc.engine"
 ENGINE_WORKFLOWS_LIST = f"{ENGINE_RPC_PREFIX}.workflows.list"
 ENGINE_WORKFLOWS_GET = f"{ENGINE_RPC_PREFIX}.workflows.get"

@@ -1,0 +1,159 @@
+"""The aiohttp application: routes, the error and observability middlewares, health and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+from nats.aio.client import Client as NATS
+from opentelemetry import propagate, trace
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from omni_gateway import events, runs, workflows
+from omni_gateway.bodies import respond, too_large
+from omni_gateway.engine import EngineClient
+from omni_gateway.errors import ApiError, error_response
+from omni_gateway.metrics import GatewayMetrics
+from omni_gateway.openapi import render_openapi
+from omni_gateway.settings import GatewaySettings
+from omni_gateway.state import GATEWAY, SERVICE, Gateway
+from omni_gateway.views import Health, Readiness
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("omni_gateway")
+
+UNMATCHED_ROUTE = "unmatched"  # one label for every unknown path, so scanners cannot grow the metrics
+
+
+def build_app(nc: NATS, settings: GatewaySettings, registry: CollectorRegistry) -> web.Application:
+    metrics = GatewayMetrics(registry)
+    gateway = Gateway(
+        nc=nc,
+        settings=settings,
+        engine=EngineClient(nc, settings.rpc_timeout_s, metrics),
+        metrics=metrics,
+        js=nc.jetstream(),
+    )
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[_observe(metrics), _errors(settings)],
+    )
+    app[GATEWAY] = gateway
+    openapi_body = render_openapi().encode()
+
+    async def openapi(_: web.Request) -> web.Response:
+        return web.Response(body=openapi_body, content_type="application/json")
+
+    async def healthz(_: web.Request) -> web.Response:
+        return respond(Health(status="ok", service=SERVICE))
+
+    async def readyz(_: web.Request) -> web.Response:
+        problems = await gateway.readiness()
+        if problems:
+            return respond(Readiness(status="unavailable", service=SERVICE, problems=problems), status=503)
+        return respond(Readiness(status="ready", service=SERVICE))
+
+    async def prometheus(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def on_shutdown(_: web.Application) -> None:
+        gateway.stop()
+
+    app.on_shutdown.append(on_shutdown)
+    app.add_routes(
+        [
+            web.get("/workflows", workflows.list_workflows),
+            web.post("/workflows", workflows.register_workflow),
+            web.get("/workflows/{name}", workflows.get_workflow),
+            web.post("/workflows/{name}/execute", workflows.execute_workflow),
+            web.get("/runs", runs.list_runs),
+            web.get("/runs/{runId}", runs.get_run),
+            web.get("/runs/{runId}/events", runs.run_events),
+            web.get("/runs/{runId}/stream", runs.stream_run),
+            web.post("/events/{subject}", events.publish_event),
+            web.get("/healthz", healthz),
+            web.get("/readyz", readyz),
+            web.get("/metrics", prometheus),
+            web.get("/openapi.json", openapi),
+        ]
+    )
+    return app
+
+
+def route_of(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else UNMATCHED_ROUTE
+
+
+def _observe(metrics: GatewayMetrics) -> Middleware:
+    """A server span per request (continuing an incoming ``traceparent``), and request metrics."""
+
+    @web.middleware
+    async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+        route = route_of(request)
+        started = time.perf_counter()
+        status = 500
+        metrics.in_flight.inc()
+        with tracer.start_as_current_span(
+            f"{request.method} {route}",
+            context=propagate.extract(request.headers),
+            kind=trace.SpanKind.SERVER,
+            attributes={"http.request.method": request.method, "http.route": route, "url.path": request.path},
+        ) as span:
+            try:
+                response = await handler(request)
+                status = response.status
+                return response
+            finally:
+                span.set_attribute("http.response.status_code", status)
+                if status >= 500:
+                    span.set_status(trace.StatusCode.ERROR)
+                metrics.in_flight.dec()
+                metrics.requests.labels(request.method, route, str(status)).inc()
+                metrics.latency.labels(request.method, route, str(status)).observe(
+                    time.perf_counter() - started
+                )
+
+    return observe
+
+
+def _errors(settings: GatewaySettings) -> Middleware:
+    """Every error leaves as the API's JSON error shape; nothing else (no traceback) leaks."""
+
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return exc.response()
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return _http_error(request, exc, settings)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the last resort: logged with its traceback, answered as 500
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            return error_response(500, "internal", "internal error")
+
+    return errors
+
+
+def _http_error(request: web.Request, exc: web.HTTPException, settings: GatewaySettings) -> web.Response:
+    if isinstance(exc, web.HTTPNotFound):
+        return error_response(404, "not_found", f"no route for {request.method} {request.path}")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return error_response(
+            405,
+            "method_not_allowed",
+            f"{request.method} is not allowed on {request.path}; use {allowed}",
+            headers={"Allow": allowed},
+        )
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return too_large(settings.max_body_bytes).response()
+    code = exc.reason.lower().replace(" ", "_").replace("-", "_")
+    return error_response(exc.status, code, exc.reason)

@@ -1,0 +1,138 @@
+"""The workflow engine, as the gateway sees it: typed request/reply calls over NATS.
+
+Every reply is an ``RpcReply``. An ``error`` in it becomes an :class:`ApiError` with the HTTP
+status of its code; no answer within the timeout (or nobody listening) becomes a 503.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, TypeVar
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NATS
+from omni_contract import subjects
+from omni_contract.envelope import encode
+from omni_contract.rpc import (
+    ERROR_HTTP_STATUS,
+    GetRequest,
+    ListRunsRequest,
+    RegisterWorkflowRequest,
+    RpcReply,
+    RunEventsReply,
+    RunEventsRequest,
+    RunPage,
+    RunSummary,
+    StartRunReply,
+    StartRunRequest,
+)
+from omni_runtime.telemetry import inject_headers
+from opentelemetry import trace
+
+from omni_gateway.errors import ApiError, engine_unavailable
+from omni_gateway.metrics import GatewayMetrics
+from omni_gateway.views import WorkflowList
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("omni_gateway.engine")
+
+T = TypeVar("T")
+
+_EMPTY_REQUEST: dict[str, Any] = {}
+_reply_decoder = msgspec.json.Decoder(RpcReply)
+
+
+class EngineClient:
+    def __init__(self, nc: NATS, timeout_s: float, metrics: GatewayMetrics | None = None) -> None:
+        self.nc = nc
+        self.timeout_s = timeout_s
+        self.metrics = metrics
+
+    async def call(self, subject: str, request: Any, *, timeout_s: float | None = None) -> msgspec.Raw:
+        """Send ``request`` (a struct or plain data) and return the reply's raw ``result``."""
+        endpoint = subject.removeprefix(subjects.ENGINE_RPC_PREFIX + ".")
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            with tracer.start_as_current_span(
+                f"engine {endpoint}",
+                kind=trace.SpanKind.CLIENT,
+                attributes={"messaging.system": "nats", "messaging.destination.name": subject},
+            ):
+                result = await self._call(subject, request, timeout_s or self.timeout_s)
+            outcome = "ok"
+            return result
+        except ApiError as exc:
+            outcome = exc.code
+            raise
+        finally:
+            if self.metrics is not None:
+                self.metrics.rpc_latency.labels(endpoint, outcome).observe(time.perf_counter() - started)
+
+    async def _call(self, subject: str, request: Any, timeout_s: float) -> msgspec.Raw:
+        headers = inject_headers({})
+        try:
+            msg = await self.nc.request(subject, encode(request), timeout=timeout_s, headers=headers or None)
+        except nats.errors.NoRespondersError:
+            raise engine_unavailable("no instance is answering") from None
+        except nats.errors.TimeoutError:
+            raise engine_unavailable(f"no answer within {timeout_s:g} s") from None
+        except nats.errors.Error as exc:
+            raise engine_unavailable(f"NATS connection: {exc}") from None
+        try:
+            reply = _reply_decoder.decode(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.error("unreadable reply from %s: %s", subject, exc)
+            raise bad_reply(subject) from None
+        if reply.error is not None:
+            if ERROR_HTTP_STATUS.get(reply.error.code, 500) >= 500:
+                # The engine's own failure text may carry internals; it goes to the log, not the caller.
+                log.error("engine failed on %s: %s: %s", subject, reply.error.code, reply.error.message)
+                raise ApiError(500, "internal", "the workflow engine failed to handle the request")
+            raise ApiError.from_rpc(reply.error)
+        if bytes(reply.result) == b"null":
+            log.error("reply from %s has neither result nor error", subject)
+            raise bad_reply(subject)
+        return reply.result
+
+    async def call_as(
+        self, subject: str, request: Any, result_type: type[T], *, timeout_s: float | None = None
+    ) -> T:
+        raw = await self.call(subject, request, timeout_s=timeout_s)
+        try:
+            return msgspec.json.decode(raw, type=result_type)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.error("unexpected result from %s: %s", subject, exc)
+            raise bad_reply(subject) from None
+
+    # -- the endpoints -------------------------------------------------------------------------
+    async def list_workflows(self, *, timeout_s: float | None = None) -> WorkflowList:
+        return await self.call_as(
+            subjects.ENGINE_WORKFLOWS_LIST, _EMPTY_REQUEST, WorkflowList, timeout_s=timeout_s
+        )
+
+    async def get_workflow(self, name: str) -> dict[str, Any]:
+        return await self.call_as(subjects.ENGINE_WORKFLOWS_GET, GetRequest(name=name), dict[str, Any])
+
+    async def register_workflow(self, request: RegisterWorkflowRequest) -> dict[str, Any]:
+        return await self.call_as(subjects.ENGINE_WORKFLOWS_REGISTER, request, dict[str, Any])
+
+    async def start_run(self, request: StartRunRequest) -> StartRunReply:
+        return await self.call_as(subjects.ENGINE_RUNS_START, request, StartRunReply)
+
+    async def get_run(self, run_id: str) -> RunSummary:
+        return await self.call_as(subjects.ENGINE_RUNS_GET, GetRequest(name=run_id), RunSummary)
+
+    async def list_runs(self, request: ListRunsRequest) -> RunPage:
+        return await self.call_as(subjects.ENGINE_RUNS_LIST, request, RunPage)
+
+    async def run_events(self, run_id: str, after_seq: int = 0) -> RunEventsReply:
+        return await self.call_as(
+            subjects.ENGINE_RUNS_EVENTS, RunEventsRequest(run_id=run_id, after_seq=after_seq), RunEventsReply
+        )
+
+
+def bad_reply(subject: str) -> ApiError:
+    return ApiError(502, "bad_gateway", f"the workflow engine sent an unreadable reply to {subject}")

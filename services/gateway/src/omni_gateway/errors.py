@@ -1,0 +1,76 @@
+"""The one error shape of the HTTP API: ``{"error": {"code", "message", "details": [...]}}``."""
+
+from __future__ import annotations
+
+import msgspec
+from aiohttp import web
+from omni_contract.rpc import ERROR_HTTP_STATUS, RpcError
+
+
+class ErrorDetail(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Which part of the request is wrong, and why. ``file``/``step`` locate a workflow problem."""
+
+    field: str
+    message: str
+    file: str | None = None
+    step: str | None = None
+
+
+class ErrorInfo(msgspec.Struct, kw_only=True):
+    code: str
+    message: str
+    details: list[ErrorDetail] = []
+
+
+class ErrorBody(msgspec.Struct, kw_only=True):
+    error: ErrorInfo
+
+
+class ApiError(Exception):
+    """An error the gateway answers with on purpose; the middleware renders it."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: list[ErrorDetail] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details or []
+        self.headers = headers or {}
+
+    @classmethod
+    def bad_request(cls, field: str, message: str) -> ApiError:
+        return cls(400, "bad_request", message, [ErrorDetail(field=field, message=message)])
+
+    @classmethod
+    def from_rpc(cls, error: RpcError) -> ApiError:
+        details = [
+            ErrorDetail(field=p.field, message=p.message, file=p.file, step=p.step) for p in error.details
+        ]
+        return cls(ERROR_HTTP_STATUS.get(error.code, 500), error.code, error.message, details)
+
+    def response(self) -> web.Response:
+        return error_response(self.status, self.code, self.message, self.details, self.headers)
+
+
+def engine_unavailable(reason: str) -> ApiError:
+    return ApiError(503, "engine_unavailable", f"workflow engine unavailable: {reason}")
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: list[ErrorDetail] | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    body = ErrorBody(error=ErrorInfo(code=code, message=message, details=details or []))
+    return web.Response(
+        status=status, body=msgspec.json.encode(body), content_type="application/json", headers=headers
+    )

@@ -1,0 +1,91 @@
+"""``POST /events/{subject}``: publish an application event for callers that do not speak NATS."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+
+import nats.errors
+import nats.js.errors
+from aiohttp import web
+from omni_contract import streams, subjects
+from omni_contract.envelope import CONTENT_TYPE, HDR_CONTENT_TYPE, HDR_MSG_ID, encode_envelope, new_envelope
+from omni_runtime.telemetry import inject_headers
+
+from omni_gateway.bodies import read_json_object, respond
+from omni_gateway.errors import ApiError
+from omni_gateway.state import EVENT_SOURCE, GATEWAY
+from omni_gateway.views import EventAccepted
+
+log = logging.getLogger(__name__)
+
+MAX_SUBJECT = 256
+MAX_EVENT_ID = 200
+# Headers that name the event's id, in order of preference (the CloudEvents HTTP binding first).
+EVENT_ID_HEADERS = ("ce-id", "Idempotency-Key")
+_TOKEN = re.compile(r"[^\s*>.]+")
+_EVENT_ID = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces: it also travels as Nats-Msg-Id
+
+
+def check_app_subject(subject: str) -> None:
+    """A concrete subject under ``app.``: no wildcards, spaces or empty tokens."""
+    if not subjects.is_app_subject(subject):
+        raise ApiError.bad_request("subject", f"subject must start with {subjects.APP_PREFIX!r}")
+    if len(subject) > MAX_SUBJECT:
+        raise ApiError.bad_request("subject", f"subject is longer than {MAX_SUBJECT} characters")
+    if not all(_TOKEN.fullmatch(token) for token in subject.split(".")):
+        raise ApiError.bad_request(
+            "subject", "subject must be dot-separated tokens without wildcards (*, >) or whitespace"
+        )
+
+
+def event_id_of(request: web.Request) -> str:
+    for header in EVENT_ID_HEADERS:
+        value = request.headers.get(header)
+        if value is None:
+            continue
+        if len(value) > MAX_EVENT_ID or not _EVENT_ID.fullmatch(value):
+            raise ApiError.bad_request(
+                header, f"{header} must be 1 to {MAX_EVENT_ID} printable ASCII characters without spaces"
+            )
+        return value
+    return uuid.uuid4().hex
+
+
+async def publish_event(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    subject = request.match_info["subject"]
+    check_app_subject(subject)
+    event_id = event_id_of(request)
+    payload = await read_json_object(request, gateway.settings.max_body_bytes)
+    envelope = new_envelope(subject, EVENT_SOURCE, payload, id_=event_id)
+    # The id doubles as the JetStream de-duplication id: a retried POST is stored once.
+    headers = inject_headers({HDR_MSG_ID: event_id, HDR_CONTENT_TYPE: CONTENT_TYPE})
+    try:
+        ack = await gateway.js.publish(
+            subject,
+            encode_envelope(envelope),
+            timeout=gateway.settings.rpc_timeout_s,
+            stream=streams.APP_EVENTS.name,
+            headers=headers,
+        )
+    except nats.js.errors.NoStreamResponseError:
+        raise _events_unavailable("no JetStream stream takes application events") from None
+    except nats.errors.TimeoutError:
+        raise _events_unavailable(
+            f"JetStream did not acknowledge within {gateway.settings.rpc_timeout_s:g} s"
+        ) from None
+    except nats.js.errors.APIError as exc:
+        log.error("JetStream refused an event on %s: %s", subject, exc)
+        raise _events_unavailable(f"JetStream refused the event: {exc.description}") from None
+    except nats.errors.Error as exc:
+        raise _events_unavailable(f"NATS connection: {exc}") from None
+    accepted = EventAccepted(
+        id=event_id, subject=subject, stream=ack.stream, seq=ack.seq, duplicate=bool(ack.duplicate)
+    )
+    return respond(accepted, status=202)
+
+
+def _events_unavailable(reason: str) -> ApiError:
+    return ApiError(503, "events_unavailable", f"event store unavailable: {reason}")

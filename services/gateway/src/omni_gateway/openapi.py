@@ -1,0 +1,574 @@
+"""The OpenAPI 3.1 document of the public HTTP API, built from the same structs that encode the
+bodies (through the same camelCase rule), so the document cannot describe fields the API does not
+send. The result depends on nothing but the code: ``proto/openapi.json`` is generated from it and
+checked for drift."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import msgspec.inspect as mi
+from omni_contract.rpc import RunEventsReply, RunPage, RunSummary
+
+from omni_gateway.convert import camel
+from omni_gateway.errors import ErrorBody
+from omni_gateway.settings import MAX_EXECUTE_WAIT_S
+from omni_gateway.views import (
+    EventAccepted,
+    ExecuteRequest,
+    Execution,
+    ExecutionAccepted,
+    Health,
+    Readiness,
+    WorkflowList,
+)
+
+API_VERSION = "0.1.0"
+_REF = "#/components/schemas/{name}"
+
+# Every struct that appears in a body; the components are generated from these.
+BODY_TYPES: tuple[type[msgspec.Struct], ...] = (
+    ExecuteRequest,
+    Execution,
+    ExecutionAccepted,
+    WorkflowList,
+    RunSummary,
+    RunPage,
+    RunEventsReply,
+    EventAccepted,
+    Health,
+    Readiness,
+    ErrorBody,
+)
+
+_PAYLOAD_FIELD: dict[str, Any] = {
+    "oneOf": [
+        {"type": "string", "description": "The field's type; the field name ends in ? when optional"},
+        {
+            "type": "object",
+            "properties": {
+                "type": {"type": "string"},
+                "required": {"type": "boolean"},
+                "description": {"type": "string"},
+            },
+            "required": ["type"],
+        },
+    ]
+}
+
+WORKFLOW_DEFINITION: dict[str, Any] = {
+    "title": "WorkflowDefinition",
+    "description": (
+        "A workflow definition as the engine registered it: the trigger (the app.* subject and the "
+        "payload fields it takes) and the steps, each a tool at one of its providers, in the order "
+        "they are tried. Fields beyond these are kept as written."
+    ),
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "description": {"type": "string"},
+        "version": {"type": "string"},
+        "hash": {"type": "string", "description": "Digest of the definition's content"},
+        "trigger": {
+            "type": "object",
+            "properties": {
+                "event": {"type": "string", "description": "The app.* subject that starts a run"},
+                "payload": {"type": "object", "additionalProperties": _PAYLOAD_FIELD},
+            },
+        },
+        "steps": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "description": {"type": "string"},
+                    "tool": {"type": "string"},
+                    "provider": {"type": "array", "items": {"type": "string"}},
+                    "config": {"type": "object"},
+                    "input": {"type": "object"},
+                    "output": {"type": "object", "additionalProperties": {"type": "string"}},
+                },
+                "required": ["name", "tool"],
+            },
+        },
+        "guards": {"type": "object", "description": "Budget, security and fallback limits"},
+    },
+    "required": ["name", "steps"],
+    "additionalProperties": True,
+}
+
+
+def render_openapi() -> str:
+    """The document as the text of ``proto/openapi.json`` (sorted keys, like the rest of proto/)."""
+    return json.dumps(build_openapi(), indent=2, sort_keys=True) + "\n"
+
+
+def build_openapi() -> dict[str, Any]:
+    schemas = _component_schemas()
+    schemas["WorkflowDefinition"] = WORKFLOW_DEFINITION
+    schemas["WorkflowList"]["properties"]["workflows"]["items"] = _ref("WorkflowDefinition")
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Omni API",
+            "version": API_VERSION,
+            "description": (
+                "Run AI workflows, follow their progress and publish application events. Every error "
+                'is answered as {"error": {"code", "message", "details"}}.'
+            ),
+        },
+        "tags": [
+            {"name": "workflows", "description": "Workflow definitions and their execution"},
+            {"name": "runs", "description": "Runs, their history and live progress"},
+            {"name": "events", "description": "Application events that trigger workflows"},
+            {"name": "operations", "description": "Health, readiness, metrics and this document"},
+        ],
+        "paths": _paths(),
+        "components": {
+            "schemas": dict(sorted(schemas.items())),
+            "responses": _error_responses(),
+            "parameters": _parameters(),
+        },
+    }
+
+
+# -- paths --------------------------------------------------------------------------------------
+def _paths() -> dict[str, Any]:
+    return {
+        "/workflows": {
+            "get": _op(
+                "listWorkflows",
+                "workflows",
+                "List the registered workflow definitions",
+                {"200": _json("The definitions", "WorkflowList")},
+                errors=("EngineUnavailable",),
+            ),
+            "post": _op(
+                "registerWorkflow",
+                "workflows",
+                "Register (or replace) a workflow definition",
+                {
+                    "201": {
+                        **_json("The definition as registered", "WorkflowDefinition"),
+                        "headers": {"Location": _location("The definition's URL")},
+                    }
+                },
+                errors=(
+                    "BadRequest",
+                    "PayloadTooLarge",
+                    "UnsupportedMediaType",
+                    "InvalidWorkflow",
+                    "EngineUnavailable",
+                ),
+                description=(
+                    "The body is the definition as YAML or JSON text. An invalid definition is answered "
+                    "with 422 and one detail per problem, naming the file, the step and the field."
+                ),
+                request_body={
+                    "required": True,
+                    "content": {
+                        "application/yaml": {"schema": {"type": "string"}},
+                        "application/json": {"schema": _ref("WorkflowDefinition")},
+                        "text/plain": {"schema": {"type": "string"}},
+                    },
+                },
+                parameters=[
+                    {
+                        "name": "filename",
+                        "in": "query",
+                        "required": False,
+                        "description": "The name problems are reported against",
+                        "schema": {"type": "string"},
+                    }
+                ],
+            ),
+        },
+        "/workflows/{name}": {
+            "get": _op(
+                "getWorkflow",
+                "workflows",
+                "Read one workflow definition",
+                {"200": _json("The definition", "WorkflowDefinition")},
+                errors=("NotFound", "EngineUnavailable"),
+                parameters=[_param_ref("WorkflowName")],
+            ),
+        },
+        "/workflows/{name}/execute": {
+            "post": _op(
+                "executeWorkflow",
+                "workflows",
+                "Start a run of a workflow and wait for it to end",
+                {
+                    "200": _json("The run ended (completed or failed)", "Execution"),
+                    "202": {
+                        "description": (
+                            "The run is still going: with wait=false, the run id and status; after a "
+                            "wait that ran out, the run so far. Follow it at Location."
+                        ),
+                        "headers": {"Location": _location("The run's URL")},
+                        "content": {
+                            "application/json": {
+                                "schema": {"oneOf": [_ref("ExecutionAccepted"), _ref("Execution")]}
+                            }
+                        },
+                    },
+                },
+                errors=("BadRequest", "NotFound", "PayloadTooLarge", "InvalidPayload", "EngineUnavailable"),
+                description=(
+                    "The payload is checked against the workflow's trigger schema (422 names the field, "
+                    "e.g. payload.targetLanguage). The call waits for the run to end for at most "
+                    "`timeout` seconds."
+                ),
+                request_body={
+                    "required": False,
+                    "content": {"application/json": {"schema": _ref("ExecuteRequest")}},
+                },
+                parameters=[
+                    _param_ref("WorkflowName"),
+                    {
+                        "name": "wait",
+                        "in": "query",
+                        "required": False,
+                        "description": "false: answer 202 as soon as the run has started",
+                        "schema": {"type": "boolean", "default": True},
+                    },
+                    {
+                        "name": "timeout",
+                        "in": "query",
+                        "required": False,
+                        "description": "Seconds to wait for the run to end (default: the gateway's setting)",
+                        "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_EXECUTE_WAIT_S},
+                    },
+                ],
+            ),
+        },
+        "/runs": {
+            "get": _op(
+                "listRuns",
+                "runs",
+                "List runs, newest first, a page at a time",
+                {"200": _json("One page of runs; nextCursor fetches the next", "RunPage")},
+                errors=("BadRequest", "EngineUnavailable"),
+                parameters=[
+                    {"name": "workflow", "in": "query", "required": False, "schema": {"type": "string"}},
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "enum": ["running", "completed", "failed"]},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "required": False,
+                        "description": "nextCursor of the previous page",
+                        "schema": {"type": "string"},
+                    },
+                ],
+            ),
+        },
+        "/runs/{runId}": {
+            "get": _op(
+                "getRun",
+                "runs",
+                "Read one run with its steps",
+                {"200": _json("The run", "RunSummary")},
+                errors=("NotFound", "EngineUnavailable"),
+                parameters=[_param_ref("RunId")],
+            ),
+        },
+        "/runs/{runId}/events": {
+            "get": _op(
+                "getRunEvents",
+                "runs",
+                "Read a run's history of events",
+                {"200": _json("The events after `after`, in order", "RunEventsReply")},
+                errors=("BadRequest", "NotFound", "EngineUnavailable"),
+                parameters=[_param_ref("RunId"), _param_ref("After")],
+            ),
+        },
+        "/runs/{runId}/stream": {
+            "get": _op(
+                "streamRun",
+                "runs",
+                "Follow a run's progress as server-sent events",
+                {
+                    "200": {
+                        "description": (
+                            "text/event-stream: the history after `after` (or Last-Event-ID), then live "
+                            "progress; `event` is the event type, `id` its seq, `data` a RunEventRecord. "
+                            "The stream ends after the run's last event; comments keep it alive."
+                        ),
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    "204": {"description": "The run ended at or before the event the client resumes from"},
+                },
+                errors=("BadRequest", "NotFound", "EngineUnavailable"),
+                parameters=[
+                    _param_ref("RunId"),
+                    _param_ref("After"),
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "required": False,
+                        "description": "The seq of the last event received, when reconnecting",
+                        "schema": {"type": "integer", "minimum": 0},
+                    },
+                ],
+            ),
+        },
+        "/events/{subject}": {
+            "post": _op(
+                "publishEvent",
+                "events",
+                "Publish an application event",
+                {"202": _json("The event is stored in JetStream", "EventAccepted")},
+                errors=("BadRequest", "PayloadTooLarge", "EventsUnavailable"),
+                description=(
+                    "The body is the event's JSON payload. It is stored wrapped in a CloudEvents "
+                    "envelope whose type is the subject; a repeated id (ce-id or Idempotency-Key) "
+                    "within the de-duplication window is stored once."
+                ),
+                request_body={
+                    "required": False,
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                parameters=[
+                    {
+                        "name": "subject",
+                        "in": "path",
+                        "required": True,
+                        "description": "A concrete subject under app. (no wildcards)",
+                        "schema": {"type": "string", "pattern": r"^app\.[^\s*>]+$"},
+                    },
+                    {
+                        "name": "ce-id",
+                        "in": "header",
+                        "required": False,
+                        "description": "The event id (also its de-duplication id)",
+                        "schema": {"type": "string", "maxLength": 200},
+                    },
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "description": "Used as the event id when ce-id is absent",
+                        "schema": {"type": "string", "maxLength": 200},
+                    },
+                ],
+            ),
+        },
+        "/healthz": {
+            "get": _op("healthz", "operations", "The process is alive", {"200": _json("Alive", "Health")}),
+        },
+        "/readyz": {
+            "get": _op(
+                "readyz",
+                "operations",
+                "The gateway can serve: NATS is connected and the engine answers",
+                {
+                    "200": _json("Ready", "Readiness"),
+                    "503": _json("Not ready, with the reasons", "Readiness"),
+                },
+            ),
+        },
+        "/metrics": {
+            "get": _op(
+                "metrics",
+                "operations",
+                "Prometheus metrics",
+                {
+                    "200": {
+                        "description": "Prometheus text format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            ),
+        },
+        "/openapi.json": {
+            "get": _op(
+                "openapi",
+                "operations",
+                "This document",
+                {
+                    "200": {
+                        "description": "OpenAPI 3.1",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                },
+            ),
+        },
+    }
+
+
+def _op(
+    operation_id: str,
+    tag: str,
+    summary: str,
+    responses: dict[str, Any],
+    *,
+    errors: tuple[str, ...] = (),
+    description: str | None = None,
+    request_body: dict[str, Any] | None = None,
+    parameters: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    op: dict[str, Any] = {"operationId": operation_id, "tags": [tag], "summary": summary}
+    if description:
+        op["description"] = description
+    if parameters:
+        op["parameters"] = parameters
+    if request_body:
+        op["requestBody"] = request_body
+    all_responses = dict(responses)
+    for name in (*errors, "InternalError"):
+        all_responses[_ERROR_STATUS[name]] = {"$ref": f"#/components/responses/{name}"}
+    op["responses"] = dict(sorted(all_responses.items()))
+    return op
+
+
+def _json(description: str, schema: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": _REF.format(name=name)}
+
+
+def _param_ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/parameters/{name}"}
+
+
+def _location(description: str) -> dict[str, Any]:
+    return {"description": description, "schema": {"type": "string"}}
+
+
+def _parameters() -> dict[str, Any]:
+    return {
+        "WorkflowName": {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+        "RunId": {
+            "name": "runId",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"},
+        },
+        "After": {
+            "name": "after",
+            "in": "query",
+            "required": False,
+            "description": "Only events with a greater seq",
+            "schema": {"type": "integer", "minimum": 0, "default": 0},
+        },
+    }
+
+
+# -- errors -------------------------------------------------------------------------------------
+_ERRORS: dict[str, tuple[str, str]] = {
+    "BadRequest": ("400", "Malformed JSON, a body that is not an object, or a parameter of the wrong type"),
+    "NotFound": ("404", "No such workflow, run or route"),
+    "PayloadTooLarge": ("413", "The body is larger than the gateway accepts"),
+    "UnsupportedMediaType": ("415", "The body's content type is not one this route reads"),
+    "InvalidPayload": (
+        "422",
+        "The payload does not match the workflow's trigger schema; details name the field",
+    ),
+    "InvalidWorkflow": ("422", "The definition is invalid; details name the file, step and field"),
+    "InternalError": ("500", "An unexpected failure (never with internals)"),
+    "EngineUnavailable": ("503", "The workflow engine did not answer in time"),
+    "EventsUnavailable": ("503", "JetStream did not store the event"),
+}
+_ERROR_STATUS = {name: status for name, (status, _) in _ERRORS.items()}
+
+
+def _error_responses() -> dict[str, Any]:
+    return {
+        name: {"description": description, "content": {"application/json": {"schema": _ref("ErrorBody")}}}
+        for name, (_, description) in sorted(_ERRORS.items())
+    }
+
+
+# -- schemas ------------------------------------------------------------------------------------
+def _component_schemas() -> dict[str, Any]:
+    _, components = msgspec.json.schema_components(BODY_TYPES, ref_template=_REF)
+    for struct in _structs(BODY_TYPES).values():
+        schema = components[struct.cls.__name__]
+        _mark_datetimes(schema, struct)
+        _camelize(schema)
+    return components
+
+
+def _structs(types: tuple[type[msgspec.Struct], ...]) -> dict[str, mi.StructType]:
+    found: dict[str, mi.StructType] = {}
+
+    def walk(info: mi.Type) -> None:
+        if isinstance(info, mi.StructType):
+            if info.cls.__name__ in found:
+                return
+            found[info.cls.__name__] = info
+            for field in info.fields:
+                walk(field.type)
+        elif isinstance(info, mi.UnionType):
+            for member in info.types:
+                walk(member)
+        elif isinstance(info, mi.ListType | mi.VarTupleType | mi.SetType | mi.FrozenSetType):
+            walk(info.item_type)
+        elif isinstance(info, mi.TupleType):
+            for member in info.item_types:
+                walk(member)
+        elif isinstance(info, mi.DictType):
+            walk(info.value_type)
+
+    for info in mi.multi_type_info(types):
+        walk(info)
+    return found
+
+
+def _mark_datetimes(schema: dict[str, Any], struct: mi.StructType) -> None:
+    """The contract's datetimes are timezone-aware UTC on the wire: say so in the schema."""
+    for field in struct.fields:
+        members = field.type.types if isinstance(field.type, mi.UnionType) else (field.type,)
+        if not any(isinstance(member, mi.DateTimeType) for member in members):
+            continue
+        prop = schema["properties"][field.encode_name]
+        for alternative in prop.get("anyOf", [prop]):
+            if alternative.get("type") == "string":
+                alternative["format"] = "date-time"
+
+
+def _camelize(schema: dict[str, Any]) -> None:
+    if "properties" in schema:
+        schema["properties"] = {camel(name): value for name, value in schema["properties"].items()}
+    if "required" in schema:
+        schema["required"] = [camel(name) for name in schema["required"]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``write PATH`` regenerates the file; ``check PATH`` fails when it differs from the code."""
+    args = argv if argv is not None else sys.argv[1:]
+    if len(args) != 2 or args[0] not in {"write", "check"}:
+        sys.stderr.write("usage: python -m omni_gateway.openapi write|check PATH\n")
+        return 2
+    path = Path(args[1])
+    text = render_openapi()
+    if args[0] == "write":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        return 0
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        sys.stderr.write(f"proto drift: {path}: differs from the code; run `make proto` and commit it\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,158 @@
+"""``/runs``: list and read runs, their history, and a live stream of their progress."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import msgspec
+from aiohttp import web
+from omni_contract.events import RunEventRecord, RunEventType, RunProgress, RunStatus
+from omni_contract.rpc import ListRunsRequest
+from omni_runtime.logging import run_id_var
+
+from omni_gateway.bodies import parse_int, query_int, respond
+from omni_gateway.convert import to_camel
+from omni_gateway.errors import ApiError
+from omni_gateway.follow import FollowerClosed, is_terminal
+from omni_gateway.state import GATEWAY, Gateway
+from omni_gateway.views import is_finished, record_of_progress
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE = 500
+DEFAULT_PAGE = 50
+MAX_SEQ = 2**63 - 1
+# A run id becomes one NATS subject token; anything else cannot name a run.
+_RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+def run_id_of(request: web.Request) -> str:
+    run_id = request.match_info["runId"]
+    if not _RUN_ID.fullmatch(run_id):
+        raise ApiError(404, "not_found", f"run {run_id!r} not found")
+    run_id_var.set(run_id)
+    return run_id
+
+
+async def list_runs(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    status = request.query.get("status") or None
+    if status is not None and status not in RunStatus.ALL:
+        raise ApiError.bad_request("status", f"status must be one of {', '.join(RunStatus.ALL)}")
+    query = ListRunsRequest(
+        workflow=request.query.get("workflow") or None,
+        status=status,
+        limit=query_int(request, "limit", DEFAULT_PAGE, minimum=1, maximum=MAX_PAGE),
+        cursor=request.query.get("cursor") or None,
+    )
+    return respond(await gateway.engine.list_runs(query))
+
+
+async def get_run(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    return respond(await gateway.engine.get_run(run_id_of(request)))
+
+
+async def run_events(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    run_id = run_id_of(request)
+    after = query_int(request, "after", 0, minimum=0, maximum=MAX_SEQ)
+    return respond(await gateway.engine.run_events(run_id, after))
+
+
+def _resume_after(request: web.Request) -> int:
+    """Where a stream starts: ``?after=``, else the ``Last-Event-ID`` of a reconnecting client."""
+    if request.query.get("after"):
+        return query_int(request, "after", 0, minimum=0, maximum=MAX_SEQ)
+    last_event_id = request.headers.get("Last-Event-ID", "").strip()
+    if last_event_id:
+        return parse_int("Last-Event-ID", last_event_id, minimum=0, maximum=MAX_SEQ)
+    return 0
+
+
+async def stream_run(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: the run's history, then each event as it is appended, until the run ends.
+
+    The subscription to the run's notices is opened before the history is read, so an event
+    appended in between is not missed; ``seq`` removes the duplicate. A notice only says that the
+    history grew, so on each one the stream reads the new records: every event sent, replayed or
+    live, is the same full history record (``RunEventRecord``), without gaps.
+    """
+    gateway = request.app[GATEWAY]
+    run_id = run_id_of(request)
+    after = _resume_after(request)
+    async with gateway.follow(run_id) as follower:
+        history = await gateway.engine.run_events(run_id, after)
+        if not history.events and after > 0 and await _already_over(gateway, run_id, after):
+            # 204 tells an EventSource that reconnects after the end to stop reconnecting.
+            return web.Response(status=204)
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",  # proxies must not hold events back
+            }
+        )
+        await response.prepare(request)
+        sse = _SseWriter(response, after)
+        try:
+            ended = await sse.records(history.events)
+            while not ended:
+                try:
+                    notice = await follower.next(gateway.settings.sse_heartbeat_s)
+                except FollowerClosed:
+                    break
+                if notice is None:
+                    await sse.comment("heartbeat")
+                elif notice.seq > sse.last_seq:
+                    ended = await _catch_up(gateway, sse, notice)
+            await response.write_eof()
+        except ConnectionResetError:
+            log.debug("client left the stream of run %s", run_id)
+    return response
+
+
+async def _already_over(gateway: Gateway, run_id: str, after: int) -> bool:
+    run = await gateway.engine.get_run(run_id)
+    return is_finished(run.status) and run.last_seq <= after
+
+
+async def _catch_up(gateway: Gateway, sse: _SseWriter, notice: RunProgress) -> bool:
+    """Send the records up to (at least) the notice's; True once the run's end was sent."""
+    try:
+        fresh = await gateway.engine.run_events(notice.run_id, sse.last_seq)
+    except ApiError as exc:
+        log.warning("could not read new events of run %s: %s", notice.run_id, exc.message)
+    else:
+        if await sse.records(fresh.events):
+            return True
+    if notice.seq > sse.last_seq:  # the history could not be read (or lags): the notice is all there is
+        await sse.send(record_of_progress(notice))
+        return is_terminal(notice)
+    return False
+
+
+class _SseWriter:
+    def __init__(self, response: web.StreamResponse, after: int) -> None:
+        self.response = response
+        self.last_seq = after
+
+    async def records(self, records: list[RunEventRecord]) -> bool:
+        """Send the history records not sent yet; True when one of them ends the run."""
+        for record in records:
+            if record.seq <= self.last_seq:
+                continue
+            await self.send(record)
+            if record.type in RunEventType.TERMINAL:
+                return True
+        return False
+
+    async def send(self, record: RunEventRecord) -> None:
+        data = msgspec.json.encode(to_camel(record)).decode()
+        kind = record.type.replace("\r", " ").replace("\n", " ")
+        await self.response.write(f"id: {record.seq}\nevent: {kind}\ndata: {data}\n\n".encode())
+        self.last_seq = record.seq
+
+    async def comment(self, text: str) -> None:
+        await self.response.write(f": {text}\n\n".encode())

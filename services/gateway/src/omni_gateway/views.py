@@ -1,0 +1,123 @@
+"""The gateway's own HTTP bodies. Like the contract's structs they are declared in snake_case and
+leave through :func:`omni_gateway.convert.to_camel`, so one rule names every field on the wire and
+in the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from omni_contract.events import RunEventRecord, RunProgress, RunStatus, Usage
+from omni_contract.rpc import RunSummary, StepSummary
+
+
+class ExecuteRequest(msgspec.Struct, kw_only=True):
+    """The body of POST /workflows/{name}/execute: the trigger payload and the caller's context."""
+
+    payload: dict[str, Any] = {}
+    context: dict[str, Any] = {}
+
+
+class ExecutionStep(msgspec.Struct, kw_only=True):
+    """One step of an executed run."""
+
+    name: str
+    tool: str
+    provider: str | None
+    status: str
+    attempt: int
+    duration_ms: float | None
+    output: dict[str, Any] | None
+    error: dict[str, Any] | None
+    usage: Usage | None
+
+
+class Execution(msgspec.Struct, kw_only=True):
+    """A run as execute reports it: ended (200), or still running when the wait ran out (202)."""
+
+    run_id: str
+    workflow: str
+    version: str
+    status: str
+    duration: (
+        Annotated[float, msgspec.Meta(description="Run time in milliseconds (so far, while it runs)")] | None
+    )
+    steps: list[ExecutionStep]
+    output: dict[str, Any] | None
+    error: dict[str, Any] | None
+    usage: Usage | None
+
+
+class ExecutionAccepted(msgspec.Struct, kw_only=True):
+    """The run has started; follow it at the Location header."""
+
+    run_id: str
+    status: str
+
+
+class WorkflowList(msgspec.Struct, kw_only=True):
+    """The registered workflow definitions, and the problems of definition files the engine could
+    not load (each {file, errors: [{file, step, field, message, line}]})."""
+
+    workflows: list[dict[str, Any]]
+    errors: list[dict[str, Any]] = []
+
+
+class EventAccepted(msgspec.Struct, kw_only=True):
+    """Where an application event was stored; duplicate is true when its id was seen before."""
+
+    id: str
+    subject: str
+    stream: str
+    seq: int
+    duplicate: bool
+
+
+class Health(msgspec.Struct, kw_only=True):
+    status: str
+    service: str
+
+
+class Readiness(msgspec.Struct, kw_only=True):
+    status: str
+    service: str
+    problems: dict[str, str] = {}
+
+
+def execution_of(run: RunSummary) -> Execution:
+    return Execution(
+        run_id=run.run_id,
+        workflow=run.workflow,
+        version=run.version,
+        status=run.status,
+        duration=run.duration_ms,
+        steps=[_execution_step(step) for step in run.steps],
+        output=run.output,
+        error=run.error,
+        usage=run.usage,
+    )
+
+
+def _execution_step(step: StepSummary) -> ExecutionStep:
+    return ExecutionStep(
+        name=step.name,
+        tool=step.tool,
+        provider=step.provider,
+        status=step.status,
+        attempt=step.attempt,
+        duration_ms=step.duration_ms,
+        output=step.output,
+        error=step.error,
+        usage=step.usage,
+    )
+
+
+def record_of_progress(progress: RunProgress) -> RunEventRecord:
+    """A history record made from a progress notice, for when the history cannot be read."""
+    return RunEventRecord(
+        run_id=progress.run_id, seq=progress.seq, type=progress.event, at=progress.at, data=progress.data
+    )
+
+
+def is_finished(status: str) -> bool:
+    return status in RunStatus.TERMINAL

@@ -1,0 +1,126 @@
+"""``/workflows``: list, read and register definitions, and execute a workflow."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from urllib.parse import quote
+
+from aiohttp import web
+from omni_contract.rpc import RegisterWorkflowRequest, StartRunRequest
+from omni_runtime.logging import run_id_var
+from opentelemetry import trace
+
+from omni_gateway.bodies import (
+    json_response,
+    object_field,
+    query_bool,
+    query_float,
+    read_json_object,
+    read_text,
+    respond,
+)
+from omni_gateway.errors import ApiError, ErrorDetail
+from omni_gateway.follow import FollowerClosed, RunFollower, is_terminal
+from omni_gateway.settings import MAX_EXECUTE_WAIT_S
+from omni_gateway.state import GATEWAY
+from omni_gateway.views import ExecutionAccepted, execution_of, is_finished
+
+log = logging.getLogger(__name__)
+
+# What POST /workflows accepts: JSON, or YAML under any of its customary names.
+DEFINITION_CONTENT_TYPES = frozenset(
+    {
+        "application/json",
+        "application/yaml",
+        "application/x-yaml",
+        "text/yaml",
+        "text/x-yaml",
+        "text/plain",
+        "application/octet-stream",  # what aiohttp reports when the client sent no Content-Type
+    }
+)
+
+
+async def list_workflows(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    return respond(await gateway.engine.list_workflows())
+
+
+async def get_workflow(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    definition = await gateway.engine.get_workflow(request.match_info["name"])
+    return json_response(definition)
+
+
+async def register_workflow(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    if request.content_type not in DEFINITION_CONTENT_TYPES:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"a workflow definition is sent as JSON or YAML text, not {request.content_type}",
+            [ErrorDetail(field="Content-Type", message="use application/json or application/yaml")],
+        )
+    source = await read_text(request, gateway.settings.max_body_bytes)
+    if not source.strip():
+        raise ApiError.bad_request("body", "body is empty; send the definition as YAML or JSON text")
+    filename = request.query.get("filename")
+    register = RegisterWorkflowRequest(source=source, filename=filename) if filename else None
+    definition = await gateway.engine.register_workflow(register or RegisterWorkflowRequest(source=source))
+    name = definition.get("name")
+    headers = {"Location": f"/workflows/{quote(name, safe='')}"} if isinstance(name, str) else None
+    return json_response(definition, status=201, headers=headers)
+
+
+async def execute_workflow(request: web.Request) -> web.Response:
+    """Start a run and, unless told not to, wait (bounded) for it to end.
+
+    The gateway picks the run id so it can subscribe to the run's progress before the engine can
+    publish any: a run that ends at once is still seen ending.
+    """
+    gateway = request.app[GATEWAY]
+    wait = query_bool(request, "wait", default=True)
+    timeout = query_float(request, "timeout", gateway.settings.execute_wait_s, maximum=MAX_EXECUTE_WAIT_S)
+    body = await read_json_object(request, gateway.settings.max_body_bytes)
+    start = StartRunRequest(
+        workflow=request.match_info["name"],
+        payload=object_field(body, "payload"),
+        context=object_field(body, "context"),
+        run_id=uuid.uuid4().hex,
+    )
+    assert start.run_id is not None
+    trace.get_current_span().set_attribute("omni.run_id", start.run_id)
+    run_id_var.set(start.run_id)
+    async with gateway.follow(start.run_id) as follower:
+        started = await gateway.engine.start_run(start)
+        if started.run_id != start.run_id:
+            log.warning("engine started run %s instead of %s", started.run_id, start.run_id)
+        location = {"Location": f"/runs/{started.run_id}"}
+        if not wait:
+            return respond(
+                ExecutionAccepted(run_id=started.run_id, status=started.status), status=202, headers=location
+            )
+        if not is_finished(started.status):
+            await _wait_until_finished(follower, timeout)
+    run = await gateway.engine.get_run(started.run_id)
+    if is_finished(run.status):
+        return respond(execution_of(run))
+    return respond(execution_of(run), status=202, headers=location)
+
+
+async def _wait_until_finished(follower: RunFollower, timeout: float) -> bool:  # noqa: ASYNC109
+    """True once a terminal notice arrives; False when ``timeout`` passes or the gateway stops."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (remaining := deadline - loop.time()) > 0:
+        try:
+            progress = await follower.next(remaining)
+        except FollowerClosed:
+            return False
+        if progress is None:
+            return False
+        if is_terminal(progress):
+            return True
+    return False

@@ -1,0 +1,126 @@
+"""Health, readiness, metrics, tracing and the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from gateway_fakes import FakeEngine
+from omni_contract import subjects
+from omni_gateway.openapi import build_openapi, render_openapi
+
+Client = TestClient[Any, Any]
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+
+
+@pytest.mark.integration
+async def test_healthz_answers_while_the_process_lives(gateway: Client) -> None:
+    response = await gateway.get("/healthz")
+
+    assert response.status == 200
+    assert await response.json() == {"status": "ok", "service": "gateway"}
+
+
+@pytest.mark.integration
+async def test_readyz_is_503_with_the_reason_when_no_engine_answers(gateway: Client) -> None:
+    response = await gateway.get("/readyz")
+
+    assert response.status == 503
+    body = await response.json()
+    assert body["status"] == "unavailable"
+    assert set(body["problems"]) == {"engine"}
+    assert "workflow engine unavailable" in body["problems"]["engine"]
+
+
+@pytest.mark.integration
+async def test_readyz_is_200_once_the_engine_answers(gateway: Client, engine: FakeEngine) -> None:
+    response = await gateway.get("/readyz")
+
+    assert response.status == 200
+    assert (await response.json())["status"] == "ready"
+
+
+@pytest.mark.integration
+async def test_requests_are_counted_by_route_and_status(gateway: Client, engine: FakeEngine) -> None:
+    await gateway.get("/workflows/greet")
+    await gateway.get("/workflows/nope")
+    await gateway.get("/no/such/path")
+
+    text = await (await gateway.get("/metrics")).text()
+
+    assert 'omni_gateway_http_requests_total{method="GET",route="/workflows/{name}",status="200"} 1.0' in text
+    assert 'omni_gateway_http_requests_total{method="GET",route="/workflows/{name}",status="404"} 1.0' in text
+    assert 'omni_gateway_http_requests_total{method="GET",route="unmatched",status="404"} 1.0' in text
+    assert 'omni_gateway_http_request_duration_seconds_count{method="GET",route="/workflows/{name}"' in text
+    assert 'omni_gateway_engine_rpc_duration_seconds_count{endpoint="workflows.get",outcome="ok"} 1.0' in text
+
+
+@pytest.mark.integration
+async def test_an_incoming_traceparent_reaches_the_engine(gateway: Client, engine: FakeEngine) -> None:
+    await gateway.get("/workflows/greet", headers={"traceparent": TRACEPARENT})
+
+    [(_, _, headers)] = [call for call in engine.calls if call[0] == subjects.ENGINE_WORKFLOWS_GET]
+    assert headers["traceparent"].split("-")[1] == TRACE_ID
+
+
+@pytest.mark.integration
+async def test_openapi_json_is_served_as_generated(gateway: Client) -> None:
+    response = await gateway.get("/openapi.json")
+
+    assert response.status == 200
+    assert await response.text() == render_openapi()
+
+
+def test_openapi_document_is_deterministic() -> None:
+    assert render_openapi() == render_openapi()
+    assert build_openapi() == build_openapi()
+
+
+def test_openapi_document_describes_every_route_with_resolvable_refs() -> None:
+    doc = build_openapi()
+
+    assert doc["openapi"] == "3.1.0"
+    assert set(doc["paths"]) == {
+        "/workflows",
+        "/workflows/{name}",
+        "/workflows/{name}/execute",
+        "/runs",
+        "/runs/{runId}",
+        "/runs/{runId}/events",
+        "/runs/{runId}/stream",
+        "/events/{subject}",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+    }
+    operation_ids = [op["operationId"] for path in doc["paths"].values() for op in path.values()]
+    assert len(operation_ids) == len(set(operation_ids))
+    for ref in _refs(doc):
+        _, section, kind, name = ref.split("/")
+        assert name in doc[section][kind], ref
+
+
+def test_openapi_schemas_use_the_camel_case_names_of_the_bodies() -> None:
+    schemas = build_openapi()["components"]["schemas"]
+
+    assert {"runId", "workflow", "status", "duration", "steps", "output", "error"} <= set(
+        schemas["Execution"]["properties"]
+    )
+    assert "durationMs" in schemas["ExecutionStep"]["properties"]
+    assert schemas["RunSummary"]["properties"]["createdAt"] == {"type": "string", "format": "date-time"}
+    assert "nextCursor" in schemas["RunPage"]["properties"]
+    assert set(schemas["ErrorInfo"]["required"]) == {"code", "message"}
+    assert "inputTokens" in schemas["Usage"]["properties"]
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return found + [ref for value in node.values() for ref in _refs(value)]
+    if isinstance(node, list):
+        return [ref for value in node for ref in _refs(value)]
+    return []

@@ -1,0 +1,501 @@
+"""Answering tool invokes: one provider attempt per idempotency key, a result published for each.
+
+Every work message a replica holds, from the moment it is fetched until it is acknowledged, is
+reported in progress every ``ack_wait_s / 3``: JetStream redelivers only work whose runner died.
+
+For one message:
+
+1. Decode the envelope and its ``ToolInvoke``. A message that cannot be read is dead-lettered and
+   terminated: it would fail the same way on every delivery.
+2. Look up the idempotency key in the result store. A stored result is published again as it was;
+   the provider is not called.
+3. Otherwise call the provider once (it receives the key too, as ``Idempotency-Key``). A provider
+   failure is a result with ``success=False``; retrying is the workflow engine's decision.
+4. Store the result, publish it to JetStream with ``Nats-Msg-Id`` = the idempotency key (so a
+   republish is de-duplicated), wait for the publish ack, and only then acknowledge the work.
+
+If NATS fails in steps 2 or 4, the work is given back (``nak``) and its next delivery starts over;
+the stored result or the provider's own idempotency keeps that from repeating a side effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from omni_contract import events as ev
+from omni_contract import subjects
+from omni_contract.envelope import (
+    CONTENT_TYPE,
+    HDR_CONTENT_TYPE,
+    HDR_MSG_ID,
+    Envelope,
+    decode_envelope,
+    encode_envelope,
+    new_envelope,
+    payload_of,
+    utcnow,
+)
+from omni_contract.events import DeadLetter, ToolError, ToolInvoke, ToolResult, Usage
+from omni_runtime.logging import run_id_var
+from omni_runtime.telemetry import extract_context, inject_headers
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
+
+from omni_toolrunner.adapters import ProviderBinding
+from omni_toolrunner.metrics import OUTCOME_SUCCESS, RunnerMetrics
+from omni_toolrunner.providers import ProviderError, ToolCall, ToolOutcome
+from omni_toolrunner.results import ResultStore
+from omni_toolrunner.settings import ToolRunnerSettings
+
+if TYPE_CHECKING:
+    from faststream.nats.publisher.usecase import LogicPublisher
+
+log = logging.getLogger(__name__)
+
+DEADLETTER_KIND = "tool.invoke.malformed"
+# A provider adapter enforces the call's deadline itself; this margin only catches one that does not.
+_DEADLINE_MARGIN_S = 5.0
+_NAK_DELAY_S = 1.0
+
+
+class Unreadable(Exception):
+    """A work message that no delivery will ever be able to process."""
+
+
+@dataclass
+class _KeyGate:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+class InvokeRunner:
+    """Holds, runs and answers the work messages of one replica, at most ``max_concurrency`` at once."""
+
+    def __init__(
+        self,
+        *,
+        provider: ProviderBinding,
+        store: ResultStore,
+        results: LogicPublisher,
+        deadletters: LogicPublisher,
+        metrics: RunnerMetrics,
+        settings: ToolRunnerSettings,
+        source: str,
+        instance: str,
+        tracer_provider: TracerProvider | None = None,
+    ) -> None:
+        self._binding = provider
+        self._adapter = provider.adapter
+        self._provider = settings.provider
+        self._store = store
+        self._results = results
+        self._deadletters = deadletters
+        # Given on every publish: a publisher works its declared subject out anew when it is not.
+        self._result_subject = subjects.tool_result(settings.provider)
+        self._metrics = metrics
+        self._source = source
+        self._instance = instance
+        self._call_timeout_s = settings.call_timeout_s
+        self._publish_timeout_s = settings.publish_timeout_s
+        self._heartbeat_s = settings.heartbeat_interval_s
+        self._tracer = trace.get_tracer("omni.tool-runner", tracer_provider=tracer_provider)
+        self._slots = asyncio.Semaphore(settings.max_concurrency)
+        # Keyed by id(): nats-py messages are unhashable dataclasses.
+        self._waiting: dict[int, Msg] = {}
+        self._running: dict[int, Msg] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._gates: dict[str, _KeyGate] = {}
+        self._closing = False
+        self._aborted = False
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._in_flight = metrics.in_flight.labels(self._provider)
+
+    # --- admission and lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._heartbeat is None:
+            self._heartbeat = asyncio.create_task(self._beat(), name="tool-runner-heartbeat")
+
+    @property
+    def held(self) -> int:
+        return len(self._waiting) + len(self._running)
+
+    async def admit(self, msg: Msg) -> None:
+        """Take one fetched work message: hold it, wait for a free slot, then run it in the background.
+
+        Returns once the message runs (or was handed back), so a fetch loop awaiting it takes no
+        more work than there are slots.
+        """
+        if self._closing:
+            await self._give_up(msg)
+            return
+        self._waiting[id(msg)] = msg
+        self._update_gauge()
+        # Cancelled here (the fetch loop torn down), the message stays in _waiting for close().
+        await self._slots.acquire()
+        if self._stopping():
+            # Woken by stop_admitting(): pass the wake-up on to the next waiter.
+            self._slots.release()
+            self._waiting.pop(id(msg), None)
+            self._update_gauge()
+            await self._give_up(msg)
+            return
+        self._waiting.pop(id(msg), None)
+        self._running[id(msg)] = msg
+        task = asyncio.create_task(self._run(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    async def _give_up(self, msg: Msg) -> None:
+        if not self._aborted:
+            await self._hand_back(msg, "shutdown")
+
+    def _stopping(self) -> bool:
+        # A method, not the attribute: it changes while admit() awaits a slot.
+        return self._closing
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+
+    def stop_admitting(self) -> None:
+        """Take no more work: messages waiting for a slot are given back (``nak``) at once."""
+        if not self._closing:
+            self._closing = True
+            if self._waiting:
+                self._slots.release()  # wakes one waiter, which wakes the next, and so on
+
+    async def close(self, grace_s: float) -> None:
+        """Stop taking work, give back what waits, let running invokes finish for up to ``grace_s``.
+
+        Invokes still running after that are cancelled without an ack: JetStream redelivers them
+        once ``ack_wait`` passes without an in-progress report.
+        """
+        self.stop_admitting()
+        waiting = list(self._waiting.values())  # admissions cancelled before they could give it back
+        self._waiting.clear()
+        for msg in waiting:
+            await self._hand_back(msg, "shutdown")
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
+            if pending:
+                log.warning(
+                    "%d invokes still running after %.1fs; left unacknowledged for redelivery",
+                    len(pending),
+                    grace_s,
+                )
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+        await self._stop_heartbeat()
+        self._update_gauge()
+
+    def abort(self) -> None:
+        """Drop everything at once, acknowledging and giving back nothing: what a crash would do."""
+        self._aborted = True
+        self.stop_admitting()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+
+    async def _stop_heartbeat(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat_s)
+            for msg in (*self._waiting.values(), *self._running.values()):
+                try:
+                    await msg.in_progress()
+                except NatsError as exc:
+                    # Lost connection: the next beat tries again, and ack_wait covers the gap.
+                    log.debug("in-progress ack failed: %s", exc)
+
+    def _update_gauge(self) -> None:
+        self._in_flight.set(self.held)
+
+    async def _hand_back(self, msg: Msg, reason: str, delay: float | None = None) -> None:
+        self._metrics.handback.labels(self._provider, reason).inc()
+        try:
+            await msg.nak(delay=delay)
+        except NatsError as exc:
+            log.warning("could not give work back (%s); it is redelivered after ack_wait", exc)
+
+    # --- one message ---------------------------------------------------------------------------------
+
+    async def _run(self, msg: Msg) -> None:
+        try:
+            await self._process(msg)
+        except (NatsError, TimeoutError) as exc:
+            # The store or the result stream did not answer: try this work again later.
+            log.warning("giving work back after a NATS failure: %r", exc)
+            await self._hand_back(msg, "nats_error", delay=_NAK_DELAY_S)
+        except Exception:
+            # Not the provider's failure (that is a result): a fault here; try again, bounded by max_deliver.
+            log.exception("giving work back after an unexpected failure")
+            await self._hand_back(msg, "internal_error", delay=_NAK_DELAY_S)
+        finally:
+            self._running.pop(id(msg), None)
+            self._update_gauge()
+
+    async def _process(self, msg: Msg) -> None:
+        try:
+            envelope, invoke = _read(msg)
+        except Unreadable as exc:
+            await self._dead_letter(msg, str(exc))
+            await msg.term()
+            return
+        token = run_id_var.set(invoke.run_id)
+        try:
+            with self._tracer.start_as_current_span(
+                f"tool.invoke {invoke.tool}",
+                context=extract_context(msg.headers),
+                kind=SpanKind.CONSUMER,
+                attributes=self._span_attributes(invoke, msg),
+            ) as span:
+                body = await self._answer(envelope, invoke, span)
+                await self._publish_result(invoke, body)
+            await msg.ack()
+        finally:
+            run_id_var.reset(token)
+
+    async def _answer(self, envelope: Envelope, invoke: ToolInvoke, span: Span) -> bytes:
+        """The encoded result envelope: stored earlier, or from one provider call now."""
+        key = invoke.idempotency_key
+        # Two deliveries of one attempt in this replica (a republish): the second waits for the first.
+        async with self._gate(key):
+            stored = await self._store.get(key)
+            if stored is not None:
+                log.info(
+                    "step %s (%s, attempt %d) answered from the stored result",
+                    invoke.step,
+                    invoke.tool,
+                    invoke.attempt,
+                )
+                self._metrics.cache_hits.labels(invoke.tool, self._provider).inc()
+                span.set_attribute("omni.result.cached", True)
+                return stored
+            span.set_attribute("omni.result.cached", False)
+            result = await self._call(invoke, span)
+            body = encode_envelope(
+                new_envelope(
+                    ev.TOOL_RESULT_V1,
+                    self._source,
+                    result,
+                    id_=f"{key}/result",
+                    correlation_id=envelope.correlation_id or invoke.run_id,
+                    causation_id=envelope.id,
+                    subject=invoke.step,
+                )
+            )
+            await self._store.put(key, body)
+            return body
+
+    @asynccontextmanager
+    async def _gate(self, key: str) -> AsyncIterator[None]:
+        gate = self._gates.get(key)
+        if gate is None:
+            gate = self._gates[key] = _KeyGate()
+        gate.users += 1
+        try:
+            async with gate.lock:
+                yield
+        finally:
+            gate.users -= 1
+            if gate.users == 0:
+                del self._gates[key]
+
+    async def _call(self, invoke: ToolInvoke, span: Span) -> ToolResult:
+        started_at = utcnow()
+        t0 = time.perf_counter()
+        outcome: ToolOutcome | None = None
+        error: ToolError | None = None
+        if invoke.tool not in self._adapter.tools:
+            error = ToolError(
+                kind="unknown_tool", message=f"provider {self._provider} does not serve tool {invoke.tool!r}"
+            )
+        else:
+            timeout_s = invoke.timeout_ms / 1000 if invoke.timeout_ms else self._call_timeout_s
+            call = ToolCall(
+                tool=invoke.tool,
+                input=invoke.input,
+                idempotency_key=invoke.idempotency_key,
+                config=invoke.config,
+                timeout_s=timeout_s,
+            )
+            try:
+                async with asyncio.timeout(timeout_s + _DEADLINE_MARGIN_S):
+                    outcome = await self._adapter.call(call)
+            except ProviderError as exc:
+                error = ToolError(
+                    kind=exc.kind.value,
+                    message=exc.message,
+                    retryable=exc.retryable,
+                    status=exc.status,
+                    retry_after_s=exc.retry_after_s,
+                )
+            except TimeoutError:
+                error = ToolError(kind="timeout", message=f"no answer within {timeout_s:g}s", retryable=True)
+            except Exception as exc:
+                # A bug or an unclassified failure still answers the step, so the run does not hang.
+                log.exception("tool %s failed unexpectedly", invoke.tool)
+                error = ToolError(kind="internal", message=f"{type(exc).__name__}: {exc}")
+            finally:
+                self._metrics.call_duration.labels(invoke.tool, self._provider).observe(
+                    time.perf_counter() - t0
+                )
+        duration_ms = (time.perf_counter() - t0) * 1000
+        self._metrics.invocations.labels(
+            invoke.tool, self._provider, OUTCOME_SUCCESS if error is None else error.kind
+        ).inc()
+        _record_outcome(span, outcome, error)
+        if error is not None:
+            log.info("tool %s failed: %s: %s", invoke.tool, error.kind, error.message)
+        usage = outcome.usage if outcome is not None else None
+        return ToolResult(
+            run_id=invoke.run_id,
+            step=invoke.step,
+            attempt=invoke.attempt,
+            tool=invoke.tool,
+            provider=invoke.provider,
+            idempotency_key=invoke.idempotency_key,
+            success=error is None,
+            output=outcome.output if outcome is not None else None,
+            error=error,
+            usage=(
+                Usage(
+                    input_tokens=usage.input_tokens,
+                    output_tokens=usage.output_tokens,
+                    total_tokens=usage.total_tokens,
+                    cost=usage.cost or 0.0,
+                )
+                if usage is not None
+                else None
+            ),
+            model=outcome.model if outcome is not None else None,
+            started_at=started_at,
+            duration_ms=round(duration_ms, 3),
+            runner=self._instance,
+        )
+
+    async def _publish_result(self, invoke: ToolInvoke, body: bytes) -> None:
+        headers = inject_headers({HDR_MSG_ID: invoke.idempotency_key, HDR_CONTENT_TYPE: CONTENT_TYPE})
+        await self._results.publish(
+            body,
+            self._result_subject,
+            headers=headers,
+            correlation_id=invoke.run_id,
+            timeout=self._publish_timeout_s,
+        )
+
+    async def _dead_letter(self, msg: Msg, reason: str) -> None:
+        try:
+            original, encoding = msg.data.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            original, encoding = base64.b64encode(msg.data).decode("ascii"), "base64"
+        seq = _stream_seq(msg)
+        letter = DeadLetter(
+            kind=DEADLETTER_KIND,
+            reason=reason,
+            original_subject=msg.subject,
+            original_body=original,
+            body_encoding=encoding,
+            stream_seq=seq,
+            at=utcnow(),
+        )
+        letter_id = f"{DEADLETTER_KIND}:{msg.subject}:{seq}" if seq is not None else uuid.uuid4().hex
+        envelope = new_envelope(ev.DEADLETTER_V1, self._source, letter, id_=letter_id)
+        await self._deadletters.publish(
+            encode_envelope(envelope),
+            deadletter_subject(),
+            headers=inject_headers({HDR_MSG_ID: letter_id, HDR_CONTENT_TYPE: CONTENT_TYPE}),
+            timeout=self._publish_timeout_s,
+        )
+        self._metrics.deadletters.labels(self._provider).inc()
+        log.warning("dead-lettered work on %s: %s", msg.subject, reason)
+
+    def _span_attributes(self, invoke: ToolInvoke, msg: Msg) -> dict[str, Any]:
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": self._binding.operation,
+            "gen_ai.provider.name": self._provider,
+            "gen_ai.tool.name": invoke.tool,
+            "omni.tool": invoke.tool,
+            "omni.provider": self._provider,
+            "omni.run_id": invoke.run_id,
+            "omni.step": invoke.step,
+            "omni.attempt": invoke.attempt,
+            "messaging.system": "nats",
+            "messaging.destination.name": msg.subject,
+        }
+        model = self._binding.request_model(invoke.tool, invoke.config)
+        if model:
+            attributes["gen_ai.request.model"] = model
+        if invoke.workflow:
+            attributes["omni.workflow"] = invoke.workflow
+        delivered = _num_delivered(msg)
+        if delivered is not None:
+            attributes["messaging.nats.delivery_count"] = delivered
+        return attributes
+
+
+def _read(msg: Msg) -> tuple[Envelope, ToolInvoke]:
+    try:
+        envelope = decode_envelope(msg.data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise Unreadable(f"not an event envelope: {exc}") from exc
+    if envelope.type != ev.TOOL_INVOKE_V1:
+        raise Unreadable(f"unexpected event type {envelope.type!r} (expected {ev.TOOL_INVOKE_V1})")
+    try:
+        return envelope, payload_of(envelope, ToolInvoke)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise Unreadable(f"not a {ev.TOOL_INVOKE_V1} payload: {exc}") from exc
+
+
+def _record_outcome(span: Span, outcome: ToolOutcome | None, error: ToolError | None) -> None:
+    if outcome is not None:
+        if outcome.model:
+            span.set_attribute("gen_ai.response.model", outcome.model)
+        if outcome.response_id:
+            span.set_attribute("gen_ai.response.id", outcome.response_id)
+        if outcome.usage is not None:
+            span.set_attribute("gen_ai.usage.input_tokens", outcome.usage.input_tokens)
+            span.set_attribute("gen_ai.usage.output_tokens", outcome.usage.output_tokens)
+    if error is not None:
+        span.set_attribute("error.type", error.kind)
+        span.set_status(Status(StatusCode.ERROR, error.message))
+
+
+def _stream_seq(msg: Msg) -> int | None:
+    if not msg.reply:
+        return None
+    try:
+        return int(msg.metadata.sequence.stream)
+    except (NatsError, ValueError, IndexError):
+        return None
+
+
+def _num_delivered(msg: Msg) -> int | None:
+    if not msg.reply:
+        return None
+    try:
+        return int(msg.metadata.num_delivered)
+    except (NatsError, ValueError, IndexError):
+        return None
+
+
+def deadletter_subject() -> str:
+    return subjects.deadletter(DEADLETTER_KIND)

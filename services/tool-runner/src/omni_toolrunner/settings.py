@@ -1,0 +1,55 @@
+"""Settings of one tool-runner replica, built once in ``main`` and passed down.
+
+Runner settings use the ``OMNI_TOOLRUNNER_`` prefix. A provider's credentials keep the names the
+rest of the world uses for them (``OPENROUTER_API_KEY``, ...), so an existing environment works as is.
+"""
+
+from __future__ import annotations
+
+from omni_runtime.settings import ServiceSettings
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+
+class ToolRunnerSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="OMNI_TOOLRUNNER_", extra="ignore")
+
+    provider: str = Field(default="openrouter", description="The provider this replica serves")
+    ack_wait_s: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "Ack wait of the work consumer: work held by a runner that stopped sending in-progress "
+            "acks is redelivered after this long"
+        ),
+    )
+    max_concurrency: int = Field(default=32, ge=1, description="Invokes in flight at once per replica")
+    fetch_batch: int = Field(default=32, ge=1, description="Messages asked for per pull request")
+    fetch_timeout_s: float = Field(default=5.0, gt=0, description="How long one idle pull request waits")
+    call_timeout_s: float = Field(
+        default=60.0, gt=0, description="Provider call deadline when the invoke does not state one"
+    )
+    result_ttl_s: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description="How long a result is kept for redelivered or republished invokes",
+    )
+    publish_timeout_s: float = Field(default=5.0, gt=0, description="Wait for a JetStream publish ack")
+
+    openrouter_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("OPENROUTER_API_KEY", "openrouter_api_key")
+    )
+    openrouter_base_url: str = Field(
+        default="https://openrouter.ai/api/v1",
+        validation_alias=AliasChoices("OPENROUTER_BASE_URL", "openrouter_base_url"),
+    )
+    openrouter_model: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OPENROUTER_MODEL", "openrouter_model"),
+        description="Model used when a step's config names none (the adapter's default otherwise)",
+    )
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        """How often held work is reported in progress: well inside ``ack_wait_s``."""
+        return max(self.ack_wait_s / 3, 0.05)

@@ -1,0 +1,264 @@
+"""The runner's handling of one invoke, in memory: FastStream's TestNatsBroker and a fake adapter."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from faststream.message import StreamMessage
+from faststream.nats import JStream, NatsBroker, TestNatsBroker
+from nats.aio.msg import Msg
+from omni_contract import events as ev
+from omni_contract import streams, subjects
+from omni_contract.envelope import HDR_MSG_ID, decode_envelope, encode_envelope, new_envelope, payload_of
+from omni_contract.events import DeadLetter, ToolInvoke, ToolResult
+from omni_testkit import wait_for
+from omni_toolrunner.adapters import ProviderBinding
+from omni_toolrunner.app import ToolRunnerApp
+from omni_toolrunner.providers import ProviderError, ProviderErrorKind, ToolCall, ToolOutcome, Usage
+from omni_toolrunner.runner import DEADLETTER_KIND
+from omni_toolrunner.settings import ToolRunnerSettings
+from prometheus_client import CollectorRegistry
+from toolrunner_harness import PROVIDER, make_invoke
+
+Behaviour = Callable[[ToolCall], Awaitable[ToolOutcome]]
+
+
+async def echo(call: ToolCall) -> ToolOutcome:
+    return ToolOutcome(
+        output={"echo": call.input},
+        usage=Usage(input_tokens=3, output_tokens=4, total_tokens=7, cost=None),
+        model="fake/model-1",
+        response_id="resp-1",
+    )
+
+
+async def raw_message(message: StreamMessage[Msg]) -> Msg:
+    return message.raw_message
+
+
+class FakeAdapter:
+    provider = PROVIDER
+    tools = frozenset({"nlu.analyze"})
+
+    def __init__(self, behaviour: Behaviour = echo) -> None:
+        self.behaviour = behaviour
+        self.calls: list[ToolCall] = []
+
+    async def call(self, request: ToolCall) -> ToolOutcome:
+        self.calls.append(request)
+        return await self.behaviour(request)
+
+    async def aclose(self) -> None:
+        return None
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self.values: dict[str, bytes] = {}
+
+    async def get(self, idempotency_key: str) -> bytes | None:
+        return self.values.get(idempotency_key)
+
+    async def put(self, idempotency_key: str, body: bytes) -> None:
+        self.values[idempotency_key] = body
+
+
+@dataclass
+class Harness:
+    app: ToolRunnerApp
+    broker: NatsBroker
+    adapter: FakeAdapter
+    store: MemoryStore
+    results: list[Msg] = field(default_factory=list)
+    letters: list[Msg] = field(default_factory=list)
+
+    async def send(self, body: bytes, headers: dict[str, str] | None = None) -> None:
+        await self.broker.publish(
+            body, subjects.tool_invoke(PROVIDER), headers=headers, stream=streams.TOOL_WORK.name
+        )
+
+    async def invoke(self, invoke: ToolInvoke) -> ToolResult:
+        envelope = new_envelope(ev.TOOL_INVOKE_V1, "workflow-engine", invoke)
+        await self.send(encode_envelope(envelope), {HDR_MSG_ID: invoke.idempotency_key})
+        await wait_for(lambda: self.results, message="a result")
+        return payload_of(decode_envelope(self.results[-1].data), ToolResult)
+
+
+@asynccontextmanager
+async def harness(adapter: FakeAdapter, store: MemoryStore | None = None) -> AsyncIterator[Harness]:
+    settings = ToolRunnerSettings(openrouter_api_key="k", instance="unit-runner")
+    app = ToolRunnerApp(settings, registry=CollectorRegistry(), instance="unit-runner")
+    h = Harness(app=app, broker=app.broker, adapter=adapter, store=store or MemoryStore())
+
+    # The app's broker hands handlers the decoded body only (apply_types=False): decode to the raw message.
+    @app.broker.subscriber(
+        subjects.tool_result(PROVIDER),
+        stream=JStream(streams.TOOL_RESULTS.name, declare=False),
+        decoder=raw_message,
+    )
+    async def on_result(msg: Msg) -> None:
+        h.results.append(msg)
+
+    @app.broker.subscriber(
+        subjects.deadletter(DEADLETTER_KIND),
+        stream=JStream(streams.DEADLETTERS.name, declare=False),
+        decoder=raw_message,
+    )
+    async def on_letter(msg: Msg) -> None:
+        h.letters.append(msg)
+
+    binding = ProviderBinding(
+        adapter=adapter,
+        operation="chat",
+        request_model=lambda tool, config: "fake/model-1",
+        missing_credentials=None,
+    )
+    async with TestNatsBroker(app.broker):
+        await app.start(binding, store=h.store)
+        try:
+            yield h
+        finally:
+            assert app.runner is not None
+            await app.runner.close(grace_s=1.0)
+
+
+async def test_a_success_carries_output_usage_model_and_the_invoke_identity() -> None:
+    adapter = FakeAdapter()
+    async with harness(adapter) as h:
+        invoke = make_invoke(config={"model": "x/y"}, timeout_ms=1500)
+        result = await h.invoke(invoke)
+    assert result.success is True
+    assert result.output == {"echo": invoke.input}
+    assert result.usage is not None
+    assert (result.usage.input_tokens, result.usage.output_tokens) == (3, 4)
+    assert result.model == "fake/model-1"
+    assert (result.run_id, result.step, result.attempt) == (invoke.run_id, invoke.step, invoke.attempt)
+    assert result.runner == "unit-runner"
+    assert result.started_at is not None
+    assert result.started_at.tzinfo is not None
+    (call,) = adapter.calls
+    assert call.idempotency_key == invoke.idempotency_key
+    assert call.config == {"model": "x/y"}
+    assert call.timeout_s == 1.5
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        pytest.param(
+            ProviderError(ProviderErrorKind.RATE_LIMITED, "slow down", status=429, retry_after_s=2.5),
+            {
+                "kind": "rate_limited",
+                "message": "slow down",
+                "status": 429,
+                "retry_after_s": 2.5,
+                "retryable": True,
+            },
+            id="rate-limited",
+        ),
+        pytest.param(
+            ProviderError(ProviderErrorKind.AUTH, "bad key", status=401),
+            {"kind": "auth", "message": "bad key", "status": 401, "retry_after_s": None, "retryable": False},
+            id="auth",
+        ),
+        pytest.param(
+            ProviderError(ProviderErrorKind.MALFORMED_RESPONSE, "not json"),
+            {
+                "kind": "malformed_response",
+                "message": "not json",
+                "status": None,
+                "retry_after_s": None,
+                "retryable": True,
+            },
+            id="malformed-response",
+        ),
+    ],
+)
+async def test_a_provider_error_becomes_a_failed_result_with_its_classification(
+    error: ProviderError, expected: dict[str, Any]
+) -> None:
+    async def fail(call: ToolCall) -> ToolOutcome:
+        raise error
+
+    async with harness(FakeAdapter(fail)) as h:
+        result = await h.invoke(make_invoke())
+    assert result.success is False
+    assert result.output is None
+    assert result.error is not None
+    got = {key: getattr(result.error, key) for key in expected}
+    assert got == expected
+
+
+async def test_an_unexpected_exception_becomes_a_failed_result_of_kind_internal() -> None:
+    async def crash(call: ToolCall) -> ToolOutcome:
+        raise KeyError("choices")
+
+    async with harness(FakeAdapter(crash)) as h:
+        result = await h.invoke(make_invoke())
+    assert result.error is not None
+    assert result.error.kind == "internal"
+    assert "KeyError" in result.error.message
+    assert result.error.retryable is False
+
+
+async def test_a_stored_result_is_published_again_without_calling_the_provider() -> None:
+    adapter = FakeAdapter()
+    store = MemoryStore()
+    invoke = make_invoke()
+    async with harness(adapter, store) as h:
+        first = await h.invoke(invoke)
+        stored = store.values[invoke.idempotency_key]
+        h.results.clear()
+        second = await h.invoke(invoke)
+        republished = h.results[-1].data
+    assert len(adapter.calls) == 1
+    assert second == first
+    assert republished == stored
+
+
+async def test_unreadable_work_is_dead_lettered_with_the_original_body() -> None:
+    adapter = FakeAdapter()
+    async with harness(adapter) as h:
+        await h.send(b"{not json")
+        await wait_for(lambda: h.letters, message="a dead letter")
+        envelope = decode_envelope(h.letters[0].data)
+        letter = payload_of(envelope, DeadLetter)
+    assert envelope.type == ev.DEADLETTER_V1
+    assert letter.kind == DEADLETTER_KIND
+    assert letter.original_body == "{not json"
+    assert letter.original_subject == subjects.tool_invoke(PROVIDER)
+    assert h.results == []
+    assert adapter.calls == []
+
+
+async def test_no_more_invokes_run_at_once_than_max_concurrency() -> None:
+    running = 0
+    peak = 0
+    release = asyncio.Event()
+
+    async def slow(call: ToolCall) -> ToolOutcome:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await release.wait()
+        running -= 1
+        return await echo(call)
+
+    adapter = FakeAdapter(slow)
+    async with harness(adapter) as h:
+        assert h.app.runner is not None
+        sends = [
+            asyncio.create_task(h.invoke(make_invoke(run_id=f"run-{i}")))
+            for i in range(h.app.settings.max_concurrency + 8)
+        ]
+        await wait_for(lambda: len(adapter.calls) == h.app.settings.max_concurrency, message="slots filled")
+        assert h.app.runner.held == h.app.settings.max_concurrency + 8
+        release.set()
+        await asyncio.gather(*sends)
+        await wait_for(lambda: len(h.results) == h.app.settings.max_concurrency + 8, message="all answered")
+    assert peak == h.app.settings.max_concurrency

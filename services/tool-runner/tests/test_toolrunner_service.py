@@ -1,0 +1,363 @@
+"""The tool runner against a real nats-server and the provider simulator, served in-process."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from nats.js import JetStreamContext
+from omni_contract import streams, subjects
+from omni_contract.envelope import HDR_MSG_ID, HDR_TRACEPARENT, encode_envelope, new_envelope
+from omni_simulator import FaultMatch, FaultSpec, RunningSimulator
+from omni_testkit import wait_for
+from omni_toolrunner.runner import DEADLETTER_KIND
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from toolrunner_harness import (
+    PROVIDER,
+    RunningRunner,
+    make_invoke,
+    open_deadletters,
+    open_results,
+    publish_invoke,
+    publish_raw,
+    read_deadletter,
+    read_result,
+    runner_settings,
+    running_runner,
+    simulator_stats,
+    stream_messages,
+    work_drained,
+)
+
+pytestmark = pytest.mark.integration
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_SPAN_ID = "00f067aa0ba902b7"
+TRACEPARENT = f"00-{TRACE_ID}-{PARENT_SPAN_ID}-01"
+
+
+async def test_an_invoke_yields_exactly_one_result_with_the_output(
+    nats_url: str, simulator: RunningSimulator, js: JetStreamContext
+) -> None:
+    results = await open_results(js)
+    invoke = make_invoke()
+    async with running_runner(runner_settings(nats_url, simulator)) as runner:
+        await publish_invoke(js, invoke, traceparent=TRACEPARENT)
+        msg = await results.next()
+        await wait_for(lambda: work_drained(js), message="work acknowledged")
+
+        result = read_result(msg)
+        assert result.success is True
+        assert result.error is None
+        assert result.output is not None
+        assert result.output.get("intent")
+        assert (result.run_id, result.step, result.attempt, result.tool) == (
+            invoke.run_id,
+            invoke.step,
+            invoke.attempt,
+            invoke.tool,
+        )
+        assert result.idempotency_key == invoke.idempotency_key
+        assert result.runner == runner.settings.instance
+        assert result.usage is not None
+        assert result.usage.total_tokens > 0
+        assert result.model
+        assert msg.subject == subjects.tool_result(PROVIDER)
+        assert msg.headers is not None
+        assert msg.headers[HDR_MSG_ID] == invoke.idempotency_key
+        # The trace the engine started goes on through the runner into the result.
+        assert msg.headers[HDR_TRACEPARENT].split("-")[1] == TRACE_ID
+        assert await stream_messages(js, streams.TOOL_RESULTS.name) == 1
+        assert (
+            runner.metric(
+                "omni_toolrunner_invocations_total", tool="nlu.analyze", provider=PROVIDER, outcome="success"
+            )
+            == 1
+        )
+    stats = await simulator_stats(simulator)
+    assert stats["side_effects"] == 1
+    assert stats["by_key"] == {invoke.idempotency_key: 1}
+
+
+async def test_a_republished_invoke_is_answered_from_the_stored_result_without_calling_the_provider(
+    nats_url: str, simulator: RunningSimulator, js: JetStreamContext
+) -> None:
+    results = await open_results(js)
+    invoke = make_invoke()
+    async with running_runner(runner_settings(nats_url, simulator)) as runner:
+        await publish_invoke(js, invoke)
+        first = read_result(await results.next())
+        await wait_for(lambda: work_drained(js), message="first invoke acknowledged")
+
+        # The same attempt again, under another Nats-Msg-Id so that JetStream does not drop it.
+        await publish_invoke(js, invoke, msg_id=f"{invoke.idempotency_key}/again")
+        await wait_for(lambda: work_drained(js), message="second invoke acknowledged")
+
+        cache_hits = runner.metric("omni_toolrunner_cache_hits_total", tool="nlu.analyze", provider=PROVIDER)
+        assert cache_hits == 1
+        # The republished result carried the same Nats-Msg-Id, so the result stream kept one copy.
+        assert await stream_messages(js, streams.TOOL_RESULTS.name) == 1
+    assert first.success is True
+    stats = await simulator_stats(simulator)
+    assert stats["side_effects"] == 1
+    assert stats["calls"] == 1
+
+
+async def test_two_deliveries_of_one_attempt_at_once_call_the_provider_once(
+    nats_url: str, simulator: RunningSimulator, js: JetStreamContext
+) -> None:
+    results = await open_results(js)
+    invoke = make_invoke()
+    simulator.state.add_fault(
+        FaultSpec(match=FaultMatch(idempotency_key=invoke.idempotency_key), delay_ms=500)
+    )
+    async with running_runner(runner_settings(nats_url, simulator)):
+        await publish_invoke(js, invoke)
+        await publish_invoke(js, invoke, msg_id=f"{invoke.idempotency_key}/again")
+        assert read_result(await results.next()).success is True
+        await wait_for(lambda: work_drained(js), message="both invokes acknowledged")
+        assert await stream_messages(js, streams.TOOL_RESULTS.name) == 1
+    stats = await simulator_stats(simulator)
+    assert stats["calls"] == 1
+    assert stats["side_effects"] == 1
+
+
+async def test_a_provider_500_is_a_failed_result_of_kind_server(
+    nats_url: str, simulator: RunningSimulator, js: JetStreamContext
+) -> None:
+    results = await open_results(js)
+    simulator.state.add_fault(FaultSpec(status=500, message="upstream exploded"))
+    invoke = make_invoke()
+    async with running_runner(runner_settings(nats_url, simulator)) as runner:
+        await publish_invoke(js, invoke)
+        result = read_result(await results.next())
+        await wait_for(lambda: work_drained(js), message="work acknowledged")
+        failures = runner.metric(
+            "omni_toolrunner_invocations_total", tool="nlu.analyze", provider=PROVIDER, outcome="server"
+        )
+    assert result.success is False
+    assert result.output is None
+    assert result.error is not None
+    assert result.error.kind == "server"
+    assert result.error.status == 500
+    assert result.error.retryable is True
+    assert failures == 1
+    # One attempt per invoke: retrying is the engine's decision.
+    assert (await simulator_stats(simulator))["calls"] == 1
+
+
+async def test_a_tool_the_provider_does_not_serve_is_a_failed_result_of_kind_unknown_tool(
+    nats_url: str, simulator: RunningSimulator, js: JetStreamContext
+) -> None:
+    results = await open_results(js)
+    async with running_runner(runner_settings(nats_url, simulator)):
+        await publish_invoke(js, make_invoke(tool="image.paint", input={"prompt": "a cat"}))
+        result = read_result(await results.next())
+    assert result.success is False
+    assert result.error is not None
+    assert result.error.kind == "unknown_tool"
+    assert result.error.retryable is False
+    assert (await simulator_stats(simulator))["calls"] == 0
+
+
+def _wrong_type_envelope() -> bytes:
+    return encode_envelope(new_envelope("omni.tool.result.v1", "someone", {"run_id": "r"}))
+
+
+def _invalid_payload_envelope() -> bytes:
+    return encode_envelope(new_envelope("omni.tool.invoke.v1", "someone", {"run_id": "r", "tool": 3}))
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        pytest.param(b"\x00\xffnot json at all", "not an event envelope", id="garbage"),
+        pytest.param(_wrong_type_envelope(), "unexpected event type", id="wrong-type"),
+        pytest.param(_invalid_payload_envelope(), "not a omni.tool.invoke.v1 payload", id="invalid-payload"),
+    ],
+)
+async def test_a_malformed_work_message_is_dead_lettered_and_not_redelivered(
+    nats_url: str, simulator: RunningSimulator, js: JetStreamContext, body: bytes, reason: str
+) -> None:
+    letters = await open_deadletters(js, subjects.deadletter(DEADLETTER_KIND))
+    async with running_runner(runner_settings(nats_url, simulator)) as runner:
+        await publish_raw(js, body)
+        letter = read_deadletter(await letters.next())
+        # Terminated: gone from the work queue instead of coming back after ack_wait.
+        await wait_for(lambda: work_drained(js), message="malformed work terminated")
+        assert runner.metric("omni_toolrunner_deadletters_total", provider=PROVIDER) == 1
+    assert letter.kind == DEADLETTER_KIND
+    assert reason in letter.reason
+    assert letter.original_subject == subjects.tool_invoke(PROVIDER)
+    assert letter.stream_seq == 1
+    assert await stream_messages(js, streams.TOOL_RESULTS.name) == 0
+
+
+async def test_work_of_a_runner_killed_mid_call_is_redelivered_to_another_runner_without_a_second_side_effect(
+    nats_url: str, simulator: RunningSimulator, js: JetStreamContext
+) -> None:
+    results = await open_results(js)
+    invoke = make_invoke()
+    # The first call is slow; the simulator records its side effect before it answers.
+    simulator.state.add_fault(FaultSpec(delay_ms=30_000, times=1))
+    first = runner_settings(nats_url, simulator, ack_wait_s=1.0)
+    second = runner_settings(nats_url, simulator, ack_wait_s=1.0)
+
+    async with running_runner(first) as doomed:
+        await publish_invoke(js, invoke)
+        await wait_for(lambda: simulator.state.calls == 1, message="first runner called the provider")
+        await doomed.kill()
+
+    async with running_runner(second):
+        result = read_result(await results.next(timeout=20))
+        await wait_for(lambda: work_drained(js), message="redelivered work acknowledged")
+
+    assert result.success is True
+    assert result.runner == second.instance
+    stats = await simulator_stats(simulator)
+    assert stats["by_key"] == {invoke.idempotency_key: 2}
+    assert stats["side_effects"] == 1
+    assert stats["duplicates"] == 1
+
+
+async def test_in_progress_acks_keep_a_slow_call_from_being_redelivered_to_another_replica(
+    nats_url: str, simulator: RunningSimulator, js: JetStreamContext
+) -> None:
+    results = await open_results(js)
+    invoke = make_invoke()
+    simulator.state.add_fault(FaultSpec(delay_ms=3_000, times=1))  # three times the ack wait
+    async with (
+        running_runner(runner_settings(nats_url, simulator, ack_wait_s=1.0)),
+        running_runner(runner_settings(nats_url, simulator, ack_wait_s=1.0)),
+    ):
+        await publish_invoke(js, invoke)
+        assert read_result(await results.next()).success is True
+        await wait_for(lambda: work_drained(js), message="work acknowledged")
+    assert (await simulator_stats(simulator))["by_key"] == {invoke.idempotency_key: 1}
+
+
+async def test_shutdown_lets_a_running_invoke_finish_and_publish_its_result(
+    nats_url: str, simulator: RunningSimulator, js: JetStreamContext
+) -> None:
+    results = await open_results(js)
+    simulator.state.add_fault(FaultSpec(delay_ms=1_000, times=1))
+    async with running_runner(runner_settings(nats_url, simulator, shutdown_grace_s=10.0)) as runner:
+        await publish_invoke(js, make_invoke())
+        await wait_for(lambda: simulator.state.calls == 1, message="provider called")
+        await runner.stop()
+        assert not runner.task.cancelled()
+    assert read_result(await results.next(timeout=1)).success is True
+    assert await work_drained(js)
+
+
+async def test_an_invoke_span_continues_the_trace_with_gen_ai_attributes(
+    nats_url: str, simulator: RunningSimulator, js: JetStreamContext
+) -> None:
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    results = await open_results(js)
+    invoke = make_invoke()
+    async with running_runner(runner_settings(nats_url, simulator), tracer_provider=tracer_provider):
+        await publish_invoke(js, invoke, traceparent=TRACEPARENT)
+        msg = await results.next()
+
+    spans = [s for s in exporter.get_finished_spans() if s.name == "tool.invoke nlu.analyze"]
+    assert len(spans) == 1
+    span = spans[0]
+    assert format(span.context.trace_id, "032x") == TRACE_ID
+    assert span.parent is not None
+    assert format(span.parent.span_id, "016x") == PARENT_SPAN_ID
+    attributes = dict(span.attributes or {})
+    assert attributes["gen_ai.operation.name"] == "chat"
+    assert attributes["gen_ai.provider.name"] == PROVIDER
+    assert attributes["gen_ai.request.model"] == "openai/gpt-4o-mini"
+    assert attributes["gen_ai.response.model"]
+    assert int(attributes["gen_ai.usage.input_tokens"]) > 0  # type: ignore[arg-type]
+    assert int(attributes["gen_ai.usage.output_tokens"]) > 0  # type: ignore[arg-type]
+    assert attributes["omni.run_id"] == invoke.run_id
+    assert attributes["omni.step"] == invoke.step
+    assert attributes["omni.attempt"] == invoke.attempt
+    assert attributes["omni.tool"] == "nlu.analyze"
+    # The result's trace context is a descendant of the invoke span (FastStream adds its publish span).
+    assert msg.headers is not None
+    assert msg.headers[HDR_TRACEPARENT].split("-")[1] == TRACE_ID
+    assert msg.headers[HDR_TRACEPARENT].split("-")[2] != PARENT_SPAN_ID
+
+
+async def test_a_runner_without_an_api_key_is_not_ready_and_says_why(
+    nats_url: str, simulator: RunningSimulator
+) -> None:
+    settings = runner_settings(nats_url, simulator, openrouter_api_key=None)
+    async with running_runner(settings, expect_ready=False) as runner:
+        problems = await runner.ctx.health.readiness()
+    assert problems == {"provider": "OPENROUTER_API_KEY is not set"}
+
+
+async def test_replicas_share_the_work_of_one_durable_consumer(
+    nats_url: str, simulator: RunningSimulator, js: JetStreamContext
+) -> None:
+    results = await open_results(js)
+    invokes = [make_invoke(run_id=f"run-{i}") for i in range(40)]
+    simulator.state.latency_ms = 20
+    async with (
+        running_runner(runner_settings(nats_url, simulator, fetch_batch=2, max_concurrency=4)) as a,
+        running_runner(runner_settings(nats_url, simulator, fetch_batch=2, max_concurrency=4)) as b,
+    ):
+        await asyncio.gather(*(publish_invoke(js, invoke) for invoke in invokes))
+        seen = {read_result(await results.next()).run_id for _ in invokes}
+        await wait_for(lambda: work_drained(js), message="all work acknowledged")
+        served = {
+            name: runner.metric(
+                "omni_toolrunner_invocations_total", tool="nlu.analyze", provider=PROVIDER, outcome="success"
+            )
+            for name, runner in (("a", a), ("b", b))
+        }
+    assert seen == {invoke.run_id for invoke in invokes}
+    assert served["a"] + served["b"] == len(invokes)
+    assert served["a"] > 0
+    assert served["b"] > 0
+
+
+async def test_shutdown_gives_back_work_waiting_for_a_slot_and_another_runner_answers_it(
+    nats_url: str, simulator: RunningSimulator, js: JetStreamContext
+) -> None:
+    results = await open_results(js)
+    invokes = [make_invoke(run_id=f"run-{i}") for i in range(3)]
+    simulator.state.add_fault(FaultSpec(delay_ms=1_000, times=1))
+    one_at_a_time = runner_settings(nats_url, simulator, max_concurrency=1, fetch_batch=3)
+    async with running_runner(one_at_a_time) as runner:
+        for invoke in invokes:
+            await publish_invoke(js, invoke)
+        await wait_for(lambda: simulator.state.calls == 1, message="first invoke running")
+        # One running, the next fetched and waiting for the only slot (the third may not be fetched yet).
+        await wait_for(lambda: _held(runner) >= 2, message="work waiting for a slot")
+        held = _held(runner)
+        await runner.stop()
+        handed_back = runner.metric("omni_toolrunner_handback_total", provider=PROVIDER, reason="shutdown")
+    assert handed_back == held - 1
+    first = read_result(await results.next(timeout=1))
+    assert first.success is True
+
+    async with running_runner(runner_settings(nats_url, simulator)):
+        rest = {read_result(await results.next()).run_id for _ in range(2)}
+        await wait_for(lambda: work_drained(js), message="handed-back work acknowledged")
+    assert rest | {first.run_id} == {invoke.run_id for invoke in invokes}
+    assert (await simulator_stats(simulator))["side_effects"] == 3
+
+
+def _held(runner: RunningRunner) -> float:
+    return runner.metric("omni_toolrunner_in_flight", provider=PROVIDER)
+
+
+async def test_the_shared_consumer_takes_the_configured_ack_wait(
+    nats_url: str, simulator: RunningSimulator, js: JetStreamContext
+) -> None:
+    consumer = streams.tool_runner_consumer(PROVIDER)
+    for ack_wait_s in (2.5, 4.0):
+        async with running_runner(runner_settings(nats_url, simulator, ack_wait_s=ack_wait_s)):
+            info = await js.consumer_info(consumer.stream, consumer.durable)
+        assert info.config.ack_wait == ack_wait_s
+        assert info.config.filter_subject == subjects.tool_invoke(PROVIDER)
