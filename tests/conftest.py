@@ -39,7 +39,9 @@ def make_stack(
 
 
 @pytest.fixture
-def stack(tmp_path: Path, nats_url: str, database_url: str, request: pytest.FixtureRequest) -> Iterator[Stack]:
+def stack(
+    tmp_path: Path, nats_url: str, database_url: str, request: pytest.FixtureRequest
+) -> Iterator[Stack]:
     options: dict[str, int] = getattr(request, "param", {}) or {}
     s = make_stack(tmp_path, nats_url, database_url, **options)
     try:

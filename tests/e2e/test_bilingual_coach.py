@@ -53,7 +53,11 @@ async def run_of(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
     return run
 
 
-async def finished(client: httpx.AsyncClient, run_id: str, timeout: float = 60) -> dict[str, Any]:
+async def finished(
+    client: httpx.AsyncClient,
+    run_id: str,
+    timeout: float = 60,  # noqa: ASYNC109 - a deadline for polling
+) -> dict[str, Any]:
     async def done() -> dict[str, Any] | None:
         run = await run_of(client, run_id)
         return run if run["status"] in ("completed", "failed") else None
@@ -65,7 +69,8 @@ async def finished(client: httpx.AsyncClient, run_id: str, timeout: float = 60) 
 async def test_execute_over_http_runs_every_step_and_records_outputs(stack: Stack) -> None:
     async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=60) as client:
         response = await client.post(
-            "/workflows/bilingual-coach/execute", json={"payload": payload(), "context": {"userId": "learner-7"}}
+            "/workflows/bilingual-coach/execute",
+            json={"payload": payload(), "context": {"userId": "learner-7"}},
         )
         assert response.status_code == 200, response.text
         body = response.json()
@@ -112,7 +117,8 @@ async def test_trigger_event_on_nats_starts_and_completes_a_run(stack: Stack) ->
 
 
 async def test_a_failing_step_fails_the_run_with_its_error(stack: Stack) -> None:
-    await sim(stack, "/_sim/faults", {"match": {"schema": "mt_translate"}, "status": 400, "message": "bad lang"})
+    fault = {"match": {"schema": "mt_translate"}, "status": 400, "message": "bad lang"}
+    await sim(stack, "/_sim/faults", fault)
     async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=60) as client:
         response = await client.post("/workflows/bilingual-coach/execute", json={"payload": payload()})
         assert response.status_code == 200, response.text

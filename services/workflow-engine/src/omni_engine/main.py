@@ -6,7 +6,7 @@ import asyncio
 import logging
 from pathlib import Path
 
-from omni_contract import streams
+from omni_contract import streams, subjects
 from omni_runtime import db
 from omni_runtime import nats as omni_nats
 from omni_runtime.service import ServiceContext, run_service
@@ -102,7 +102,7 @@ async def body(ctx: ServiceContext, settings: EngineSettings) -> None:
 def main() -> None:
     settings = EngineSettings()
     run_service(
-        "workflow-engine",
+        subjects.ENGINE_SERVICE_NAME,
         settings,
         lambda ctx: body(ctx, settings),
         description="Omni workflow engine: definitions, runs, run history",
