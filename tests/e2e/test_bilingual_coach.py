@@ -59,7 +59,11 @@ async def finished(
     timeout: float = 60,  # noqa: ASYNC109 - a deadline for polling
 ) -> dict[str, Any]:
     async def done() -> dict[str, Any] | None:
-        run = await run_of(client, run_id)
+        response = await client.get(f"/runs/{run_id}")
+        if response.status_code == 503:
+            return None  # the engine is restarting
+        assert response.status_code == 200, response.text
+        run: dict[str, Any] = response.json()
         return run if run["status"] in ("completed", "failed") else None
 
     result: dict[str, Any] = await wait_for(done, timeout=timeout, message=f"run {run_id} finished")

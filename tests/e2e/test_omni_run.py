@@ -17,7 +17,7 @@ from omni_devstack.servers import free_port
 from omni_testkit import wait_for
 from omni_testkit.processes import live_pids, process_tree
 
-from ..conftest import ROOT
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.e2e
 
@@ -59,9 +59,9 @@ async def test_omni_run_serves_the_gateway_and_stops_cleanly_on_sigterm(world_tm
             assert "bilingual-coach" in [w["name"] for w in workflows]
         tree = process_tree(proc.pid)
         assert len(tree) >= 6  # omni, NATS, PostgreSQL, simulator, engine, runner, gateway
-        output = log.read_text()
+        output = await wait_for(lambda: "Press Ctrl-C" in log.read_text() and log.read_text(), timeout=10)
         assert "SIMULATED" in output
-        assert f"http://127.0.0.1:{http_port}" in output
+        assert f"Omni gateway:  http://127.0.0.1:{http_port}" in output
 
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
