@@ -56,6 +56,7 @@ class StackConfig:
     workflows_dir: Path = Path("workflows")
     engine_replicas: int = 1
     runner_replicas: int = 1
+    local_runner_replicas: int = 1
     simulate: bool | None = None  # None: simulate when OPENROUTER_API_KEY is unset
     sim_port: int = 0
     log_dir: Path | None = None  # None: service logs go to this process's stderr
@@ -217,6 +218,10 @@ class Stack:
                     ["--provider", "openrouter"],
                     runner_env,
                 )
+            )
+        for i in range(cfg.local_runner_replicas):
+            specs.append(
+                ServiceSpec(f"tool-runner-local-{i + 1}", "omni_toolrunner.main", ["--provider", "local"])
             )
         specs.append(ServiceSpec("gateway", "omni_gateway.main"))
         return specs

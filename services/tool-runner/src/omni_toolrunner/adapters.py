@@ -10,11 +10,12 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from omni_toolrunner.providers import OpenRouterAdapter, ProviderAdapter
+from omni_toolrunner.providers.local import LOCAL, LocalAdapter
 from omni_toolrunner.providers.openrouter import DEFAULT_MODEL, DEFAULT_TOOL_MODELS, MODEL_ALIASES
 from omni_toolrunner.settings import ToolRunnerSettings
 
 OPENROUTER = "openrouter"
-KNOWN_PROVIDERS = (OPENROUTER,)
+KNOWN_PROVIDERS = (OPENROUTER, LOCAL)
 
 ModelOf = Callable[[str, Mapping[str, Any]], str | None]
 """The model a call of ``tool`` with step ``config`` asks for, for the span's ``gen_ai.request.model``."""
@@ -68,5 +69,12 @@ def bind_provider(settings: ToolRunnerSettings, client: httpx.AsyncClient) -> Pr
             operation="chat",
             request_model=openrouter_model,
             missing_credentials=None if key else "OPENROUTER_API_KEY is not set",
+        )
+    if settings.provider == LOCAL:
+        return ProviderBinding(
+            adapter=LocalAdapter(),
+            operation="execute_tool",
+            request_model=lambda _tool, _config: None,
+            missing_credentials=None,
         )
     raise ValueError(f"no adapter for provider {settings.provider!r} (known: {', '.join(KNOWN_PROVIDERS)})")

@@ -10,6 +10,7 @@ from omni_runtime.service import run_service
 
 from omni_toolrunner.adapters import KNOWN_PROVIDERS, OPENROUTER
 from omni_toolrunner.app import make_body, service_name
+from omni_toolrunner.providers.local import LOCAL
 from omni_toolrunner.settings import ToolRunnerSettings
 
 
@@ -33,6 +34,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def main_openrouter() -> None:
     main(["--provider", OPENROUTER, *sys.argv[1:]])
+
+
+def main_local() -> None:
+    main(["--provider", LOCAL, *sys.argv[1:]])
 
 
 if __name__ == "__main__":
