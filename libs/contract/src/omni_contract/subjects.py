@@ -56,6 +56,11 @@ def run_events_of(run_id: str) -> str:
     return f"omni.run.{_token(run_id)}.>"
 
 
+def run_events_of_type(event_type: str) -> str:
+    """Every run's notices of one event type, e.g. all ``run.completed``."""
+    return f"omni.run.*.{_token(event_type)}"
+
+
 def deadletter(kind: str) -> str:
     return f"omni.deadletter.{_token(kind)}"
 

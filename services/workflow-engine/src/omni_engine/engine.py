@@ -8,6 +8,7 @@ with the outbox rows they cause in one transaction, and relay the rows.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 import time
 import uuid
 from collections.abc import Sequence
@@ -90,12 +91,30 @@ class EngineMetrics:
 
 class Engine:
     def __init__(
-        self, store: Store, definitions: Definitions, relay: OutboxRelay, metrics: EngineMetrics
+        self,
+        store: Store,
+        definitions: Definitions,
+        relay: OutboxRelay,
+        metrics: EngineMetrics,
+        cache_size: int = 10_000,
     ) -> None:
         self.store = store
         self.definitions = definitions
         self.relay = relay
         self.metrics = metrics
+        # The projection of runs this replica advanced last, so that folding a result does not
+        # begin with a read. The append's expected seq still guards it: when another replica (or
+        # a concurrent handler) moved the run on, the append conflicts and the state is reloaded.
+        self._states: OrderedDict[str, RunState] = OrderedDict()
+        self.cache_size = cache_size
+
+    def _remember(self, state: RunState) -> None:
+        if state.finished:
+            return
+        self._states[state.run_id] = state
+        self._states.move_to_end(state.run_id)
+        while len(self._states) > self.cache_size:
+            self._states.popitem(last=False)
 
     # -- starting ----------------------------------------------------------------------------
     async def start_run(
@@ -156,6 +175,7 @@ class Engine:
                 return existing_state
             self.metrics.runs_started.labels(spec.name).inc()
             self._count_finish(state)
+            self._remember(state)
             await self.relay.publish(written)
             return state
 
@@ -164,7 +184,8 @@ class Engine:
         """Fold a tool result into its run. Duplicates and stale attempts are ignored."""
         started = time.perf_counter()
         for _ in range(MAX_APPEND_RETRIES):
-            state = await self.store.load_run(result.run_id)
+            # Taken out of the cache while in hand: a concurrent handler of the same run reads it anew.
+            state = self._states.pop(result.run_id, None) or await self.store.load_run(result.run_id)
             if state is None:
                 log.warning("result for unknown run %s (step %s)", result.run_id, result.step)
                 return
@@ -232,6 +253,7 @@ class Engine:
                 self.metrics.conflicts.inc()
                 continue
             self._count_finish(state)
+            self._remember(state)
             await self.relay.publish(written)
             self.metrics.transition_seconds.observe(time.perf_counter() - started)
             return

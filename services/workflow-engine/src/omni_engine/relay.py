@@ -33,7 +33,7 @@ class OutboxRelay:
         registry: CollectorRegistry,
         *,
         stale_after_s: float = 2.0,
-        sweep_interval_s: float = 0.5,
+        sweep_interval_s: float = 0.1,
         publish_timeout_s: float = 5.0,
     ) -> None:
         self.nc = nc
@@ -48,6 +48,7 @@ class OutboxRelay:
             ["path"],
             registry=registry,
         )
+        self._published_ids: list[int] = []
         self.failures = Counter(
             "omni_engine_outbox_failures_total", "Outbox relay attempts that failed", registry=registry
         )
@@ -66,7 +67,12 @@ class OutboxRelay:
             await asyncio.wait_for(asyncio.gather(*futures), timeout=self.publish_timeout_s)
 
     async def publish(self, messages: Sequence[OutboxMessage]) -> None:
-        """Fast path. On failure the rows stay in the outbox for the sweeper."""
+        """Fast path. On failure the rows stay in the outbox for the sweeper.
+
+        Published rows are deleted in batches by ``flush_deletes`` (one statement for many
+        transitions); a row whose delete is still pending when a replica crashes is relayed
+        again by the sweeper and de-duplicated by JetStream through its message id.
+        """
         if not messages:
             return
         try:
@@ -75,8 +81,13 @@ class OutboxRelay:
             self.failures.inc()
             log.warning("outbox publish failed, left for the sweeper: %s", exc)
             return
-        await self.store.delete_outbox([m.id for m in messages])
+        self._published_ids.extend(m.id for m in messages)
         self.published.labels("fast").inc(len(messages))
+
+    async def flush_deletes(self) -> None:
+        ids, self._published_ids = self._published_ids, []
+        if ids:
+            await self.store.delete_outbox(ids)
 
     async def sweep_once(self, limit: int = 500) -> int:
         async with self.store.pool.acquire() as conn, conn.transaction():
@@ -92,6 +103,7 @@ class OutboxRelay:
     async def sweep_forever(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
             try:
+                await self.flush_deletes()
                 while await self.sweep_once() > 0:
                     pass
             except (NatsError, TimeoutError, OSError) as exc:
@@ -99,3 +111,4 @@ class OutboxRelay:
                 log.warning("outbox sweep failed: %s", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), timeout=self.sweep_interval_s)
+        await self.flush_deletes()

@@ -24,6 +24,9 @@ _state_decoder = msgspec.json.Decoder(RunState)
 _encoder = msgspec.json.Encoder()
 
 
+APPEND_CONFLICT = "OX001"  # raised by append_run (migrations/002_append_functions.sql)
+
+
 class AppendConflict(Exception):
     """Another writer appended to the run first."""
 
@@ -140,25 +143,21 @@ class Store:
         origin_key: str | None,
     ) -> list[OutboxMessage] | None:
         """Insert a new run with its first events. Returns None when the run (or its origin) exists."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            created = await conn.fetchval(
-                "INSERT INTO runs (run_id, workflow, hash, status, last_seq, state, origin_key,"
-                " created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6::text::jsonb, $7, $8, $9)"
-                " ON CONFLICT DO NOTHING RETURNING true",
-                state.run_id,
-                state.workflow,
-                state.hash,
-                state.status,
-                state.last_seq,
-                _encoder.encode(state).decode(),
-                origin_key,
-                state.created_at,
-                state.updated_at,
-            )
-            if not created:
-                return None
-            await self._insert_events(conn, state.run_id, 1, events)
-            return await self._insert_outbox(conn, outbox)
+        ids = await self.pool.fetchval(
+            "SELECT create_run($1, $2, $3, $4, $5, $6::text::jsonb, $7::text::jsonb, $8, $9,"
+            " $10, $11, $12, $13, $14)",
+            state.run_id,
+            state.workflow,
+            state.hash,
+            origin_key,
+            state.created_at,
+            _events_json(events),
+            _encoder.encode(state).decode(),
+            state.status,
+            state.updated_at,
+            *_outbox_columns(outbox),
+        )
+        return None if ids is None else _with_ids(outbox, ids)
 
     async def append(
         self,
@@ -167,52 +166,26 @@ class Store:
         events: Sequence[NewEvent],
         outbox: Sequence[OutboxMessage],
     ) -> list[OutboxMessage]:
-        """Append ``events`` after ``expected_seq`` and save the new projection ``state``."""
+        """Append ``events`` after ``expected_seq`` and save the new projection ``state``, with the
+        outbox rows, in one statement. Raises ``AppendConflict`` when another writer was first."""
         try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                await self._insert_events(conn, state.run_id, expected_seq + 1, events)
-                updated = await conn.execute(
-                    "UPDATE runs SET status = $2, last_seq = $3, state = $4::text::jsonb, updated_at = $5"
-                    " WHERE run_id = $1 AND last_seq = $6",
-                    state.run_id,
-                    state.status,
-                    state.last_seq,
-                    _encoder.encode(state).decode(),
-                    state.updated_at,
-                    expected_seq,
-                )
-                if updated != "UPDATE 1":
-                    raise AppendConflict(state.run_id)
-                return await self._insert_outbox(conn, outbox)
+            ids = await self.pool.fetchval(
+                "SELECT append_run($1, $2, $3::text::jsonb, $4::text::jsonb, $5, $6, $7, $8, $9, $10, $11)",
+                state.run_id,
+                expected_seq,
+                _events_json(events),
+                _encoder.encode(state).decode(),
+                state.status,
+                state.updated_at,
+                *_outbox_columns(outbox),
+            )
         except asyncpg.UniqueViolationError as exc:
             raise AppendConflict(state.run_id) from exc
-
-    @staticmethod
-    async def _insert_events(conn: Conn, run_id: str, first_seq: int, events: Sequence[NewEvent]) -> None:
-        await conn.executemany(
-            "INSERT INTO run_events (run_id, seq, type, data, at) VALUES ($1, $2, $3, $4::text::jsonb, $5)",
-            [
-                (run_id, first_seq + i, e.type, _encoder.encode(e.data).decode(), e.at)
-                for i, e in enumerate(events)
-            ],
-        )
-
-    @staticmethod
-    async def _insert_outbox(conn: Conn, outbox: Sequence[OutboxMessage]) -> list[OutboxMessage]:
-        if not outbox:
-            return []
-        ids = await conn.fetch(
-            "INSERT INTO outbox (subject, msg_id, body, traceparent, durable)"
-            " SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::bool[]) RETURNING id",
-            [m.subject for m in outbox],
-            [m.msg_id for m in outbox],
-            [m.body for m in outbox],
-            [m.traceparent for m in outbox],
-            [m.durable for m in outbox],
-        )
-        for message, row in zip(outbox, ids, strict=True):
-            message.id = row["id"]
-        return list(outbox)
+        except asyncpg.RaiseError as exc:
+            if exc.sqlstate != APPEND_CONFLICT:
+                raise
+            raise AppendConflict(state.run_id) from exc
+        return _with_ids(outbox, ids)
 
     async def run_events(self, run_id: str, after_seq: int = 0, limit: int = 10_000) -> list[dict[str, Any]]:
         rows = await self.pool.fetch(
@@ -282,6 +255,28 @@ class Store:
             )
             for r in rows
         ]
+
+
+def _events_json(events: Sequence[NewEvent]) -> str:
+    return _encoder.encode([{"type": e.type, "data": e.data, "at": e.at} for e in events]).decode()
+
+
+def _outbox_columns(
+    outbox: Sequence[OutboxMessage],
+) -> tuple[list[str], list[str], list[bytes], list[str | None], list[bool]]:
+    return (
+        [m.subject for m in outbox],
+        [m.msg_id for m in outbox],
+        [m.body for m in outbox],
+        [m.traceparent for m in outbox],
+        [m.durable for m in outbox],
+    )
+
+
+def _with_ids(outbox: Sequence[OutboxMessage], ids: Sequence[int]) -> list[OutboxMessage]:
+    for message, id_ in zip(outbox, ids, strict=True):
+        message.id = id_
+    return list(outbox)
 
 
 def encode_cursor(created_at: datetime, run_id: str) -> str:

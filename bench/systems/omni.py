@@ -1,0 +1,243 @@
+"""Omni in the benchmarks: the real services as processes (the ``Stack`` behind ``make run``), on
+the run's embedded NATS and PostgreSQL, with workflows whose steps are ``util.echo`` on the
+``local`` provider: each step is a real invoke through JetStream, a real tool-runner and a real
+result folded into PostgreSQL, so what is measured is orchestration."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import nats
+import psutil
+from nats.aio.client import Client as NATS
+from omni_contract import events as ev
+from omni_contract import rpc, subjects
+from omni_contract.envelope import decode_envelope, encode, payload_of
+from omni_devstack.servers import free_port
+from omni_devstack.supervisor import Stack, StackConfig
+
+from bench.systems.base import BenchEnv, Throughput
+
+SEQ5 = "bench-seq-5"
+
+
+def sequential_workflow(name: str, steps: int) -> str:
+    lines = [
+        f"name: {name}",
+        "description: benchmark workflow of sequential echo steps",
+        "version: 1.0.0",
+        "trigger:",
+        f"  event: app.bench.{name.replace('-', '_')}",
+        "  payload:",
+        "    n: integer",
+        "steps:",
+    ]
+    for i in range(steps):
+        source = "${trigger.payload.n}" if i == 0 else f"${{steps.s{i - 1}.output.n}}"
+        lines += [
+            f"  - name: s{i}",
+            "    tool: util.echo",
+            "    provider: local",
+            "    input:",
+            f'      n: "{source}"',
+            "    output:",
+            "      n: integer",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+class OmniSystem:
+    name = "omni"
+    durability = (
+        "PostgreSQL fsync=on, synchronous_commit=on (every transition commits before its messages are"
+        " published); JetStream file store, default sync (acknowledged when written, fsync every 2 min)"
+    )
+
+    def __init__(self, local_runners: int = 1, engines: int = 1) -> None:
+        self.local_runners = local_runners
+        self.engines = engines
+        self.stack: Stack | None = None
+        self.nc: NATS | None = None
+        self.workdir: Path | None = None
+
+    async def start(self, env: BenchEnv) -> None:
+        workflows = env.workdir / "omni-workflows"
+        workflows.mkdir(parents=True, exist_ok=True)
+        (workflows / f"{SEQ5}.yaml").write_text(sequential_workflow(SEQ5, 5))
+        long_steps = 50 if env.smoke else 1000
+        (workflows / "bench-long.yaml").write_text(sequential_workflow("bench-long", long_steps))
+        database_url = env.pg.create_database("bench_omni")
+        self.stack = Stack(
+            StackConfig(
+                home=env.workdir / "omni-home",
+                http_port=free_port(),
+                nats_url=env.nats_url,
+                database_url=database_url,
+                workflows_dir=workflows,
+                engine_replicas=self.engines,
+                runner_replicas=0,
+                local_runner_replicas=self.local_runners,
+                simulate=False,
+                log_dir=env.workdir / "omni-logs",
+                extra_env={"OMNI_LOG_LEVEL": "WARNING"},
+            )
+        )
+        await asyncio.to_thread(self.stack.start, 90.0)
+        self.nc = await nats.connect(env.nats_url)
+
+    async def stop(self) -> None:
+        if self.nc is not None:
+            await self.nc.close()
+        if self.stack is not None:
+            await asyncio.to_thread(self.stack.stop)
+
+    # -- helpers -------------------------------------------------------------------------------
+    async def _start(self, workflow: str, n: int, run_id: str) -> None:
+        assert self.nc is not None
+        request = rpc.StartRunRequest(workflow=workflow, payload={"n": n}, run_id=run_id)
+        reply = msgspec.json.decode(
+            (await self.nc.request(subjects.ENGINE_RUNS_START, encode(request), timeout=30)).data,
+            type=rpc.RpcReply,
+        )
+        if reply.error is not None:
+            raise RuntimeError(f"start failed: {reply.error.message}")
+
+    async def _run_and_wait(self, workflow: str, n: int) -> float:
+        """Start one run and wait for its terminal notice; seconds from start request to notice."""
+        assert self.nc is not None
+        import uuid
+
+        run_id = uuid.uuid4().hex
+        done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+        async def on_notice(msg: Any) -> None:
+            progress = payload_of(decode_envelope(msg.data), ev.RunProgress)
+            if progress.status in ev.RunStatus.TERMINAL and not done.done():
+                done.set_result(progress.status)
+
+        sub = await self.nc.subscribe(subjects.run_events_of(run_id), cb=on_notice)
+        try:
+            started = time.perf_counter()
+            await self._start(workflow, n, run_id)
+            status = await asyncio.wait_for(done, timeout=600)
+            elapsed = time.perf_counter() - started
+        finally:
+            await sub.unsubscribe()
+        if status != ev.RunStatus.COMPLETED:
+            raise RuntimeError(f"run {run_id} ended {status}")
+        return elapsed
+
+    def _own_processes(self) -> list[psutil.Process]:
+        assert self.stack is not None
+        return [
+            psutil.Process(p.pid)
+            for p in self.stack.processes.values()
+            if p.pid is not None and p.running() and p.name != "gateway"
+        ]
+
+    # -- scenarios -----------------------------------------------------------------------------
+    async def latency(self, runs: int) -> list[float]:
+        for _ in range(min(20, runs)):
+            await self._run_and_wait(SEQ5, 1)  # warm-up
+        return [await self._run_and_wait(SEQ5, i) for i in range(runs)]
+
+    async def throughput(self, workflows: int) -> Throughput:
+        assert self.nc is not None
+        import uuid
+
+        finished = 0
+        failed = 0
+        all_done = asyncio.Event()
+
+        async def on_end(msg: Any) -> None:
+            nonlocal finished, failed
+            progress = payload_of(decode_envelope(msg.data), ev.RunProgress)
+            if progress.workflow != SEQ5:
+                return
+            finished += 1
+            failed += progress.status != ev.RunStatus.COMPLETED
+            if finished >= workflows:
+                all_done.set()
+
+        subs = [
+            await self.nc.subscribe(subjects.run_events_of_type(ev.RunEventType.RUN_COMPLETED), cb=on_end),
+            await self.nc.subscribe(subjects.run_events_of_type(ev.RunEventType.RUN_FAILED), cb=on_end),
+        ]
+        procs = self._own_processes()
+        cpu_before = sum(_cpu(p) for p in procs)
+        started = time.perf_counter()
+        semaphore = asyncio.Semaphore(64)
+
+        async def one(i: int) -> None:
+            async with semaphore:
+                await self._start(SEQ5, i, uuid.uuid4().hex)
+
+        await asyncio.gather(*(one(i) for i in range(workflows)))
+        await asyncio.wait_for(all_done.wait(), timeout=1200)
+        wall = time.perf_counter() - started
+        cpu = sum(_cpu(p) for p in procs) - cpu_before
+        for sub in subs:
+            await sub.unsubscribe()
+        if failed:
+            raise RuntimeError(f"{failed} of {workflows} runs failed")
+        return Throughput(workflows=workflows, steps=workflows * 5, wall_s=wall, cpu_s=cpu)
+
+    async def long_history(self, steps: int) -> list[float]:
+        assert self.nc is not None
+        await self._run_and_wait("bench-long", 0)
+        # Per-step latency from the recorded history: the time between consecutive step completions.
+        page = await self.nc.request(
+            subjects.ENGINE_RUNS_LIST, encode(rpc.ListRunsRequest(workflow="bench-long", limit=1)), timeout=30
+        )
+        runs = msgspec.json.decode(msgspec.json.decode(page.data, type=rpc.RpcReply).result, type=rpc.RunPage)
+        run = runs.runs[0]
+        completed = [s.completed_at for s in run.steps if s.completed_at is not None]
+        return [(b - a).total_seconds() for a, b in zip(completed, completed[1:], strict=False)]
+
+    async def fan_out(self, width: int) -> float | None:
+        return None  # parallel steps arrive with the workflow language issue
+
+    async def gateway(self, clients: int, duration_s: float) -> tuple[list[float], int] | None:
+        assert self.stack is not None
+        latencies: list[float] = []
+        errors = 0
+        deadline = time.perf_counter() + duration_s
+        limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+        async with httpx.AsyncClient(base_url=self.stack.gateway_url, timeout=60, limits=limits) as client:
+
+            async def worker(k: int) -> None:
+                nonlocal errors
+                i = 0
+                while time.perf_counter() < deadline:
+                    started = time.perf_counter()
+                    try:
+                        response = await client.post(
+                            f"/workflows/{SEQ5}/execute", json={"payload": {"n": k * 1_000_000 + i}}
+                        )
+                        ok = response.status_code == 200 and response.json()["status"] == "completed"
+                    except httpx.HTTPError:
+                        ok = False
+                    if ok:
+                        latencies.append(time.perf_counter() - started)
+                    else:
+                        errors += 1
+                    i += 1
+
+            await asyncio.gather(*(worker(k) for k in range(clients)))
+        return latencies, errors
+
+
+def _cpu(process: psutil.Process) -> float:
+    try:
+        times = process.cpu_times()
+    except psutil.NoSuchProcess:
+        return 0.0
+    return float(times.user + times.system)
+
+
+SYSTEM = OmniSystem
