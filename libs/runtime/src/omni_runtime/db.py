@@ -74,6 +74,10 @@ async def apply_migrations(conn: Conn, schema: str, files: list[tuple[str, str]]
     return applied_now
 
 
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    return None
+
+
 async def create_pool(
     dsn: str,
     schema: str,
@@ -89,6 +93,9 @@ async def create_pool(
         min_size=min_size,
         max_size=max_size,
         init=init,  # type: ignore[arg-type]  # asyncpg-stubs types init as a Protocol
+        # Services keep no session state (no LISTEN, temporary tables or session SETs), so the
+        # default reset query, a round trip on every release, buys nothing.
+        reset=_keep_session,
         server_settings={
             "search_path": f"{_schema_ident(schema)},public",
             "application_name": f"omni-{schema}",
