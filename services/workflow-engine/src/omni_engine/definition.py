@@ -305,6 +305,7 @@ class WorkflowDefinition(_Model):
 
     _source: str = PrivateAttr(default="<memory>")
     _hash: str | None = PrivateAttr(default=None)
+    _step_index: dict[str, int] | None = PrivateAttr(default=None)
 
     @field_validator("name")
     @classmethod
@@ -352,10 +353,12 @@ class WorkflowDefinition(_Model):
         return [step.name for step in self.steps]
 
     def step(self, name: str) -> Step:
-        for step in self.steps:
-            if step.name == name:
-                return step
-        raise KeyError(name)
+        if self._step_index is None:
+            self._step_index = {step.name: position for position, step in enumerate(self.steps)}
+        position = self._step_index.get(name)
+        if position is None:
+            raise KeyError(name)
+        return self.steps[position]
 
     def step_index(self, name: str) -> int:
         for index, step in enumerate(self.steps):

@@ -8,9 +8,9 @@ with the outbox rows they cause in one transaction, and relay the rows.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -47,6 +47,8 @@ tracer = trace.get_tracer("omni.workflow-engine")
 
 SOURCE = "omni-workflow-engine"
 MAX_APPEND_RETRIES = 20
+# Save the run's whole state every this many events (and when it ends); readers fold the rest.
+SNAPSHOT_EVERY = 64
 
 
 class EngineError(Exception):
@@ -164,6 +166,7 @@ class Engine:
             batch = _Batch(state, current_traceparent())
             batch.record(started, notice=True)
             self._advance(batch, spec)
+            state.snapshot_seq = state.last_seq
             written = await self.store.create_run(state, batch.events, batch.outbox, origin_key)
             if written is None:
                 existing_state = await self.store.load_run(run_id)
@@ -247,8 +250,13 @@ class Engine:
                 )
                 self.metrics.steps.labels(state.workflow, "failed").inc()
             self._advance(batch, spec)
+            snapshot = state.finished or state.last_seq - state.snapshot_seq >= SNAPSHOT_EVERY
+            if snapshot:
+                state.snapshot_seq = state.last_seq
             try:
-                written = await self.store.append(state, expected, batch.events, batch.outbox)
+                written = await self.store.append(
+                    state, expected, batch.events, batch.outbox, snapshot=snapshot
+                )
             except AppendConflict:
                 self.metrics.conflicts.inc()
                 continue
@@ -295,7 +303,7 @@ class Engine:
         scope = Scope(
             payload=state.payload,
             context=state.context,
-            steps={s.name: s.output for s in state.steps if s.status == StepStatus.COMPLETED},
+            steps=state.completed_outputs(),
         )
         attempt = step_state.attempt + 1
         try:

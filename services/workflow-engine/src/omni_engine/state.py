@@ -6,6 +6,7 @@ place that knows what follows from a state. Both are pure, so they are tested wi
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -30,7 +31,7 @@ class StepState(msgspec.Struct, kw_only=True, omit_defaults=True):
     usage: Usage | None = None
 
 
-class RunState(msgspec.Struct, kw_only=True, omit_defaults=True):
+class RunState(msgspec.Struct, kw_only=True, omit_defaults=True, dict=True):
     run_id: str
     workflow: str
     hash: str
@@ -46,16 +47,46 @@ class RunState(msgspec.Struct, kw_only=True, omit_defaults=True):
     error: dict[str, Any] | None = None
     usage: Usage | None = None
     completed_at: datetime | None = None
+    # Index of the first step that has not completed: decisions start there, so one step's cost
+    # does not grow with the number of steps before it.
+    cursor: int = 0
+    snapshot_seq: int = 0  # the seq this state was last saved whole at
 
     def step(self, name: str) -> StepState | None:
-        for step in self.steps:
-            if step.name == name:
-                return step
-        return None
+        # The name -> position index lives beside the encoded fields (``dict=True``): built once
+        # per loaded state, never stored.
+        index: dict[str, int] | None = getattr(self, "_index", None)
+        if index is None:
+            index = {s.name: i for i, s in enumerate(self.steps)}
+            self._index = index
+        position = index.get(name)
+        return None if position is None else self.steps[position]
+
+    def completed_outputs(self) -> StepOutputs:
+        return StepOutputs(self)
 
     @property
     def finished(self) -> bool:
         return self.status in RunStatus.TERMINAL
+
+
+class StepOutputs(Mapping[str, Any]):
+    """The outputs of a run's completed steps, by name, as templates see them (no copy)."""
+
+    def __init__(self, state: RunState) -> None:
+        self._state = state
+
+    def __getitem__(self, name: str) -> Any:
+        step = self._state.step(name)
+        if step is None or step.status != StepStatus.COMPLETED:
+            raise KeyError(name)
+        return step.output
+
+    def __iter__(self) -> Iterator[str]:
+        return (s.name for s in self._state.steps if s.status == StepStatus.COMPLETED)
+
+    def __len__(self) -> int:
+        return sum(1 for s in self._state.steps if s.status == StepStatus.COMPLETED)
 
 
 class NewEvent(msgspec.Struct, kw_only=True):
@@ -169,7 +200,10 @@ def decide(state: RunState) -> Decision | None:
     """
     if state.finished:
         return None
-    for step in state.steps:
+    while state.cursor < len(state.steps) and state.steps[state.cursor].status == StepStatus.COMPLETED:
+        state.cursor += 1
+    for position in range(state.cursor, len(state.steps)):
+        step = state.steps[position]
         if step.status == StepStatus.COMPLETED:
             continue
         if step.status == StepStatus.FAILED:

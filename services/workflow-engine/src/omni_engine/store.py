@@ -18,7 +18,7 @@ import asyncpg
 import msgspec
 from omni_runtime.db import Conn
 
-from omni_engine.state import NewEvent, RunState
+from omni_engine.state import NewEvent, RunState, apply
 
 _state_decoder = msgspec.json.Decoder(RunState)
 _encoder = msgspec.json.Encoder()
@@ -128,8 +128,26 @@ class Store:
 
     # -- runs ----------------------------------------------------------------------------------
     async def load_run(self, run_id: str) -> RunState | None:
-        raw = await self.pool.fetchval("SELECT state::text FROM runs WHERE run_id = $1", run_id)
-        return None if raw is None else _state_decoder.decode(raw)
+        """The run's state: its snapshot with the events after it folded on."""
+        row = await self.pool.fetchrow(
+            "SELECT state::text AS state, snapshot_seq, last_seq FROM runs WHERE run_id = $1", run_id
+        )
+        if row is None:
+            return None
+        return await self._current(row)
+
+    async def _current(self, row: asyncpg.Record) -> RunState:
+        state = _state_decoder.decode(row["state"])
+        if row["last_seq"] > row["snapshot_seq"]:
+            tail = await self.pool.fetch(
+                "SELECT type, data, at FROM run_events WHERE run_id = $1 AND seq > $2 ORDER BY seq",
+                state.run_id,
+                row["snapshot_seq"],
+            )
+            for event in tail:
+                apply(state, state.run_id, event["type"], event["data"], event["at"])
+        state.last_seq = row["last_seq"]
+        return state
 
     async def run_id_for_origin(self, origin_key: str) -> str | None:
         value = await self.pool.fetchval("SELECT run_id FROM runs WHERE origin_key = $1", origin_key)
@@ -165,16 +183,19 @@ class Store:
         expected_seq: int,
         events: Sequence[NewEvent],
         outbox: Sequence[OutboxMessage],
+        *,
+        snapshot: bool = True,
     ) -> list[OutboxMessage]:
-        """Append ``events`` after ``expected_seq`` and save the new projection ``state``, with the
-        outbox rows, in one statement. Raises ``AppendConflict`` when another writer was first."""
+        """Append ``events`` after ``expected_seq`` with the outbox rows, in one statement, and save
+        ``state`` as the new snapshot when ``snapshot``. Raises ``AppendConflict`` when another
+        writer was first."""
         try:
             ids = await self.pool.fetchval(
                 "SELECT append_run($1, $2, $3::text::jsonb, $4::text::jsonb, $5, $6, $7, $8, $9, $10, $11)",
                 state.run_id,
                 expected_seq,
                 _events_json(events),
-                _encoder.encode(state).decode(),
+                _encoder.encode(state).decode() if snapshot else None,
                 state.status,
                 state.updated_at,
                 *_outbox_columns(outbox),
@@ -218,11 +239,11 @@ class Store:
         args.append(limit + 1)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = await self.pool.fetch(
-            f"SELECT state::text AS state FROM runs {where}"  # noqa: S608 - clauses are fixed strings
+            f"SELECT state::text AS state, snapshot_seq, last_seq FROM runs {where}"  # noqa: S608 - fixed clauses
             f" ORDER BY created_at DESC, run_id DESC LIMIT ${len(args)}",
             *args,
         )
-        states = [_state_decoder.decode(r["state"]) for r in rows]
+        states = [await self._current(r) for r in rows]
         next_cursor = None
         if len(states) > limit:
             states = states[:limit]
