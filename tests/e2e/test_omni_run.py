@@ -41,6 +41,20 @@ def omni_run(home: Path, http_port: int, log: Path) -> subprocess.Popen[bytes]:
     )
 
 
+def stop_tree(proc: subprocess.Popen[bytes]) -> None:
+    """After a failed assertion: stop omni and everything it started (servers run in their own
+    sessions, so killing omni alone would leave them behind)."""
+    if proc.poll() is not None:
+        return
+    tree = process_tree(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        for pid in live_pids(tree):
+            os.kill(pid, signal.SIGKILL)
+
+
 async def test_omni_run_serves_the_gateway_and_stops_cleanly_on_sigterm(world_tmp: Path) -> None:
     http_port = free_port()
     log = world_tmp / "omni-run.log"
@@ -69,8 +83,7 @@ async def test_omni_run_serves_the_gateway_and_stops_cleanly_on_sigterm(world_tm
         assert time.monotonic() - started < 10
         assert live_pids(tree) == set()
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop_tree(proc)
 
 
 def test_omni_run_refuses_a_port_in_use_with_a_clear_error(world_tmp: Path) -> None:
