@@ -140,5 +140,8 @@ def run_service(
 ) -> None:
     """Process entry point: logging, tracing, uvloop, then ``serve``."""
     setup_logging(name, settings.log_level, settings.log_format)
-    setup_tracing(name)
-    uvloop.run(serve(name, settings, main, description=description))
+    tracer_provider = setup_tracing(name)
+    try:
+        uvloop.run(serve(name, settings, main, description=description))
+    finally:
+        tracer_provider.shutdown()  # export the spans still batched

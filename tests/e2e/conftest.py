@@ -7,35 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from omni_devstack.servers import free_port
-from omni_devstack.supervisor import Stack, StackConfig
+from omni_devstack.supervisor import Stack
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def make_stack(
-    tmp_path: Path,
-    nats_url: str,
-    database_url: str,
-    *,
-    engine_replicas: int = 1,
-    runner_replicas: int = 1,
-    extra_env: dict[str, str] | None = None,
-) -> Stack:
-    return Stack(
-        StackConfig(
-            home=tmp_path / "home",
-            http_port=free_port(),
-            nats_url=nats_url,
-            database_url=database_url,
-            workflows_dir=ROOT / "workflows",
-            engine_replicas=engine_replicas,
-            runner_replicas=runner_replicas,
-            simulate=True,
-            log_dir=tmp_path / "logs",
-            extra_env={"OMNI_TOOLRUNNER_ACK_WAIT_S": "3", **(extra_env or {})},
-        )
-    )
+from .stacks import make_stack
 
 
 @pytest.fixture
