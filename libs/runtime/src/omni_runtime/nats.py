@@ -63,7 +63,10 @@ def _stream_config(spec: StreamSpec) -> StreamConfig:
         ),
         storage=StorageType.FILE,
         max_age=spec.max_age_s or None,
-        duplicate_window=spec.duplicate_window_s,
+        # The server refuses a de-duplication window longer than the stream keeps messages.
+        duplicate_window=min(spec.duplicate_window_s, spec.max_age_s)
+        if spec.max_age_s
+        else spec.duplicate_window_s,
     )
 
 
