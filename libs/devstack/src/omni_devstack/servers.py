@@ -206,7 +206,33 @@ def _nats_server_binary() -> Path:
     return Path(found)
 
 
-class NatsServer:
+class _ServerProcess(abc.ABC):
+    """A server process that is started and stopped, also as a (sync or async) context manager."""
+
+    @abc.abstractmethod
+    def start(self) -> Self: ...
+
+    @abc.abstractmethod
+    def stop(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> Self:
+        return await asyncio.to_thread(self.start)
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await asyncio.to_thread(self.stop)
+
+
+class NatsServer(_ServerProcess):
     """A ``nats-server`` child process with JetStream, storing its data in ``data_dir``.
 
     ``port`` 0 (or None) lets the server pick a free port itself, which avoids the race of
@@ -421,23 +447,6 @@ class NatsServer:
             _terminate(proc, "nats-server", [])
             self._remove_ports_file(proc.pid)
 
-    # -- context managers
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> Self:
-        return await asyncio.to_thread(self.start)
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await asyncio.to_thread(self.stop)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -651,7 +660,7 @@ def _binaries_for(who: _RunAs | None, bin_dir: Path | None = None, cache_root: P
     return cache / "bin"
 
 
-class PostgresServer(_DatabaseAdmin):
+class PostgresServer(_DatabaseAdmin, _ServerProcess):
     """A PostgreSQL server child process whose cluster lives in ``data_dir/pgdata``.
 
     The cluster is created by ``initdb`` on first start (superuser ``user``, trust authentication
@@ -936,23 +945,6 @@ class PostgresServer(_DatabaseAdmin):
             message += f"; another PostgreSQL still runs on {self.pgdata}: stop it first"
         return ServerStartError(_with_log(message, self.log_path, log_offset))
 
-    # -- context managers
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> Self:
-        return await asyncio.to_thread(self.start)
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await asyncio.to_thread(self.stop)
 
 
 def postgres_can_use(data_dir: Path) -> bool:
