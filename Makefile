@@ -7,8 +7,11 @@ UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 RUN := $(UV) run --frozen
 PYTEST_ARGS ?=
 service ?=
+# The benchmark harness runs with the `bench` dependency group (Temporal, DBOS, matplotlib, psutil).
+BENCH_ARGS ?=
+BENCH := $(RUN) --group bench python -m bench.harness
 
-.PHONY: help install run test test-unit test-integration test-e2e lint fmt proto proto-check clean
+.PHONY: help install run test test-unit test-integration test-e2e lint fmt proto proto-check clean bench bench-smoke
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -20,8 +23,9 @@ install: ## Install uv (if missing) and every workspace package into .venv
 run: install ## Start NATS, PostgreSQL, every service and the gateway on http://127.0.0.1:8080
 	@$(RUN) omni run
 
-test: install lint proto-check ## Lint, then every test: unit, integration (real NATS + PostgreSQL), end-to-end
+test: install lint proto-check ## Lint, then every test: unit, integration (real NATS + PostgreSQL), end-to-end, bench smoke
 	@$(RUN) pytest $(PYTEST_ARGS)
+	@$(BENCH) --smoke $(BENCH_ARGS)
 
 test-unit: install ## Tests that need no servers
 	@$(RUN) pytest -m "not integration and not e2e" $(PYTEST_ARGS)
@@ -48,6 +52,12 @@ proto: install ## Regenerate proto/ (JSON Schemas, AsyncAPI, OpenAPI) from the c
 proto-check: install ## Fail when proto/ differs from what the code generates
 	@$(RUN) python -m omni_contract.proto check proto
 	@$(RUN) python -m omni_gateway.openapi check proto/openapi.json
+
+bench: install ## Omni vs Temporal vs DBOS, full sizes (~10 min): bench/results/<date>.json, bench/README.md
+	@$(BENCH) $(BENCH_ARGS)
+
+bench-smoke: install ## Every benchmark scenario for a few seconds, into a temp dir; fails on any error
+	@$(BENCH) --smoke $(BENCH_ARGS)
 
 clean: ## Remove local state (.omni/) and caches
 	rm -rf .omni .pytest_cache .mypy_cache .ruff_cache

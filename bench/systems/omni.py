@@ -6,7 +6,9 @@ result folded into PostgreSQL, so what is measured is orchestration."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -64,13 +66,12 @@ class OmniSystem:
         self.stack: Stack | None = None
         self.nc: NATS | None = None
         self.workdir: Path | None = None
+        self.server_pids: list[int] = []
 
     async def start(self, env: BenchEnv) -> None:
         workflows = env.workdir / "omni-workflows"
         workflows.mkdir(parents=True, exist_ok=True)
         (workflows / f"{SEQ5}.yaml").write_text(sequential_workflow(SEQ5, 5))
-        long_steps = 50 if env.smoke else 1000
-        (workflows / "bench-long.yaml").write_text(sequential_workflow("bench-long", long_steps))
         database_url = env.pg.create_database("bench_omni")
         self.stack = Stack(
             StackConfig(
@@ -88,6 +89,7 @@ class OmniSystem:
             )
         )
         await asyncio.to_thread(self.stack.start, 90.0)
+        self.server_pids = [pid for pid in (env.nats_pid, env.pg_pid) if pid is not None]
         self.nc = await nats.connect(env.nats_url)
 
     async def stop(self) -> None:
@@ -97,21 +99,24 @@ class OmniSystem:
             await asyncio.to_thread(self.stack.stop)
 
     # -- helpers -------------------------------------------------------------------------------
-    async def _start(self, workflow: str, n: int, run_id: str) -> None:
+    async def _rpc(self, subject: str, request: Any) -> bytes:
+        """Call an engine endpoint; the raw JSON result."""
         assert self.nc is not None
-        request = rpc.StartRunRequest(workflow=workflow, payload={"n": n}, run_id=run_id)
-        reply = msgspec.json.decode(
-            (await self.nc.request(subjects.ENGINE_RUNS_START, encode(request), timeout=30)).data,
-            type=rpc.RpcReply,
-        )
+        answer = await self.nc.request(subject, encode(request), timeout=30)
+        reply = msgspec.json.decode(answer.data, type=rpc.RpcReply)
         if reply.error is not None:
-            raise RuntimeError(f"start failed: {reply.error.message}")
+            raise RuntimeError(f"{subject}: {reply.error.message}")
+        return bytes(reply.result)
+
+    async def _start(self, workflow: str, n: int, run_id: str) -> None:
+        await self._rpc(
+            subjects.ENGINE_RUNS_START,
+            rpc.StartRunRequest(workflow=workflow, payload={"n": n}, run_id=run_id),
+        )
 
     async def _run_and_wait(self, workflow: str, n: int) -> float:
         """Start one run and wait for its terminal notice; seconds from start request to notice."""
         assert self.nc is not None
-        import uuid
-
         run_id = uuid.uuid4().hex
         done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
@@ -133,12 +138,17 @@ class OmniSystem:
         return elapsed
 
     def _own_processes(self) -> list[psutil.Process]:
+        """The engine and tool-runners, NATS, and PostgreSQL with its backends (as DBOS counts it)."""
         assert self.stack is not None
-        return [
+        procs = [
             psutil.Process(p.pid)
             for p in self.stack.processes.values()
             if p.pid is not None and p.running() and p.name != "gateway"
         ]
+        for pid in self.server_pids:
+            server = psutil.Process(pid)
+            procs += [server, *server.children(recursive=True)]
+        return procs
 
     # -- scenarios -----------------------------------------------------------------------------
     async def latency(self, runs: int) -> list[float]:
@@ -148,8 +158,6 @@ class OmniSystem:
 
     async def throughput(self, workflows: int) -> Throughput:
         assert self.nc is not None
-        import uuid
-
         finished = 0
         failed = 0
         all_done = asyncio.Event()
@@ -189,15 +197,17 @@ class OmniSystem:
 
     async def long_history(self, steps: int) -> list[float]:
         assert self.nc is not None
-        await self._run_and_wait("bench-long", 0)
+        name = f"bench-long-{steps}"
+        source = sequential_workflow(name, steps)
+        await self._rpc(subjects.ENGINE_WORKFLOWS_REGISTER, rpc.RegisterWorkflowRequest(source=source))
+        await self._run_and_wait(name, 0)
         # Per-step latency from the recorded history: the time between consecutive step completions.
-        page = await self.nc.request(
-            subjects.ENGINE_RUNS_LIST, encode(rpc.ListRunsRequest(workflow="bench-long", limit=1)), timeout=30
+        page = msgspec.json.decode(
+            await self._rpc(subjects.ENGINE_RUNS_LIST, rpc.ListRunsRequest(workflow=name, limit=1)),
+            type=rpc.RunPage,
         )
-        runs = msgspec.json.decode(msgspec.json.decode(page.data, type=rpc.RpcReply).result, type=rpc.RunPage)
-        run = runs.runs[0]
-        completed = [s.completed_at for s in run.steps if s.completed_at is not None]
-        return [(b - a).total_seconds() for a, b in zip(completed, completed[1:], strict=False)]
+        completed = [s.completed_at for s in page.runs[0].steps if s.completed_at is not None]
+        return [(b - a).total_seconds() for a, b in itertools.pairwise(completed)]
 
     async def fan_out(self, width: int) -> float | None:
         return None  # parallel steps arrive with the workflow language issue
