@@ -79,7 +79,8 @@ class ToolResult(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class RunProgress(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """A notice that a run's history grew, for observers. The history itself is in PostgreSQL."""
+    """A notice that a run's history grew up to ``seq`` (one per engine transaction, naming its
+    last event), for observers. Read the history (PostgreSQL, via the engine) for every event."""
 
     run_id: str
     workflow: str

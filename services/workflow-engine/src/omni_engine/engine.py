@@ -164,9 +164,10 @@ class Engine:
             )
             state = apply(None, run_id, started.type, started.data, now)
             batch = _Batch(state, current_traceparent())
-            batch.record(started, notice=True)
+            batch.record(started)
             self._advance(batch, spec)
             state.snapshot_seq = state.last_seq
+            batch.seal()
             written = await self.store.create_run(state, batch.events, batch.outbox, origin_key)
             if written is None:
                 existing_state = await self.store.load_run(run_id)
@@ -212,7 +213,6 @@ class Engine:
                     at=result.started_at or now,
                     data={"step": result.step, "attempt": result.attempt, "runner": result.runner},
                 ),
-                notice=False,
             )
             if result.success:
                 batch.record(
@@ -250,6 +250,7 @@ class Engine:
                 )
                 self.metrics.steps.labels(state.workflow, "failed").inc()
             self._advance(batch, spec)
+            batch.seal()
             snapshot = state.finished or state.last_seq - state.snapshot_seq >= SNAPSHOT_EVERY
             if snapshot:
                 state.snapshot_seq = state.last_seq
@@ -378,35 +379,43 @@ class _Batch:
         self.events: list[NewEvent] = []
         self.outbox: list[OutboxMessage] = []
 
-    def record(self, event: NewEvent, *, notice: bool = True) -> None:
+    def record(self, event: NewEvent) -> None:
         if event.type != E.RUN_STARTED:
             apply(self.state, self.state.run_id, event.type, event.data, event.at)
         self.state.last_seq += 1
         self.events.append(event)
-        if notice:
-            progress = ev.RunProgress(
-                run_id=self.state.run_id,
-                workflow=self.state.workflow,
-                seq=self.state.last_seq,
-                event=event.type,
-                status=self.state.status,
-                at=event.at,
-                step=event.data.get("step"),
+
+    def seal(self) -> None:
+        """Add the one progress notice of this decision: its last event, with the run's status.
+
+        One notice per transaction rather than per event halves what observers and JetStream
+        handle per step; a notice only says that the history grew up to ``seq``.
+        """
+        if not self.events:
+            return
+        last = self.events[-1]
+        progress = ev.RunProgress(
+            run_id=self.state.run_id,
+            workflow=self.state.workflow,
+            seq=self.state.last_seq,
+            event=last.type,
+            status=self.state.status,
+            at=last.at,
+            step=last.data.get("step"),
+        )
+        msg_id = f"{self.state.run_id}:{self.state.last_seq}"
+        envelope = new_envelope(
+            ev.RUN_PROGRESS_V1, SOURCE, progress, id_=msg_id, correlation_id=self.state.run_id
+        )
+        self.outbox.append(
+            OutboxMessage(
+                subject=subjects.run_event(self.state.run_id, last.type),
+                msg_id=msg_id,
+                body=encode_envelope(envelope),
+                durable=False,
+                traceparent=self.traceparent,
             )
-            msg_id = f"{self.state.run_id}:{self.state.last_seq}"
-            self.outbox.append(
-                OutboxMessage(
-                    subject=subjects.run_event(self.state.run_id, event.type),
-                    msg_id=msg_id,
-                    body=encode_envelope(
-                        new_envelope(
-                            ev.RUN_PROGRESS_V1, SOURCE, progress, id_=msg_id, correlation_id=self.state.run_id
-                        )
-                    ),
-                    durable=False,
-                    traceparent=self.traceparent,
-                )
-            )
+        )
 
 
 def _ms(delta: timedelta) -> float:
