@@ -267,14 +267,13 @@ class InvokeRunner:
                 kind=SpanKind.CONSUMER,
                 attributes=self._span_attributes(invoke, msg),
             ) as span:
-                body = await self._answer(envelope, invoke, span)
-                await self._publish_result(invoke, body)
+                await self._answer(envelope, invoke, span)
             await msg.ack()
         finally:
             run_id_var.reset(token)
 
-    async def _answer(self, envelope: Envelope, invoke: ToolInvoke, span: Span) -> bytes:
-        """The encoded result envelope: stored earlier, or from one provider call now."""
+    async def _answer(self, envelope: Envelope, invoke: ToolInvoke, span: Span) -> None:
+        """Publish the result envelope: the one stored earlier, or one from a provider call now."""
         key = invoke.idempotency_key
         # Two deliveries of one attempt in this replica (a republish): the second waits for the first.
         async with self._gate(key):
@@ -288,7 +287,8 @@ class InvokeRunner:
                 )
                 self._metrics.cache_hits.labels(invoke.tool, self._provider).inc()
                 span.set_attribute("omni.result.cached", True)
-                return stored
+                await self._publish_result(invoke, stored)
+                return
             span.set_attribute("omni.result.cached", False)
             result = await self._call(invoke, span)
             body = encode_envelope(
@@ -302,8 +302,10 @@ class InvokeRunner:
                     subject=invoke.step,
                 )
             )
-            await self._store.put(key, body)
-            return body
+            # Stored and published together (both before the ack): one round trip less per step.
+            # Whichever lands, a redelivery finds the stored result or JetStream drops the
+            # duplicate publish by its message id.
+            await asyncio.gather(self._store.put(key, body), self._publish_result(invoke, body))
 
     @asynccontextmanager
     async def _gate(self, key: str) -> AsyncIterator[None]:
