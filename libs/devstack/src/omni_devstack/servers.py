@@ -448,7 +448,6 @@ class NatsServer(_ServerProcess):
             self._remove_ports_file(proc.pid)
 
 
-
 # --------------------------------------------------------------------------------------------------
 # PostgreSQL: databases on any server
 
@@ -944,7 +943,6 @@ class PostgresServer(_DatabaseAdmin, _ServerProcess):
         if 'lock file "postmaster.pid" already exists' in tail:
             message += f"; another PostgreSQL still runs on {self.pgdata}: stop it first"
         return ServerStartError(_with_log(message, self.log_path, log_offset))
-
 
 
 def postgres_can_use(data_dir: Path) -> bool:
