@@ -23,7 +23,6 @@ from omni_devstack.servers import (
     PortInUseError,
     PostgresServer,
     ServerStartError,
-    dsn_with_database,
     free_port,
     port_in_use,
     postgres_can_use,
@@ -312,4 +311,4 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
         conn.close()
 
 
-__all__ = ["DATABASE", "ServiceSpec", "Stack", "StackConfig", "dsn_with_database", "http_get"]
+__all__ = ["DATABASE", "ServiceSpec", "Stack", "StackConfig", "http_get"]

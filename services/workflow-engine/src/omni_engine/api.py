@@ -166,7 +166,7 @@ class EngineApi:
         return rpc.RunPage(runs=[run_summary(s) for s in states], next_cursor=cursor)
 
     async def runs_events(self, req: rpc.RunEventsRequest) -> rpc.RunEventsReply:
-        if await self.store.load_run(req.run_id) is None:
+        if not await self.store.run_exists(req.run_id):
             raise EngineError("not_found", f"unknown run '{req.run_id}'")
         rows = await self.store.run_events(req.run_id, req.after_seq)
         return rpc.RunEventsReply(

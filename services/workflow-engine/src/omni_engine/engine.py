@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 from omni_contract import events as ev
 from omni_contract import subjects
-from omni_contract.envelope import encode, encode_envelope, new_envelope
+from omni_contract.envelope import encode_envelope, new_envelope
 from omni_contract.events import RunEventType as E
 from omni_contract.events import StepStatus, ToolInvoke, ToolResult
 from omni_contract.rpc import FieldProblem
@@ -138,12 +138,6 @@ class Engine:
             raise EngineError(
                 "invalid_payload", f"payload does not match the trigger schema of '{workflow}'", problems
             )
-        if origin_key:
-            existing = await self.store.run_id_for_origin(origin_key)
-            if existing:
-                state = await self.store.load_run(existing)
-                assert state is not None
-                return state
         run_id = run_id or uuid.uuid4().hex
         with tracer.start_as_current_span(
             "run.start", attributes={"omni.run_id": run_id, "omni.workflow": workflow}
@@ -214,41 +208,8 @@ class Engine:
                     data={"step": result.step, "attempt": result.attempt, "runner": result.runner},
                 ),
             )
-            if result.success:
-                batch.record(
-                    NewEvent(
-                        type=E.STEP_COMPLETED,
-                        at=now,
-                        data={
-                            "step": result.step,
-                            "attempt": result.attempt,
-                            "provider": result.provider,
-                            "output": result.output or {},
-                            "duration_ms": result.duration_ms,
-                            **({"usage": _to_builtins(result.usage)} if result.usage else {}),
-                            **({"model": result.model} if result.model else {}),
-                        },
-                    )
-                )
-                self.metrics.steps.labels(state.workflow, "completed").inc()
-            else:
-                error = (
-                    _to_builtins(result.error) if result.error else {"kind": "unknown", "message": "failed"}
-                )
-                batch.record(
-                    NewEvent(
-                        type=E.STEP_FAILED,
-                        at=now,
-                        data={
-                            "step": result.step,
-                            "attempt": result.attempt,
-                            "provider": result.provider,
-                            "error": error,
-                            "duration_ms": result.duration_ms,
-                        },
-                    )
-                )
-                self.metrics.steps.labels(state.workflow, "failed").inc()
+            batch.record(_outcome_event(result, now))
+            self.metrics.steps.labels(state.workflow, "completed" if result.success else "failed").inc()
             self._advance(batch, spec)
             batch.seal()
             snapshot = state.finished or state.last_seq - state.snapshot_seq >= SNAPSHOT_EVERY
@@ -426,4 +387,25 @@ def _to_builtins(value: Any) -> Any:
     return msgspec.to_builtins(value)
 
 
-__all__ = ["Engine", "EngineError", "EngineMetrics", "encode", "idempotency_key"]
+def _outcome_event(result: ToolResult, at: datetime) -> NewEvent:
+    """``step.completed`` or ``step.failed`` for a tool result."""
+    data: dict[str, Any] = {
+        "step": result.step,
+        "attempt": result.attempt,
+        "provider": result.provider,
+        "duration_ms": result.duration_ms,
+    }
+    if not result.success:
+        data["error"] = (
+            _to_builtins(result.error) if result.error else {"kind": "unknown", "message": "failed"}
+        )
+        return NewEvent(type=E.STEP_FAILED, at=at, data=data)
+    data["output"] = result.output or {}
+    if result.usage:
+        data["usage"] = _to_builtins(result.usage)
+    if result.model:
+        data["model"] = result.model
+    return NewEvent(type=E.STEP_COMPLETED, at=at, data=data)
+
+
+__all__ = ["Engine", "EngineError", "EngineMetrics", "idempotency_key"]

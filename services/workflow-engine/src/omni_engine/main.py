@@ -19,7 +19,7 @@ from omni_engine.consumers import ResultHandler, TriggerHandler, consume
 from omni_engine.definitions import Definitions
 from omni_engine.engine import Engine, EngineMetrics
 from omni_engine.relay import OutboxRelay
-from omni_engine.store import Store
+from omni_engine.store import Store, init_connection
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ async def body(ctx: ServiceContext, settings: EngineSettings) -> None:
         SCHEMA,
         min_size=settings.db_pool_min,
         max_size=settings.db_pool_max,
-        init=Store.init_connection,
+        init=init_connection,
     )
     ctx.stack.push_async_callback(pool.close)
     async with pool.acquire() as conn:

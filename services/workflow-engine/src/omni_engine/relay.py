@@ -101,11 +101,17 @@ class OutboxRelay:
         return len(messages)
 
     async def sweep_forever(self, stopping: asyncio.Event) -> None:
+        """Flush published rows' deletes every ``sweep_interval_s``; look for rows left behind only
+        every half ``stale_after_s`` (a row cannot be stale sooner), not on every tick."""
+        loop = asyncio.get_running_loop()
+        next_sweep = loop.time()
         while not stopping.is_set():
             try:
                 await self.flush_deletes()
-                while await self.sweep_once() > 0:
-                    pass
+                if loop.time() >= next_sweep:
+                    next_sweep = loop.time() + self.stale_after_s / 2
+                    while await self.sweep_once() > 0:
+                        pass
             except (NatsError, TimeoutError, OSError) as exc:
                 self.failures.inc()
                 log.warning("outbox sweep failed: %s", exc)

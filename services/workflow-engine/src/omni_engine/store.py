@@ -46,8 +46,8 @@ class DefinitionRow(msgspec.Struct, kw_only=True):
     definition: dict[str, Any]
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    # jsonb in and out as Python values, encoded with msgspec (it handles datetimes and Structs).
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Pool ``init``: jsonb in and out as Python values, encoded with msgspec (datetimes, Structs)."""
     await conn.set_type_codec(
         "jsonb",
         schema="pg_catalog",
@@ -60,10 +60,6 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 class Store:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
-
-    @staticmethod
-    async def init_connection(conn: asyncpg.Connection) -> None:
-        await _init_connection(conn)
 
     # -- definitions ---------------------------------------------------------------------------
     async def save_definition(
@@ -127,6 +123,9 @@ class Store:
         return DefinitionRow(name=row["name"], hash=row["hash"], definition=row["definition"])
 
     # -- runs ----------------------------------------------------------------------------------
+    async def run_exists(self, run_id: str) -> bool:
+        return bool(await self.pool.fetchval("SELECT true FROM runs WHERE run_id = $1", run_id))
+
     async def load_run(self, run_id: str) -> RunState | None:
         """The run's state: its snapshot with the events after it folded on."""
         row = await self.pool.fetchrow(
