@@ -113,27 +113,49 @@ class RunEventType:
     STEP_STARTED: Final = "step.started"
     STEP_COMPLETED: Final = "step.completed"
     STEP_FAILED: Final = "step.failed"
+    STEP_SKIPPED: Final = "step.skipped"  # its ``when`` was false, or what it needs did not happen
+    STEP_RETRYING: Final = "step.retrying"  # failed; the next attempt waits for a back-off timer
+    STEP_FALLBACK: Final = "step.fallback"  # switching to the next provider, with the reason
+    STEP_TIMED_OUT: Final = "step.timed_out"  # its attempt outlived ``config.timeout``
+    STEP_WAITING: Final = "step.waiting"  # waits for an outside event (``wait``)
+    STEP_ITEM_COMPLETED: Final = "step.item.completed"  # one item of a ``for_each`` step
+    STEP_ITEM_FAILED: Final = "step.item.failed"
+    COMPENSATION_STARTED: Final = "run.compensating"
     RUN_COMPLETED: Final = "run.completed"
     RUN_FAILED: Final = "run.failed"
+    RUN_CANCELLED: Final = "run.cancelled"
+    RUN_CANCEL_REQUESTED: Final = "run.cancel_requested"
+    RUN_TIMED_OUT: Final = "run.timed_out"
+    RUN_BUDGET_EXCEEDED: Final = "run.budget_exceeded"
 
-    TERMINAL: Final = frozenset({RUN_COMPLETED, RUN_FAILED})
+    TERMINAL: Final = frozenset({RUN_COMPLETED, RUN_FAILED, RUN_CANCELLED, RUN_TIMED_OUT, RUN_BUDGET_EXCEEDED})
 
 
 class RunStatus:
     RUNNING: Final = "running"
+    COMPENSATING: Final = "compensating"  # failing or cancelled: compensation steps are running
     COMPLETED: Final = "completed"
     FAILED: Final = "failed"
+    CANCELLED: Final = "cancelled"
+    TIMED_OUT: Final = "timed_out"  # guards.budget.maxMs passed
+    BUDGET_EXCEEDED: Final = "budget_exceeded"  # guards.budget.maxTokens or maxCost would be passed
 
-    ALL: Final = (RUNNING, COMPLETED, FAILED)
-    TERMINAL: Final = frozenset({COMPLETED, FAILED})
+    ALL: Final = (RUNNING, COMPENSATING, COMPLETED, FAILED, CANCELLED, TIMED_OUT, BUDGET_EXCEEDED)
+    TERMINAL: Final = frozenset({COMPLETED, FAILED, CANCELLED, TIMED_OUT, BUDGET_EXCEEDED})
 
 
 class StepStatus:
     PENDING: Final = "pending"
     SCHEDULED: Final = "scheduled"
     RUNNING: Final = "running"
+    RETRYING: Final = "retrying"  # waiting for the back-off timer before the next attempt
+    WAITING: Final = "waiting"  # waiting for an outside event
     COMPLETED: Final = "completed"
     FAILED: Final = "failed"
+    SKIPPED: Final = "skipped"
+    CANCELLED: Final = "cancelled"
+
+    DONE: Final = frozenset({COMPLETED, FAILED, SKIPPED, CANCELLED})
 
 
 class RunEventRecord(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -22,7 +22,9 @@ class FieldProblem(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class RpcError(msgspec.Struct, kw_only=True, omit_defaults=True):
-    code: str  # not_found | invalid_payload | invalid_workflow | bad_request | conflict | internal
+    # not_found | invalid_payload | invalid_workflow | bad_request | conflict | idempotency_mismatch
+    # | internal
+    code: str
     message: str
     details: list[FieldProblem] = []
 
@@ -33,6 +35,9 @@ ERROR_HTTP_STATUS: dict[str, int] = {
     "invalid_workflow": 422,
     "bad_request": 400,
     "conflict": 409,
+    # The same Idempotency-Key with a different request body (IETF draft
+    # "The Idempotency-Key HTTP Header Field", section 2.7: 422 Unprocessable Content).
+    "idempotency_mismatch": 422,
     "internal": 500,
 }
 
@@ -52,6 +57,9 @@ class StartRunRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     payload: dict[str, Any] = {}
     context: dict[str, Any] = {}
     run_id: str | None = None  # callers may choose the id so they can subscribe before starting
+    # Exactly one run per key: the same key again returns that run; the same key with another
+    # workflow, payload or context is refused (``idempotency_mismatch``).
+    idempotency_key: str | None = None
 
 
 class StartRunReply(msgspec.Struct, kw_only=True):
@@ -83,12 +91,23 @@ class StepSummary(msgspec.Struct, kw_only=True, omit_defaults=True):
     status: str
     provider: str | None = None
     attempt: int = 0
+    reason: str | None = None  # why it was skipped, or why it is retrying
     started_at: datetime | None = None
     completed_at: datetime | None = None
     duration_ms: float | None = None
     output: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     usage: Usage | None = None
+
+
+class WaitingFor(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One thing an unfinished run waits for, and since when."""
+
+    kind: str  # step (a tool call in flight) | timer (retry back-off) | event (an outside event)
+    step: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None  # when the timer fires, or when the wait times out
+    detail: str = ""  # e.g. "openrouter, attempt 2" or "app.review.decided key=s-1"
 
 
 class RunSummary(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -106,6 +125,10 @@ class RunSummary(msgspec.Struct, kw_only=True, omit_defaults=True):
     error: dict[str, Any] | None = None
     usage: Usage | None = None
     last_seq: int = 0
+    # What an unfinished run waits for (steps in flight, back-off timers, outside events).
+    waiting: list[WaitingFor] = []
+    rerun_of: str | None = None  # the run this one was rerun from
+    rerun_from_step: str | None = None
 
 
 class RunPage(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -121,3 +144,30 @@ class RunEventsRequest(msgspec.Struct, kw_only=True):
 class RunEventsReply(msgspec.Struct, kw_only=True):
     run_id: str
     events: list[RunEventRecord]
+
+
+class CancelRunRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
+    run_id: str
+    reason: str = ""
+
+
+class RerunRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Start a new run of the same workflow version that reuses the outputs of the steps before
+    ``from_step`` (those ``from_step`` does not depend on, transitively, are reused too)."""
+
+    run_id: str
+    from_step: str
+    payload: dict[str, Any] | None = None  # None: the old run's payload
+
+
+class WorkflowVersion(msgspec.Struct, kw_only=True, omit_defaults=True):
+    hash: str
+    version: str
+    origin: str
+    created_at: datetime
+    current: bool = False
+
+
+class WorkflowVersions(msgspec.Struct, kw_only=True):
+    name: str
+    versions: list[WorkflowVersion]  # newest first

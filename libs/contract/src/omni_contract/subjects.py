@@ -32,6 +32,9 @@ ENGINE_RUNS_START = f"{ENGINE_RPC_PREFIX}.runs.start"
 ENGINE_RUNS_GET = f"{ENGINE_RPC_PREFIX}.runs.get"
 ENGINE_RUNS_LIST = f"{ENGINE_RPC_PREFIX}.runs.list"
 ENGINE_RUNS_EVENTS = f"{ENGINE_RPC_PREFIX}.runs.events"
+ENGINE_RUNS_CANCEL = f"{ENGINE_RPC_PREFIX}.runs.cancel"
+ENGINE_RUNS_RERUN = f"{ENGINE_RPC_PREFIX}.runs.rerun"
+ENGINE_WORKFLOWS_VERSIONS = f"{ENGINE_RPC_PREFIX}.workflows.versions"
 
 
 def _token(value: str) -> str:
