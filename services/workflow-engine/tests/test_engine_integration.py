@@ -145,7 +145,14 @@ async def harness(nats_url: str, database_url: str, request: pytest.FixtureReque
         await nc.close()
 
 
-async def test_run_started_over_rpc_completes_all_five_steps_in_order(harness: Harness) -> None:
+async def history_of(harness: Harness, run_id: str) -> list[dict[str, Any]]:
+    events = await harness.call(subjects.ENGINE_RUNS_EVENTS, rpc.RunEventsRequest(run_id=run_id))
+    assert events.result is not None
+    history: list[dict[str, Any]] = json.loads(bytes(events.result))["events"]
+    return history
+
+
+async def test_typed_input_skips_transcription_and_runs_the_rest_as_a_graph(harness: Harness) -> None:
     reply = await harness.call(
         subjects.ENGINE_RUNS_START, rpc.StartRunRequest(workflow="bilingual-coach", payload=PAYLOAD)
     )
@@ -154,24 +161,44 @@ async def test_run_started_over_rpc_completes_all_five_steps_in_order(harness: H
     run_id = json.loads(bytes(reply.result))["run_id"]
     run = await harness.finished(run_id)
     assert run["status"] == "completed", run.get("error")
-    assert [s["name"] for s in run["steps"]] == [
+    steps = {s["name"]: s for s in run["steps"]}
+    assert list(steps) == [
         "speech_to_text",
         "natural_language_understanding",
         "machine_translation",
         "coach_feedback",
         "text_to_speech",
     ]
-    assert all(s["status"] == "completed" for s in run["steps"])
-    assert [i.step for i in harness.seen] == [s["name"] for s in run["steps"]]
-    # Templates pass the earlier step's output on.
+    assert steps["speech_to_text"]["status"] == "skipped"
+    assert "audioData" in steps["speech_to_text"]["reason"]
+    assert all(s["status"] == "completed" for name, s in steps.items() if name != "speech_to_text")
+    # Understanding and translation need only the text, so they were dispatched together, in the
+    # same transaction; feedback waited for both.
+    order = [i.step for i in harness.seen]
+    assert set(order[:2]) == {"natural_language_understanding", "machine_translation"}
+    assert order[2:] == ["coach_feedback", "text_to_speech"]
+    # With no transcription, the typed text is used (``${steps.speech_to_text.output.text ?? ...}``).
     nlu = next(i for i in harness.seen if i.step == "natural_language_understanding")
-    assert nlu.input["text"] == "out-speech_to_text"
-    events = await harness.call(subjects.ENGINE_RUNS_EVENTS, rpc.RunEventsRequest(run_id=run_id))
-    assert events.result is not None
-    history = json.loads(bytes(events.result))["events"]
+    assert nlu.input["text"] == "hi"
+    history = await history_of(harness, run_id)
     assert [e["seq"] for e in history] == list(range(1, len(history) + 1))
     assert history[0]["type"] == "run.started"
+    assert history[1]["type"] == "step.skipped"
     assert history[-1]["type"] == "run.completed"
+
+
+async def test_recorded_audio_is_transcribed_first(harness: Harness) -> None:
+    payload = {**PAYLOAD, "audioData": "UklGRg=="}
+    reply = await harness.call(
+        subjects.ENGINE_RUNS_START, rpc.StartRunRequest(workflow="bilingual-coach", payload=payload)
+    )
+    assert reply.result is not None
+    run = await harness.finished(json.loads(bytes(reply.result))["run_id"])
+    assert run["status"] == "completed", run.get("error")
+    assert all(s["status"] == "completed" for s in run["steps"])
+    assert harness.seen[0].step == "speech_to_text"
+    nlu = next(i for i in harness.seen if i.step == "natural_language_understanding")
+    assert nlu.input["text"] == "out-speech_to_text"
 
 
 async def test_trigger_event_starts_one_run_even_when_published_twice(harness: Harness) -> None:
@@ -219,17 +246,32 @@ async def _fail_nlu(invoke: ToolInvoke) -> ToolResult:
 
 
 @pytest.mark.parametrize("harness", [_fail_nlu], indirect=True)
-async def test_a_failing_step_fails_the_run_with_its_error(harness: Harness) -> None:
+async def test_a_failing_step_is_retried_falls_back_then_fails_the_run(harness: Harness) -> None:
     reply = await harness.call(
         subjects.ENGINE_RUNS_START, rpc.StartRunRequest(workflow="bilingual-coach", payload=PAYLOAD)
     )
     assert reply.result is not None
-    run = await harness.finished(json.loads(bytes(reply.result))["run_id"])
+    run_id = json.loads(bytes(reply.result))["run_id"]
+    run = await harness.finished(run_id)
     assert run["status"] == "failed"
     assert run["error"]["step"] == "natural_language_understanding"
     assert run["error"]["message"] == "provider said 500"
     statuses = {s["name"]: s["status"] for s in run["steps"]}
-    assert statuses["machine_translation"] == "pending"
+    assert statuses["coach_feedback"] == "skipped"
+    # The default policy: three attempts on each provider of the chain (openrouter|deepseek).
+    tried = [(i.provider, i.attempt) for i in harness.seen if i.step == "natural_language_understanding"]
+    assert tried == [("openrouter", 1), ("openrouter", 2), ("openrouter", 3)] + [
+        ("deepseek", 4),
+        ("deepseek", 5),
+        ("deepseek", 6),
+    ]
+    history = await history_of(harness, run_id)
+    nlu_events = [e for e in history if e["data"].get("step") == "natural_language_understanding"]
+    kinds = [e["type"] for e in nlu_events if e["type"] in ("step.retrying", "step.fallback", "step.failed")]
+    assert kinds == ["step.retrying"] * 2 + ["step.fallback"] + ["step.retrying"] * 2 + ["step.failed"]
+    fallback = next(e for e in nlu_events if e["type"] == "step.fallback")
+    assert (fallback["data"]["from"], fallback["data"]["to"]) == ("openrouter", "deepseek")
+    assert "server" in fallback["data"]["reason"]
 
 
 async def test_start_with_bad_payload_names_the_field(harness: Harness) -> None:

@@ -128,7 +128,9 @@ class RunEventType:
     RUN_TIMED_OUT: Final = "run.timed_out"
     RUN_BUDGET_EXCEEDED: Final = "run.budget_exceeded"
 
-    TERMINAL: Final = frozenset({RUN_COMPLETED, RUN_FAILED, RUN_CANCELLED, RUN_TIMED_OUT, RUN_BUDGET_EXCEEDED})
+    TERMINAL: Final = frozenset(
+        {RUN_COMPLETED, RUN_FAILED, RUN_CANCELLED, RUN_TIMED_OUT, RUN_BUDGET_EXCEEDED}
+    )
 
 
 class RunStatus:

@@ -87,7 +87,7 @@ class ListRunsRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 class StepSummary(msgspec.Struct, kw_only=True, omit_defaults=True):
     name: str
-    tool: str
+    tool: str | None = None  # None for a step that waits for an event
     status: str
     provider: str | None = None
     attempt: int = 0

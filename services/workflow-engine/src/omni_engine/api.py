@@ -15,14 +15,14 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 from omni_contract import rpc, subjects
 from omni_contract.envelope import encode
-from omni_contract.events import RunEventRecord, RunStatus
+from omni_contract.events import RunEventRecord, RunStatus, StepStatus
 from omni_runtime.telemetry import extract_context
 from opentelemetry import trace
 
 from omni_engine.definition import WorkflowDefinition, definition_to_dict
 from omni_engine.definitions import Definitions, InvalidDefinition
 from omni_engine.engine import Engine, EngineError
-from omni_engine.state import RunState
+from omni_engine.state import RunState, TaskState, compensation_address, item_address
 from omni_engine.store import Store
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,60 @@ T = TypeVar("T")
 
 def workflow_doc(defn: WorkflowDefinition) -> dict[str, Any]:
     return {**definition_to_dict(defn), "hash": defn.content_hash}
+
+
+def waiting_for(state: RunState) -> list[rpc.WaitingFor]:
+    """What an unfinished run waits for: tool calls in flight, back-off timers, outside events."""
+    if state.finished:
+        return []
+    found: list[rpc.WaitingFor] = []
+
+    def task_wait(address: str, task: TaskState) -> None:
+        if task.status in (StepStatus.SCHEDULED, StepStatus.RUNNING):
+            found.append(
+                rpc.WaitingFor(
+                    kind="step",
+                    step=address,
+                    since=task.started_at if task.status == StepStatus.RUNNING else task.scheduled_at,
+                    detail=f"{task.provider}, attempt {task.attempt} ({task.status})",
+                )
+            )
+        elif task.status == StepStatus.RETRYING:
+            found.append(
+                rpc.WaitingFor(
+                    kind="timer",
+                    step=address,
+                    since=task.completed_at or state.updated_at,
+                    until=task.retry_at,
+                    detail=task.reason or "retry back-off",
+                )
+            )
+
+    for step in state.steps:
+        if step.status == StepStatus.WAITING and step.wait is not None:
+            found.append(
+                rpc.WaitingFor(
+                    kind="event",
+                    step=step.name,
+                    since=step.scheduled_at,
+                    until=_dt(step.wait.get("until")),
+                    detail=f"{step.wait['event']} with key {step.wait['key']}",
+                )
+            )
+        elif step.items is not None:
+            for index, item in enumerate(step.items):
+                task_wait(item_address(step.name, index), item)
+        else:
+            task_wait(step.name, step)
+        if step.compensation is not None:
+            task_wait(compensation_address(step.name), step.compensation)
+    return found
+
+
+def _dt(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value))
 
 
 def run_summary(state: RunState) -> rpc.RunSummary:
@@ -51,6 +105,7 @@ def run_summary(state: RunState) -> rpc.RunSummary:
                 status=s.status,
                 provider=s.provider,
                 attempt=s.attempt,
+                reason=s.reason,
                 started_at=s.started_at,
                 completed_at=s.completed_at,
                 duration_ms=s.duration_ms,
@@ -66,6 +121,9 @@ def run_summary(state: RunState) -> rpc.RunSummary:
         error=state.error,
         usage=state.usage,
         last_seq=state.last_seq,
+        waiting=waiting_for(state),
+        rerun_of=state.rerun_of,
+        rerun_from_step=state.rerun_from_step,
     )
 
 
@@ -88,6 +146,13 @@ class EngineApi:
             ("runs-get", subjects.ENGINE_RUNS_GET, self._wrap(self.runs_get, rpc.GetRequest)),
             ("runs-list", subjects.ENGINE_RUNS_LIST, self._wrap(self.runs_list, rpc.ListRunsRequest)),
             ("runs-events", subjects.ENGINE_RUNS_EVENTS, self._wrap(self.runs_events, rpc.RunEventsRequest)),
+            ("runs-cancel", subjects.ENGINE_RUNS_CANCEL, self._wrap(self.runs_cancel, rpc.CancelRunRequest)),
+            ("runs-rerun", subjects.ENGINE_RUNS_RERUN, self._wrap(self.runs_rerun, rpc.RerunRequest)),
+            (
+                "workflows-versions",
+                subjects.ENGINE_WORKFLOWS_VERSIONS,
+                self._wrap(self.workflows_versions, rpc.GetRequest),
+            ),
         ]
         for name, subject, handler in endpoints:
             await service.add_endpoint(name=name, subject=subject, handler=handler)
@@ -138,9 +203,23 @@ class EngineApi:
         return workflow_doc(await self.definitions.register(req.source, req.filename))
 
     async def runs_start(self, req: rpc.StartRunRequest) -> rpc.StartRunReply:
-        state = await self.engine.start_run(req.workflow, req.payload, req.context, run_id=req.run_id)
-        return rpc.StartRunReply(
-            run_id=state.run_id, workflow=state.workflow, version=state.version, status=state.status
+        state = await self.engine.start_run(
+            req.workflow, req.payload, req.context, run_id=req.run_id, idempotency_key=req.idempotency_key
+        )
+        return _start_reply(state)
+
+    async def runs_cancel(self, req: rpc.CancelRunRequest) -> rpc.RunSummary:
+        return run_summary(await self.engine.cancel(req.run_id, req.reason))
+
+    async def runs_rerun(self, req: rpc.RerunRequest) -> rpc.StartRunReply:
+        return _start_reply(await self.engine.rerun(req.run_id, req.from_step, req.payload))
+
+    async def workflows_versions(self, req: rpc.GetRequest) -> rpc.WorkflowVersions:
+        rows = await self.store.versions(req.name)
+        if not rows:
+            raise EngineError("not_found", f"unknown workflow '{req.name}'")
+        return rpc.WorkflowVersions(
+            name=req.name, versions=[msgspec.convert(r, rpc.WorkflowVersion) for r in rows]
         )
 
     async def runs_get(self, req: rpc.GetRequest) -> rpc.RunSummary:
@@ -172,3 +251,9 @@ class EngineApi:
         return rpc.RunEventsReply(
             run_id=req.run_id, events=[msgspec.convert(r, RunEventRecord) for r in rows]
         )
+
+
+def _start_reply(state: RunState) -> rpc.StartRunReply:
+    return rpc.StartRunReply(
+        run_id=state.run_id, workflow=state.workflow, version=state.version, status=state.status
+    )

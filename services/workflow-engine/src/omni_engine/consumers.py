@@ -32,7 +32,8 @@ from omni_runtime.telemetry import extract_context
 from opentelemetry import trace
 
 from omni_engine.definitions import Definitions
-from omni_engine.engine import SOURCE, Engine, EngineError
+from omni_engine.engine import Engine, EngineError
+from omni_engine.progress import SOURCE
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("omni.workflow-engine")
@@ -75,7 +76,8 @@ async def dead_letter(js: JetStreamContext, msg: Msg, problem: Unprocessable) ->
 
 
 class TriggerHandler:
-    """Starts the workflows whose trigger is the event's subject."""
+    """Starts the workflows whose trigger is the event's subject, and hands the event to the
+    steps waiting for it (``wait:``)."""
 
     def __init__(self, engine: Engine, definitions: Definitions) -> None:
         self.engine = engine
@@ -95,6 +97,9 @@ class TriggerHandler:
         if event_id is None:
             headers = msg.headers or {}
             event_id = headers.get(HDR_MSG_ID) or f"seq-{msg.metadata.sequence.stream}"
+        if isinstance(payload, dict):
+            for match in await self.engine.store.matching_waits(msg.subject, payload):
+                await self.engine.on_wait_event(match.run_id, match.step, {"id": event_id, "data": payload})
         defs = await self.definitions.for_trigger(msg.subject)
         if not defs:
             log.debug("no workflow is triggered by %s", msg.subject)

@@ -10,13 +10,28 @@ One file holds one workflow::
       payload:                         # field: type, "?" after the name marks it optional
         userId: string
         audioData?: string
-    steps:                             # run in the order written
+    retry: {maxAttempts: 3}            # optional: the default retry policy of every step
+    steps:                             # a graph: a step runs once the steps it needs are done
       - name: speech_to_text           # [a-z_][a-z0-9_]*, unique
+        when: has(trigger.payload.audioData)   # optional CEL condition; false -> skipped
         tool: stt.transcribe           # <category>.<action>
-        provider: openrouter|gemini    # preferred first; a YAML list works too
-        config: {timeout: 12000}       # free-form; ``timeout`` (ms) must be a positive integer
+        provider: openrouter|gemini    # tried in order; a YAML list works too
+        config: {timeout: 12000}       # free-form; ``timeout`` (ms) must be a positive integer;
+                                       # ``fallback``: more providers; ``maxTokens``: budget estimate
         input: {audioData: "${trigger.payload.audioData}"}
         output: {text: string}         # declared output fields
+        retry: {maxAttempts: 5, initialInterval: 200, backoffRate: 2, maxInterval: 5000,
+                jitter: 0.2, retryOn: [timeout, server, rate_limited]}
+        on_error: fail                 # fail | continue | <name of a handler step>
+        needs: [other_step]            # run after these (template references add more)
+        compensate: {tool: ..., provider: ..., input: {...}}   # undo, when the run fails later
+      - name: each_line
+        for_each: "${steps.split.output.lines}"   # one call per item, ${item} and ${index}
+        concurrency: 4                 # at most this many items in flight
+        ...
+      - name: approval
+        wait: {event: app.review.decided, key: "${trigger.payload.sessionId}",
+               match: sessionId, timeout: 3600000}   # waits for an outside event, no tool
     guards:                            # optional
       budget: {maxMs: 60000, maxTokens: 8000, maxCost: 0.5}
       security: {piiRedaction: true, dataRetention: 30d, encryption: true}
@@ -54,7 +69,15 @@ import yaml
 from omni_contract.subjects import APP_PREFIX
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from omni_engine.templating import PathPart, collect_references, format_path, step_dependencies
+from omni_engine.conditions import ConditionError, compile_condition
+from omni_engine.templating import (
+    PathPart,
+    TemplateError,
+    collect_references,
+    format_path,
+    parse_template,
+    step_dependencies,
+)
 
 FieldType: TypeAlias = Literal["string", "number", "integer", "boolean", "object", "array", "any"]
 FIELD_TYPES: tuple[str, ...] = get_args(FieldType)
@@ -67,6 +90,8 @@ FIELD_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 TOOL_RE = re.compile(r"[a-z][a-z0-9_-]*\.[a-z][a-z0-9_-]*")
 PROVIDER_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _SUBJECT_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]+")
+# ``steps.<name>`` inside a CEL condition: the condition is decided after that step.
+_CONDITION_STEP_RE = re.compile(r"\bsteps\.([a-z_][a-z0-9_]*)")
 _RETENTION_RE = re.compile(r"(\d+)([smhdw])")
 _RETENTION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -162,6 +187,16 @@ class PayloadField(_Model):
     description: str = ""
 
 
+def _check_app_subject(value: str, what: str = "trigger event") -> str:
+    tokens = value.split(".")
+    if not value.startswith(APP_PREFIX) or not all(_SUBJECT_TOKEN_RE.fullmatch(t) for t in tokens[1:]):
+        raise ValueError(
+            f"invalid {what} {value!r}: expected a NATS subject under {APP_PREFIX!r} "
+            "(such as app.<area>.<event>) made of letters, digits, '-' and '_', without wildcards"
+        )
+    return value
+
+
 class Trigger(_Model):
     event: str
     payload: dict[str, PayloadField] = Field(default_factory=dict)
@@ -169,27 +204,102 @@ class Trigger(_Model):
     @field_validator("event")
     @classmethod
     def _check_event(cls, value: str) -> str:
-        tokens = value.split(".")
-        if not value.startswith(APP_PREFIX) or not all(_SUBJECT_TOKEN_RE.fullmatch(t) for t in tokens[1:]):
-            raise ValueError(
-                f"invalid trigger event {value!r}: expected a NATS subject under {APP_PREFIX!r} "
-                "(such as app.<area>.<event>) made of letters, digits, '-' and '_', without wildcards"
-            )
-        return value
+        return _check_app_subject(value)
 
     @property
     def required_fields(self) -> list[str]:
         return [name for name, spec in self.payload.items() if spec.required]
 
 
-class Step(_Model):
-    name: str
-    description: str = ""
+# Error kinds (``ToolError.kind``) retried by default: the call may well succeed next time.
+DEFAULT_RETRY_ON: tuple[str, ...] = ("timeout", "server", "rate_limited", "unavailable", "malformed_response")
+# Kinds that no retry or fallback can mend: the request itself is wrong.
+NEVER_RETRY: frozenset[str] = frozenset({"validation", "bad_request", "template", "condition", "budget"})
+# The pseudo-provider that ends a chain by returning the step's text (a spoken answer degraded to
+# text). The engine serves it; no runner is involved.
+TEXT_ONLY = "text-only"
+
+
+class RetryPolicy(_Model):
+    """How one provider is retried before the step falls back to the next (times in ms)."""
+
+    max_attempts: int = Field(default=3, alias="maxAttempts", ge=1, le=100)
+    initial_interval: int = Field(default=500, alias="initialInterval", ge=0)
+    backoff_rate: float = Field(default=2.0, alias="backoffRate", ge=1.0, le=100.0)
+    max_interval: int = Field(default=30_000, alias="maxInterval", ge=0)
+    jitter: float = Field(default=0.2, ge=0.0, le=1.0)  # +/- this fraction of the interval
+    retry_on: tuple[str, ...] = Field(default=DEFAULT_RETRY_ON, alias="retryOn")
+
+    @field_validator("retry_on", mode="before")
+    @classmethod
+    def _list_to_tuple(cls, value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value
+
+    @field_validator("retry_on")
+    @classmethod
+    def _check_kinds(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = sorted(set(value) & NEVER_RETRY)
+        if bad:
+            raise ValueError(f"{', '.join(bad)} errors are never retried: the request itself is wrong")
+        return value
+
+    def retries(self, kind: str) -> bool:
+        return kind in self.retry_on and kind not in NEVER_RETRY
+
+    def interval_ms(self, retry_number: int) -> float:
+        """The back-off before retry ``retry_number`` (1 for the first retry), without jitter."""
+        return float(min(self.max_interval, self.initial_interval * self.backoff_rate ** (retry_number - 1)))
+
+
+class Compensation(_Model):
+    """The tool call that undoes a completed step, run when the run fails or is cancelled."""
+
     tool: str
     providers: list[str] = Field(alias="provider", min_length=1)
     config: dict[str, Any] = Field(default_factory=dict)
     input: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _split_providers(cls, value: Any) -> Any:
+        return [part.strip() for part in value.split("|")] if isinstance(value, str) else value
+
+
+class Wait(_Model):
+    """Wait for an outside event on ``event`` whose field ``match`` equals ``key`` (rendered)."""
+
+    event: str
+    key: str
+    match: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+    timeout: int = Field(gt=0)  # ms
+
+    @field_validator("event")
+    @classmethod
+    def _check_event(cls, value: str) -> str:
+        return _check_app_subject(value, "wait event")
+
+
+class Step(_Model):
+    name: str
+    description: str = ""
+    tool: str | None = None
+    providers: list[str] = Field(default_factory=list, alias="provider")
+    config: dict[str, Any] = Field(default_factory=dict)
+    input: dict[str, Any] = Field(default_factory=dict)
     output: dict[str, FieldType] = Field(default_factory=dict)
+    needs: list[str] = Field(default_factory=list)
+    when: str | None = None
+    retry: RetryPolicy | None = None
+    on_error: str = "fail"
+    compensate: Compensation | None = None
+    for_each: str | None = None
+    concurrency: int = Field(default=10, ge=1, le=1000)
+    wait: Wait | None = None
+
+    @field_validator("needs", mode="before")
+    @classmethod
+    def _one_need(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
 
     @field_validator("name")
     @classmethod
@@ -203,8 +313,8 @@ class Step(_Model):
 
     @field_validator("tool")
     @classmethod
-    def _check_tool(cls, value: str) -> str:
-        if not TOOL_RE.fullmatch(value):
+    def _check_tool(cls, value: str | None) -> str | None:
+        if value is not None and not TOOL_RE.fullmatch(value):
             raise ValueError(
                 f"invalid tool name {value!r}: expected <category>.<action>, e.g. stt.transcribe"
             )
@@ -231,12 +341,12 @@ class Step(_Model):
 
     @property
     def category(self) -> str:
-        """``stt`` for ``stt.transcribe``."""
-        return self.tool.partition(".")[0]
+        """``stt`` for ``stt.transcribe`` (empty for a ``wait`` step)."""
+        return (self.tool or "").partition(".")[0]
 
     @property
     def action(self) -> str:
-        return self.tool.partition(".")[2]
+        return (self.tool or "").partition(".")[2]
 
     @property
     def timeout_ms(self) -> int | None:
@@ -246,8 +356,15 @@ class Step(_Model):
 
     @property
     def dependencies(self) -> set[str]:
-        """Steps whose output this step's input or config needs."""
-        return step_dependencies(self.input) | step_dependencies(self.config)
+        """Steps this one runs after: ``needs`` and those whose output its templates read."""
+        found = step_dependencies(self.input) | step_dependencies(self.config) | set(self.needs)
+        if self.for_each is not None:
+            found |= step_dependencies(self.for_each)
+        if self.wait is not None:
+            found |= step_dependencies(self.wait.key)
+        if self.when is not None:
+            found |= set(_CONDITION_STEP_RE.findall(self.when))
+        return found
 
 
 class Budget(_Model):
@@ -301,11 +418,13 @@ class WorkflowDefinition(_Model):
     version: str
     trigger: Trigger
     steps: list[Step] = Field(min_length=1)
+    retry: RetryPolicy | None = None
     guards: Guards | None = None
 
     _source: str = PrivateAttr(default="<memory>")
     _hash: str | None = PrivateAttr(default=None)
     _step_index: dict[str, int] | None = PrivateAttr(default=None)
+    _plan: dict[str, Any] | None = PrivateAttr(default=None)
 
     @field_validator("name")
     @classmethod
@@ -367,8 +486,50 @@ class WorkflowDefinition(_Model):
         raise KeyError(name)
 
     def dependencies(self) -> dict[str, set[str]]:
-        """Each step -> the steps whose output it reads (always earlier ones, by validation)."""
+        """Each step -> the steps it runs after (always earlier ones, by validation)."""
         return {step.name: step.dependencies for step in self.steps}
+
+    def _derived(self) -> dict[str, Any]:
+        if self._plan is None:
+            self._plan = {
+                "needs": {step.name: tuple(sorted(step.dependencies)) for step in self.steps},
+                "handlers": frozenset(
+                    s.on_error for s in self.steps if s.on_error not in ("fail", "continue")
+                ),
+            }
+        return self._plan
+
+    def needs_of(self, name: str) -> tuple[str, ...]:
+        """The steps ``name`` runs after (cached: asked on every decision)."""
+        needs: tuple[str, ...] = self._derived()["needs"][name]
+        return needs
+
+    @property
+    def handlers(self) -> frozenset[str]:
+        """Steps named by another step's ``on_error``: they run only when that step fails."""
+        handlers: frozenset[str] = self._derived()["handlers"]
+        return handlers
+
+    def retry_policy(self, step: Step) -> RetryPolicy:
+        return step.retry or self.retry or _DEFAULT_RETRY
+
+    def provider_chain(self, step: Step) -> list[str]:
+        """The step's providers in order: its own, then ``config.fallback``, then
+        ``guards.fallbacks`` for the step or its tool category."""
+        chain = list(step.providers)
+        extra = step.config.get("fallback")
+        for provider in [extra] if isinstance(extra, str) else extra if isinstance(extra, list) else []:
+            if isinstance(provider, str) and provider not in chain:
+                chain.append(provider)
+        if self.guards is not None:
+            for key in (step.name, step.category):
+                provider = self.guards.fallbacks.get(key)
+                if provider is not None and provider not in chain:
+                    chain.append(provider)
+        return chain
+
+
+_DEFAULT_RETRY = RetryPolicy()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,21 +549,37 @@ def definition_to_dict(defn: WorkflowDefinition) -> dict[str, Any]:
         "description": defn.description,
         "version": defn.version,
         "trigger": {"event": defn.trigger.event, "payload": payload},
-        "steps": [
-            {
-                "name": step.name,
-                "description": step.description,
-                "tool": step.tool,
-                "provider": list(step.providers),
-                "config": copy.deepcopy(step.config),
-                "input": copy.deepcopy(step.input),
-                "output": dict(step.output),
-            }
-            for step in defn.steps
-        ],
+        "steps": [_step_to_dict(step) for step in defn.steps],
     }
+    if defn.retry is not None:
+        out["retry"] = defn.retry.model_dump(mode="json", by_alias=True)
     if defn.guards is not None:
         out["guards"] = defn.guards.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return out
+
+
+def _step_to_dict(step: Step) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": step.name, "description": step.description}
+    if step.tool is not None:
+        out["tool"] = step.tool
+        out["provider"] = list(step.providers)
+    out.update(config=copy.deepcopy(step.config), input=copy.deepcopy(step.input), output=dict(step.output))
+    # The language's later additions appear only when used, so older definitions keep their hash.
+    if step.needs:
+        out["needs"] = list(step.needs)
+    if step.when is not None:
+        out["when"] = step.when
+    if step.retry is not None:
+        out["retry"] = step.retry.model_dump(mode="json", by_alias=True)
+    if step.on_error != "fail":
+        out["on_error"] = step.on_error
+    if step.compensate is not None:
+        out["compensate"] = step.compensate.model_dump(mode="json", by_alias=True)
+    if step.for_each is not None:
+        out["for_each"] = step.for_each
+        out["concurrency"] = step.concurrency
+    if step.wait is not None:
+        out["wait"] = step.wait.model_dump(mode="json", by_alias=True)
     return out
 
 
@@ -772,6 +949,80 @@ def _names(items: list[str]) -> str:
     return ", ".join(items) or "none"
 
 
+def _check_step_shape(step: Step, i: int, index: dict[str, int], problems: _Problems) -> None:
+    """The checks of one step's own fields that need more than one field (or the other steps)."""
+    if step.wait is not None:
+        for key, present in (("tool", step.tool), ("provider", step.providers), ("for_each", step.for_each)):
+            if present:
+                problems.add(("steps", i, key), f"a wait step has no {key}: it waits for an event")
+        if step.wait.key and "${" in step.wait.key:
+            try:
+                parse_template(step.wait.key)
+            except TemplateError as exc:
+                problems.add(("steps", i, "wait", "key"), f"invalid template {exc.snippet!r}: {exc.message}")
+    else:
+        if step.tool is None:
+            problems.add(
+                ("steps", i, "tool"), "missing required key 'tool' (or 'wait', to wait for an event)"
+            )
+        if not step.providers:
+            problems.add(("steps", i, "provider"), "missing required key 'provider'")
+    for j, need in enumerate(step.needs):
+        k = index.get(need)
+        if k is None:
+            problems.add(("steps", i, "needs", j), f"needs unknown step {need!r}")
+        elif k >= i:
+            problems.add(
+                ("steps", i, "needs", j),
+                f"needs step {need!r}, declared after it or itself: name only steps declared before",
+            )
+    if step.when is not None:
+        try:
+            compile_condition(step.when)
+        except ConditionError as exc:
+            problems.add(("steps", i, "when"), str(exc))
+        for name in _CONDITION_STEP_RE.findall(step.when):
+            k = index.get(name)
+            if k is None or k >= i:
+                problems.add(
+                    ("steps", i, "when"),
+                    f"condition reads step {name!r}, which is not a step declared before",
+                )
+    if step.on_error not in ("fail", "continue"):
+        k = index.get(step.on_error)
+        if k is None:
+            problems.add(
+                ("steps", i, "on_error"),
+                f"on_error must be fail, continue or the name of a step; there is no step {step.on_error!r}",
+            )
+        elif k == i:
+            problems.add(("steps", i, "on_error"), "a step cannot handle its own failure")
+    if step.for_each is not None:
+        try:
+            template = parse_template(step.for_each)
+        except TemplateError:
+            template = None  # reported with the other template errors
+        if template is not None and not template.is_whole:
+            problems.add(
+                ("steps", i, "for_each"),
+                "for_each must be one template naming a list, e.g. ${steps.x.output.items}",
+            )
+    if step.compensate is not None:
+        if not TOOL_RE.fullmatch(step.compensate.tool):
+            problems.add(("steps", i, "compensate", "tool"), f"invalid tool name {step.compensate.tool!r}")
+        refs, errors = collect_references(step.compensate.input)
+        for err in errors:
+            problems.add(
+                ("steps", i, "compensate", "input", *err.location), f"invalid template: {err.message}"
+            )
+        for ref in refs:
+            if ref.root == "steps" and ref.step not in index:
+                problems.add(
+                    ("steps", i, "compensate", "input", *ref.location),
+                    f"reference to unknown step {ref.step!r}",
+                )
+
+
 def _check_meaning(defn: WorkflowDefinition, problems: _Problems) -> None:
     index: dict[str, int] = {}
     for i, step in enumerate(defn.steps):
@@ -784,6 +1035,7 @@ def _check_meaning(defn: WorkflowDefinition, problems: _Problems) -> None:
 
     payload = defn.trigger.payload
     for i, step in enumerate(defn.steps):
+        _check_step_shape(step, i, index, problems)
         for name in step.output:
             if not FIELD_NAME_RE.fullmatch(name):
                 problems.add(("steps", i, "output", name), f"invalid output field name {name!r}")
@@ -795,8 +1047,13 @@ def _check_meaning(defn: WorkflowDefinition, problems: _Problems) -> None:
                 ("steps", i, "config", "timeout"),
                 f"timeout must be a positive integer number of milliseconds, got {_describe(timeout)}",
             )
-        for section in ("config", "input"):
-            refs, template_errors = collect_references(getattr(step, section))
+        sections: list[tuple[str, Any]] = [("config", step.config), ("input", step.input)]
+        if step.for_each is not None:
+            sections.append(("for_each", step.for_each))
+        if step.wait is not None:
+            sections.append(("wait", {"key": step.wait.key}))
+        for section, value in sections:
+            refs, template_errors = collect_references(value)
             for terr in template_errors:
                 problems.add(
                     ("steps", i, section, *terr.location),
@@ -805,7 +1062,12 @@ def _check_meaning(defn: WorkflowDefinition, problems: _Problems) -> None:
             for ref in refs:
                 where: tuple[PathPart, ...] = ("steps", i, section, *ref.location)
                 shown = f"${{{ref.expression}}}"
-                if ref.root == "trigger" and ref.path:
+                if ref.root in ("item", "index") and (step.for_each is None or section == "for_each"):
+                    problems.add(
+                        where,
+                        f"{shown}: item and index exist only in the input and config of a for_each step",
+                    )
+                elif ref.root == "trigger" and ref.path:
                     top = ref.path[0]
                     spec = payload.get(top) if isinstance(top, str) else None
                     if spec is None:
@@ -827,10 +1089,10 @@ def _check_meaning(defn: WorkflowDefinition, problems: _Problems) -> None:
                     elif j > i:
                         problems.add(
                             where,
-                            f"forward reference to step {ref.step!r} (steps[{j}]) in {shown}: steps run in "
-                            "the order written, so a step can only use the output of earlier ones (a cycle)",
+                            f"forward reference to step {ref.step!r} (steps[{j}]) in {shown}: a step can "
+                            "only use the output of steps declared before it (so the graph has no cycle)",
                         )
-                    elif ref.path and defn.steps[j].output:
+                    elif ref.path and defn.steps[j].output and defn.steps[j].for_each is None:
                         declared = defn.steps[j].output
                         top = ref.path[0]
                         out_type = declared.get(top) if isinstance(top, str) else None

@@ -1,26 +1,27 @@
-"""The engine's core: start runs, advance them on tool results, publish through the outbox.
+"""The engine's core: start runs and move them on when something happens to them.
 
-Every change to a run follows one pattern: load the projection, fold in what happened, ask
-``state.decide`` what follows until the run waits on something, then append all resulting events
-with the outbox rows they cause in one transaction, and relay the rows.
+Every change to a run follows one pattern (``_update``): take the run's state (cached, or the
+projection), fold in what happened, let ``progress.Decider`` record what follows until the run
+waits on something, then append the events with the outbox rows, timers and waits they cause in
+one transaction, and relay the rows. What can happen to a run: a tool result, a timer firing
+(retry back-off, step timeout, run deadline, wait timeout), an outside event a step waits for,
+and a cancel request.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
-from omni_contract import events as ev
-from omni_contract import subjects
-from omni_contract.envelope import encode_envelope, new_envelope
 from omni_contract.events import RunEventType as E
-from omni_contract.events import StepStatus, ToolInvoke, ToolResult
+from omni_contract.events import RunStatus, StepStatus, ToolResult
 from omni_contract.rpc import FieldProblem
 from omni_runtime.telemetry import current_traceparent
 from opentelemetry import trace
@@ -28,27 +29,20 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from omni_engine.definition import WorkflowDefinition
 from omni_engine.definitions import Definitions, payload_problems
+from omni_engine.progress import Batch, Decider, idempotency_key, timeout_timer
 from omni_engine.relay import OutboxRelay
-from omni_engine.state import (
-    CompleteRun,
-    FailRun,
-    NewEvent,
-    RunState,
-    ScheduleStep,
-    apply,
-    decide,
-    run_output,
-)
-from omni_engine.store import AppendConflict, OutboxMessage, Store
-from omni_engine.templating import Scope, TemplateError, render
+from omni_engine.state import NewEvent, RunState, apply, step_of
+from omni_engine.store import AppendConflict, Store
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("omni.workflow-engine")
 
-SOURCE = "omni-workflow-engine"
 MAX_APPEND_RETRIES = 20
 # Save the run's whole state every this many events (and when it ends); readers fold the rest.
 SNAPSHOT_EVERY = 64
+
+# What ``_update``'s callback says: record nothing (stale news), or go on and decide.
+Change = Callable[[Decider], bool]
 
 
 class EngineError(Exception):
@@ -65,8 +59,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def idempotency_key(run_id: str, step: str, attempt: int) -> str:
-    return f"{run_id}:{step}:{attempt}"
+def request_hash(workflow: str, payload: dict[str, Any], context: dict[str, Any]) -> str:
+    """What an idempotent start compares: the same key must come with the same request."""
+    canonical = msgspec.json.encode(
+        {"workflow": workflow, "payload": payload, "context": context}, order="sorted"
+    )
+    return hashlib.sha256(canonical).hexdigest()
 
 
 class EngineMetrics:
@@ -79,6 +77,9 @@ class EngineMetrics:
         )
         self.steps = Counter(
             "omni_engine_steps_total", "Step results folded in", ["workflow", "outcome"], registry=registry
+        )
+        self.timers = Counter(
+            "omni_engine_timers_fired_total", "Durable timers fired", ["kind", "outcome"], registry=registry
         )
         self.conflicts = Counter(
             "omni_engine_append_conflicts_total", "Optimistic append conflicts (retried)", registry=registry
@@ -99,6 +100,7 @@ class Engine:
         relay: OutboxRelay,
         metrics: EngineMetrics,
         cache_size: int = 10_000,
+        on_timer_set: Callable[[datetime], None] | None = None,
     ) -> None:
         self.store = store
         self.definitions = definitions
@@ -109,6 +111,8 @@ class Engine:
         # a concurrent handler) moved the run on, the append conflicts and the state is reloaded.
         self._states: OrderedDict[str, RunState] = OrderedDict()
         self.cache_size = cache_size
+        # Tells the timer poller of a timer this replica just set, so it can wake in time.
+        self.on_timer_set = on_timer_set
 
     def _remember(self, state: RunState) -> None:
         if state.finished:
@@ -127,12 +131,23 @@ class Engine:
         *,
         run_id: str | None = None,
         origin_key: str | None = None,
+        idempotency_key: str | None = None,
         trigger: dict[str, Any] | None = None,
+        spec: WorkflowDefinition | None = None,
+        rerun: dict[str, Any] | None = None,
     ) -> RunState:
-        """Start a run (idempotent on ``run_id`` and on ``origin_key``)."""
-        spec = await self.definitions.current(workflow)
+        """Start a run: idempotent on ``run_id``, on ``origin_key`` (a trigger event) and on
+        ``idempotency_key`` (a caller's key: the same key with another request is refused)."""
+        spec = spec or await self.definitions.current(workflow)
         if spec is None:
             raise EngineError("not_found", f"unknown workflow '{workflow}'")
+        origin_hash = None
+        if idempotency_key is not None:
+            origin_key = f"key:{idempotency_key}"
+            origin_hash = request_hash(spec.name, payload, context)
+            existing = await self._existing_origin(origin_key, origin_hash)
+            if existing is not None:
+                return existing
         problems = payload_problems(spec, payload)
         if problems:
             raise EngineError(
@@ -143,269 +158,289 @@ class Engine:
             "run.start", attributes={"omni.run_id": run_id, "omni.workflow": workflow}
         ):
             now = utcnow()
-            started = NewEvent(
-                type=E.RUN_STARTED,
-                at=now,
-                data={
-                    "workflow": spec.name,
-                    "hash": spec.content_hash,
-                    "version": spec.version,
-                    "payload": payload,
-                    "context": context,
-                    "steps": [{"name": s.name, "tool": s.tool} for s in spec.steps],
-                    **({"trigger": trigger} if trigger else {}),
-                },
-            )
+            budget = spec.guards.budget if spec.guards else None
+            deadline = now + timedelta(milliseconds=budget.max_ms) if budget and budget.max_ms else None
+            data: dict[str, Any] = {
+                "workflow": spec.name,
+                "hash": spec.content_hash,
+                "version": spec.version,
+                "payload": payload,
+                "context": context,
+                "steps": [{"name": s.name, "tool": s.tool} for s in spec.steps],
+            }
+            if trigger:
+                data["trigger"] = trigger
+            if deadline is not None:
+                data["deadline_at"] = deadline
+            if rerun:
+                data.update(rerun)
+            started = NewEvent(type=E.RUN_STARTED, at=now, data=data)
             state = apply(None, run_id, started.type, started.data, now)
-            batch = _Batch(state, current_traceparent())
+            batch = Batch(state, current_traceparent())
             batch.record(started)
-            self._advance(batch, spec)
+            if deadline is not None:
+                batch.effects.timer("deadline", deadline, {"kind": "deadline"})
+            Decider(batch, spec, now).advance()
             state.snapshot_seq = state.last_seq
             batch.seal()
-            written = await self.store.create_run(state, batch.events, batch.outbox, origin_key)
+            written = await self.store.create_run(
+                state, batch.events, batch.outbox, origin_key, batch.effects, origin_hash
+            )
             if written is None:
                 existing_state = await self.store.load_run(run_id)
                 if existing_state is None and origin_key:
-                    existing_id = await self.store.run_id_for_origin(origin_key)
-                    existing_state = await self.store.load_run(existing_id) if existing_id else None
+                    existing_state = await self._existing_origin(origin_key, origin_hash)
                 if existing_state is None:
                     raise EngineError("conflict", f"run '{run_id}' could not be created")
                 return existing_state
             self.metrics.runs_started.labels(spec.name).inc()
-            self._count_finish(state)
-            self._remember(state)
+            self._after_commit(state, batch)
             await self.relay.publish(written)
             return state
 
+    async def _existing_origin(self, origin_key: str, origin_hash: str | None) -> RunState | None:
+        found = await self.store.origin(origin_key)
+        if found is None:
+            return None
+        run_id, stored_hash = found
+        if origin_hash is not None and stored_hash is not None and stored_hash != origin_hash:
+            raise EngineError(
+                "idempotency_mismatch",
+                "this Idempotency-Key was first used with a different request (workflow, payload "
+                f"or context); it started run '{run_id}'",
+                [FieldProblem(field="Idempotency-Key", message="reused with a different request body")],
+            )
+        return await self.store.load_run(run_id)
+
+    async def rerun(self, run_id: str, from_step: str, payload: dict[str, Any] | None) -> RunState:
+        """A new run of the old run's version that reuses the outputs of the steps before
+        ``from_step`` (in the order written) which completed in the old run."""
+        old = await self.store.load_run(run_id)
+        if old is None:
+            raise EngineError("not_found", f"unknown run '{run_id}'")
+        spec = await self.definitions.get(old.workflow, old.hash)
+        if spec is None:
+            raise EngineError("not_found", f"definition {old.workflow}@{old.hash} is gone")
+        names = [s.name for s in spec.steps]
+        if from_step not in names:
+            raise EngineError(
+                "invalid_payload",
+                f"run '{run_id}' has no step '{from_step}'",
+                [FieldProblem(field="fromStep", message=f"expected one of {', '.join(names)}")],
+            )
+        before = set(names[: names.index(from_step)])
+        reused = {
+            s.name: {"output": s.output, "provider": s.provider}
+            for s in old.steps
+            if s.name in before and s.status == StepStatus.COMPLETED
+        }
+        return await self.start_run(
+            old.workflow,
+            old.payload if payload is None else payload,
+            old.context,
+            spec=spec,
+            rerun={"rerun_of": run_id, "rerun_from_step": from_step, "reused": reused},
+        )
+
     # -- advancing ---------------------------------------------------------------------------
-    async def on_result(self, result: ToolResult) -> None:
-        """Fold a tool result into its run. Duplicates and stale attempts are ignored."""
-        started = time.perf_counter()
+    async def _update(
+        self, run_id: str, change: Change, *, cancel_timers: Sequence[str] = ()
+    ) -> RunState | None:
+        """Apply ``change`` to the run and commit what follows; retried on append conflicts.
+
+        Returns the state after the change, or None when the run is unknown or ``change``
+        found nothing to do (news that is stale or already folded in).
+        """
         for _ in range(MAX_APPEND_RETRIES):
             # Taken out of the cache while in hand: a concurrent handler of the same run reads it anew.
-            state = self._states.pop(result.run_id, None) or await self.store.load_run(result.run_id)
+            state = self._states.pop(run_id, None) or await self.store.load_run(run_id)
             if state is None:
-                log.warning("result for unknown run %s (step %s)", result.run_id, result.step)
-                return
-            step = state.step(result.step)
-            if (
-                state.finished
-                or step is None
-                or step.attempt != result.attempt
-                or step.status not in (StepStatus.SCHEDULED, StepStatus.RUNNING)
-            ):
-                return  # a redelivered or superseded result: already folded in
+                return None
             spec = await self.definitions.get(state.workflow, state.hash)
             if spec is None:
                 raise RuntimeError(f"definition {state.workflow}@{state.hash} is missing")
             expected = state.last_seq
-            batch = _Batch(state, current_traceparent())
-            now = utcnow()
-            batch.record(
-                NewEvent(
-                    type=E.STEP_STARTED,
-                    at=result.started_at or now,
-                    data={"step": result.step, "attempt": result.attempt, "runner": result.runner},
-                ),
-            )
-            batch.record(_outcome_event(result, now))
-            self.metrics.steps.labels(state.workflow, "completed" if result.success else "failed").inc()
-            self._advance(batch, spec)
+            batch = Batch(state, current_traceparent())
+            for name in cancel_timers:
+                batch.effects.cancel_timer(name)
+            decider = Decider(batch, spec, utcnow())
+            if state.finished or not change(decider):
+                self._remember(state)
+                return None
+            decider.advance()
             batch.seal()
             snapshot = state.finished or state.last_seq - state.snapshot_seq >= SNAPSHOT_EVERY
             if snapshot:
                 state.snapshot_seq = state.last_seq
             try:
                 written = await self.store.append(
-                    state, expected, batch.events, batch.outbox, snapshot=snapshot
+                    state, expected, batch.events, batch.outbox, snapshot=snapshot, effects=batch.effects
                 )
             except AppendConflict:
                 self.metrics.conflicts.inc()
                 continue
-            self._count_finish(state)
-            self._remember(state)
+            self._after_commit(state, batch)
             await self.relay.publish(written)
-            self.metrics.transition_seconds.observe(time.perf_counter() - started)
-            return
-        raise RuntimeError(f"run {result.run_id}: gave up after {MAX_APPEND_RETRIES} append conflicts")
+            return state
+        raise RuntimeError(f"run {run_id}: gave up after {MAX_APPEND_RETRIES} append conflicts")
 
-    def _advance(self, batch: _Batch, spec: WorkflowDefinition) -> None:
-        """Decide and record until the run waits on something (or ends)."""
-        state = batch.state
-        while (decision := decide(state)) is not None:
-            now = utcnow()
-            if isinstance(decision, ScheduleStep):
-                self._schedule(batch, spec, decision.step, now)
-            elif isinstance(decision, CompleteRun):
-                batch.record(
-                    NewEvent(
-                        type=E.RUN_COMPLETED,
-                        at=now,
-                        data={
-                            "output": run_output(state),
-                            "duration_ms": _ms(now - state.created_at),
-                            **({"usage": _to_builtins(state.usage)} if state.usage else {}),
-                        },
-                    )
-                )
-            elif isinstance(decision, FailRun):
-                batch.record(
-                    NewEvent(
-                        type=E.RUN_FAILED,
-                        at=now,
-                        data={"error": decision.error, "duration_ms": _ms(now - state.created_at)},
-                    )
-                )
-
-    def _schedule(self, batch: _Batch, spec: WorkflowDefinition, name: str, now: datetime) -> None:
-        state = batch.state
-        step_spec = spec.step(name)
-        step_state = state.step(name)
-        assert step_state is not None
-        scope = Scope(
-            payload=state.payload,
-            context=state.context,
-            steps=state.completed_outputs(),
-        )
-        attempt = step_state.attempt + 1
-        try:
-            rendered_input = render(step_spec.input, scope)
-            rendered_config = render(step_spec.config, scope)
-        except TemplateError as exc:
-            batch.record(
-                NewEvent(
-                    type=E.STEP_FAILED,
-                    at=now,
-                    data={
-                        "step": name,
-                        "attempt": attempt,
-                        "error": {"kind": "template", "message": str(exc)},
-                    },
-                )
-            )
-            return
-        provider = step_spec.providers[0]
-        key = idempotency_key(state.run_id, name, attempt)
-        timeout = rendered_config.get("timeout") if isinstance(rendered_config, dict) else None
-        invoke = ToolInvoke(
-            run_id=state.run_id,
-            step=name,
-            attempt=attempt,
-            tool=step_spec.tool,
-            provider=provider,
-            input=rendered_input if isinstance(rendered_input, dict) else {"value": rendered_input},
-            config=rendered_config if isinstance(rendered_config, dict) else {},
-            idempotency_key=key,
-            timeout_ms=int(timeout) if isinstance(timeout, int | float) else None,
-            workflow=state.workflow,
-        )
-        batch.record(
-            NewEvent(
-                type=E.STEP_SCHEDULED,
-                at=now,
-                data={
-                    "step": name,
-                    "attempt": attempt,
-                    "tool": step_spec.tool,
-                    "provider": provider,
-                    "idempotency_key": key,
-                    "input": invoke.input,
-                },
-            )
-        )
-        envelope = new_envelope(
-            ev.TOOL_INVOKE_V1, SOURCE, invoke, id_=key, correlation_id=state.run_id, subject=name
-        )
-        batch.outbox.append(
-            OutboxMessage(
-                subject=subjects.tool_invoke(provider),
-                msg_id=key,
-                body=encode_envelope(envelope),
-                durable=True,
-                traceparent=batch.traceparent,
-            )
-        )
-
-    def _count_finish(self, state: RunState) -> None:
+    def _after_commit(self, state: RunState, batch: Batch) -> None:
         if state.finished:
             self.metrics.runs_finished.labels(state.workflow, state.status).inc()
+        self._remember(state)
+        earliest = batch.effects.earliest
+        if earliest is not None and self.on_timer_set is not None:
+            self.on_timer_set(earliest)
 
+    async def on_result(self, result: ToolResult) -> None:
+        """Fold a tool result into its run. Duplicates and stale attempts are ignored."""
+        started = time.perf_counter()
+        address = result.step
 
-class _Batch:
-    """The events and outbox rows of one decision, accumulated against the state they fold into."""
+        def change(decider: Decider) -> bool:
+            state = decider.state
+            task = state.task(address)
+            if (
+                task is None
+                or task.attempt != result.attempt
+                or task.status
+                not in (
+                    StepStatus.SCHEDULED,
+                    StepStatus.RUNNING,
+                )
+            ):
+                return False  # a redelivered or superseded result: already folded in
+            parent = state.step(step_of(address))
+            if (
+                parent is not None
+                and parent is not task
+                and parent.items is not None
+                and not parent.in_flight
+            ):
+                return False  # an item of a for_each step that has already ended
+            started_data: dict[str, Any] = {
+                "step": address,
+                "attempt": result.attempt,
+                "runner": result.runner,
+            }
+            if result.started_at is not None:
+                started_data["started_at"] = result.started_at
+            decider.record(E.STEP_STARTED, **started_data)
+            data: dict[str, Any] = {
+                "step": address,
+                "attempt": result.attempt,
+                "provider": result.provider,
+                "duration_ms": result.duration_ms,
+            }
+            if result.success:
+                data["output"] = result.output or {}
+                if result.usage:
+                    data["usage"] = msgspec.to_builtins(result.usage)
+                if result.model:
+                    data["model"] = result.model
+                decider.record(E.STEP_COMPLETED, **data)
+            else:
+                error = (
+                    msgspec.to_builtins(result.error)
+                    if result.error
+                    else {"kind": "unknown", "message": "the tool failed without saying why"}
+                )
+                decider.attempt_failed(address, error)
+            self.metrics.steps.labels(state.workflow, "completed" if result.success else "failed").inc()
+            return True
 
-    def __init__(self, state: RunState, traceparent: str | None) -> None:
-        self.state = state
-        self.traceparent = traceparent
-        self.events: list[NewEvent] = []
-        self.outbox: list[OutboxMessage] = []
-
-    def record(self, event: NewEvent) -> None:
-        if event.type != E.RUN_STARTED:
-            apply(self.state, self.state.run_id, event.type, event.data, event.at)
-        self.state.last_seq += 1
-        self.events.append(event)
-
-    def seal(self) -> None:
-        """Add the one progress notice of this decision: its last event, with the run's status.
-
-        One notice per transaction rather than per event halves what observers and JetStream
-        handle per step; a notice only says that the history grew up to ``seq``.
-        """
-        if not self.events:
-            return
-        last = self.events[-1]
-        progress = ev.RunProgress(
-            run_id=self.state.run_id,
-            workflow=self.state.workflow,
-            seq=self.state.last_seq,
-            event=last.type,
-            status=self.state.status,
-            at=last.at,
-            step=last.data.get("step"),
+        state = await self._update(
+            result.run_id, change, cancel_timers=[timeout_timer(address, result.attempt)]
         )
-        msg_id = f"{self.state.run_id}:{self.state.last_seq}"
-        envelope = new_envelope(
-            ev.RUN_PROGRESS_V1, SOURCE, progress, id_=msg_id, correlation_id=self.state.run_id
-        )
-        self.outbox.append(
-            OutboxMessage(
-                subject=subjects.run_event(self.state.run_id, last.type),
-                msg_id=msg_id,
-                body=encode_envelope(envelope),
-                durable=False,
-                traceparent=self.traceparent,
-            )
-        )
+        if state is not None:
+            self.metrics.transition_seconds.observe(time.perf_counter() - started)
+
+    async def on_timer(self, run_id: str, name: str, data: dict[str, Any]) -> bool:
+        """A durable timer fired. Returns False when it was stale (the run had moved on)."""
+        kind = data.get("kind")
+        address = str(data.get("step", ""))
+
+        def change(decider: Decider) -> bool:
+            state = decider.state
+            if kind == "deadline":
+                if state.status != RunStatus.RUNNING:
+                    return False
+                budget = decider.spec.guards.budget if decider.spec.guards else None
+                max_ms = budget.max_ms if budget else None
+                decider.end(
+                    RunStatus.TIMED_OUT,
+                    {
+                        "kind": "deadline",
+                        "message": f"the run did not finish within {max_ms} ms",
+                        "max_ms": max_ms,
+                    },
+                )
+                return True
+            task = state.task(address)
+            if task is None:
+                return False
+            if kind == "retry":
+                if task.status != StepStatus.RETRYING or task.attempt != data.get("attempt"):
+                    return False
+                decider.retry_due(address)
+                return True
+            if kind == "timeout":
+                if task.attempt != data.get("attempt") or task.status not in (
+                    StepStatus.SCHEDULED,
+                    StepStatus.RUNNING,
+                ):
+                    return False
+                error = {
+                    "kind": "timeout",
+                    "message": f"no result within {data.get('timeout_ms')} ms (config.timeout)",
+                }
+                decider.record(E.STEP_TIMED_OUT, step=address, attempt=task.attempt, error=error)
+                decider.attempt_failed(address, error)
+                return True
+            if kind == "wait":
+                if task.status != StepStatus.WAITING:
+                    return False
+                decider.batch.effects.cancel_wait(address)
+                decider.fail_step(address, {"kind": "timeout", "message": "the event did not come in time"})
+                return True
+            return False
+
+        state = await self._update(run_id, change, cancel_timers=[name])
+        self.metrics.timers.labels(str(kind), "fired" if state is not None else "stale").inc()
+        if state is None:
+            await self.store.delete_timer(run_id, name)
+            return False
+        return True
+
+    async def on_wait_event(self, run_id: str, step: str, event: dict[str, Any]) -> bool:
+        """An outside event a step waits for arrived: the step completes with it as output."""
+
+        def change(decider: Decider) -> bool:
+            task = decider.state.step(step)
+            if task is None or task.status != StepStatus.WAITING:
+                return False
+            decider.batch.effects.cancel_wait(step)
+            decider.record(E.STEP_COMPLETED, step=step, output=event.get("data"), event_id=event.get("id"))
+            return True
+
+        return await self._update(run_id, change, cancel_timers=[f"wait:{step}"]) is not None
+
+    async def cancel(self, run_id: str, reason: str) -> RunState:
+        """Stop the run: work in flight is abandoned (late results are ignored), compensation
+        runs for completed steps, and the run ends as ``cancelled``."""
+
+        def change(decider: Decider) -> bool:
+            if decider.state.status != RunStatus.RUNNING or decider.state.cancel_reason is not None:
+                return False
+            decider.record(E.RUN_CANCEL_REQUESTED, reason=reason or "cancelled")
+            return True
+
+        state = await self._update(run_id, change)
+        if state is None:
+            state = await self.store.load_run(run_id)
+            if state is None:
+                raise EngineError("not_found", f"unknown run '{run_id}'")
+        return state
 
 
-def _ms(delta: timedelta) -> float:
-    return round(delta.total_seconds() * 1000, 3)
-
-
-def _to_builtins(value: Any) -> Any:
-    return msgspec.to_builtins(value)
-
-
-def _outcome_event(result: ToolResult, at: datetime) -> NewEvent:
-    """``step.completed`` or ``step.failed`` for a tool result."""
-    data: dict[str, Any] = {
-        "step": result.step,
-        "attempt": result.attempt,
-        "provider": result.provider,
-        "duration_ms": result.duration_ms,
-    }
-    if not result.success:
-        data["error"] = (
-            _to_builtins(result.error) if result.error else {"kind": "unknown", "message": "failed"}
-        )
-        return NewEvent(type=E.STEP_FAILED, at=at, data=data)
-    data["output"] = result.output or {}
-    if result.usage:
-        data["usage"] = _to_builtins(result.usage)
-    if result.model:
-        data["model"] = result.model
-    return NewEvent(type=E.STEP_COMPLETED, at=at, data=data)
-
-
-__all__ = ["Engine", "EngineError", "EngineMetrics", "idempotency_key"]
+__all__ = ["Engine", "EngineError", "EngineMetrics", "idempotency_key", "request_hash"]

@@ -20,6 +20,7 @@ from omni_engine.definitions import Definitions
 from omni_engine.engine import Engine, EngineMetrics
 from omni_engine.relay import OutboxRelay
 from omni_engine.store import Store, init_connection
+from omni_engine.timers import TimerPoller
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,9 @@ class EngineSettings(DatabaseSettings):
     result_batch: int = Field(default=100, description="Tool results fetched per batch")
     trigger_batch: int = Field(default=50, description="Trigger events fetched per batch")
     outbox_stale_after_s: float = Field(default=2.0, description="Age at which the sweeper relays a row")
+    timer_poll_s: float = Field(
+        default=0.5, description="Longest sleep between looks for due timers set by other replicas"
+    )
 
 
 async def body(ctx: ServiceContext, settings: EngineSettings) -> None:
@@ -61,6 +65,7 @@ async def body(ctx: ServiceContext, settings: EngineSettings) -> None:
     await definitions.load_dir(settings.workflows_dir)
     relay = OutboxRelay(ctx.nc, store, ctx.registry, stale_after_s=settings.outbox_stale_after_s)
     engine = Engine(store, definitions, relay, EngineMetrics(ctx.registry))
+    timers = TimerPoller(engine, store, poll_s=settings.timer_poll_s)
     await EngineApi(engine, definitions, store).register(ctx.micro)
 
     triggers = await omni_nats.pull_subscription(ctx.js, streams.ENGINE_TRIGGERS)
@@ -87,6 +92,7 @@ async def body(ctx: ServiceContext, settings: EngineSettings) -> None:
             )
         ),
         asyncio.create_task(relay.sweep_forever(ctx.stopping)),
+        asyncio.create_task(timers.run(ctx.stopping)),
     ]
     log.info("workflow engine ready")
     await ctx.stopping.wait()

@@ -1,7 +1,17 @@
-"""A run's state is a fold of its events; what to do next is decided from that state.
+"""A run's state is a fold of its events.
 
-``apply`` is the only place that knows how each event type changes state; ``decide`` is the only
-place that knows what follows from a state. Both are pure, so they are tested without servers.
+``apply`` is the only place that knows how each event type changes state. It is pure and needs
+no definition: everything a decision chose (which provider, how a failure was handled, which
+items a ``for_each`` step runs over) is written into the event, so replaying a history always
+gives the same state. What follows from a state is decided in ``progress.py``.
+
+Units of dispatch are *tasks*, addressed in events by ``step``:
+
+- ``name``: a step (for a ``for_each`` step, the step as a whole);
+- ``name#3``: item 3 of a ``for_each`` step;
+- ``name~c``: the compensation of a completed step.
+
+Step names cannot contain ``#`` or ``~``, so an address is never ambiguous.
 """
 
 from __future__ import annotations
@@ -14,21 +24,55 @@ import msgspec
 from omni_contract.events import RunEventType as E
 from omni_contract.events import RunStatus, StepStatus, Usage
 
+ITEM_SEP = "#"
+COMPENSATION_SUFFIX = "~c"
+IN_FLIGHT = frozenset({StepStatus.SCHEDULED, StepStatus.RUNNING, StepStatus.RETRYING, StepStatus.WAITING})
 
-class StepState(msgspec.Struct, kw_only=True, omit_defaults=True):
-    name: str
-    tool: str
+_END_STATUS = {
+    E.RUN_COMPLETED: RunStatus.COMPLETED,
+    E.RUN_FAILED: RunStatus.FAILED,
+    E.RUN_CANCELLED: RunStatus.CANCELLED,
+    E.RUN_TIMED_OUT: RunStatus.TIMED_OUT,
+    E.RUN_BUDGET_EXCEEDED: RunStatus.BUDGET_EXCEEDED,
+}
+END_EVENT = {status: event for event, status in _END_STATUS.items()}
+
+
+class TaskState(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One unit of dispatch: its attempts, the provider it is on, and its outcome."""
+
     status: str = StepStatus.PENDING
+    attempt: int = 0  # attempts made over all providers (the idempotency key's last part)
     provider: str | None = None
-    attempt: int = 0
+    provider_index: int = 0  # position in the step's provider chain
+    provider_attempt: int = 0  # attempts made on the current provider
     idempotency_key: str | None = None
     scheduled_at: datetime | None = None
     started_at: datetime | None = None
     completed_at: datetime | None = None
+    retry_at: datetime | None = None  # RETRYING: when the back-off timer fires
     duration_ms: float | None = None
-    output: dict[str, Any] | None = None
+    output: Any = None
     error: dict[str, Any] | None = None
     usage: Usage | None = None
+    reason: str | None = None  # why it was skipped, retried, switched provider or cancelled
+
+    @property
+    def in_flight(self) -> bool:
+        return self.status in IN_FLIGHT
+
+
+class StepState(TaskState, kw_only=True, omit_defaults=True):
+    name: str
+    tool: str | None = None
+    # How a failure was handled: fail (the run fails), continue, or the handler step's name.
+    handling: str | None = None
+    activated: bool = False  # a handler step whose guarded step failed
+    items: list[TaskState] | None = None  # for_each: one task per item
+    item_values: list[Any] | None = None
+    compensation: TaskState | None = None
+    wait: dict[str, Any] | None = None  # waiting: {"event", "key", "until"}
+    reused_from: str | None = None  # a rerun took this step's output from that run
 
 
 class RunState(msgspec.Struct, kw_only=True, omit_defaults=True, dict=True):
@@ -47,8 +91,15 @@ class RunState(msgspec.Struct, kw_only=True, omit_defaults=True, dict=True):
     error: dict[str, Any] | None = None
     usage: Usage | None = None
     completed_at: datetime | None = None
-    # Index of the first step that has not completed: decisions start there, so one step's cost
-    # does not grow with the number of steps before it.
+    deadline_at: datetime | None = None
+    # Set while compensating: the status the run ends with once compensation is done.
+    ending: dict[str, Any] | None = None
+    compensation_queue: list[str] = []  # steps to compensate, in order (latest completed first)
+    cancel_reason: str | None = None
+    rerun_of: str | None = None
+    rerun_from_step: str | None = None
+    # Index of the first step not done: decisions start there, so one step's cost does not grow
+    # with the number of steps before it.
     cursor: int = 0
     snapshot_seq: int = 0  # the seq this state was last saved whole at
 
@@ -62,12 +113,38 @@ class RunState(msgspec.Struct, kw_only=True, omit_defaults=True, dict=True):
         position = index.get(name)
         return None if position is None else self.steps[position]
 
+    def task(self, address: str) -> TaskState | None:
+        """The task an event's ``step`` names: a step, one of its items, or its compensation."""
+        if address.endswith(COMPENSATION_SUFFIX):
+            step = self.step(address[: -len(COMPENSATION_SUFFIX)])
+            return None if step is None else step.compensation
+        name, sep, position = address.partition(ITEM_SEP)
+        step = self.step(name)
+        if not sep or step is None:
+            return step
+        if step.items is None or not position.isdigit() or int(position) >= len(step.items):
+            return None
+        return step.items[int(position)]
+
     def completed_outputs(self) -> StepOutputs:
         return StepOutputs(self)
 
     @property
     def finished(self) -> bool:
         return self.status in RunStatus.TERMINAL
+
+
+def item_address(step: str, index: int) -> str:
+    return f"{step}{ITEM_SEP}{index}"
+
+
+def compensation_address(step: str) -> str:
+    return f"{step}{COMPENSATION_SUFFIX}"
+
+
+def step_of(address: str) -> str:
+    """The step an address belongs to."""
+    return address.removesuffix(COMPENSATION_SUFFIX).partition(ITEM_SEP)[0]
 
 
 class StepOutputs(Mapping[str, Any]):
@@ -98,7 +175,7 @@ class NewEvent(msgspec.Struct, kw_only=True):
 
 
 def initial_state(run_id: str, data: dict[str, Any], at: datetime) -> RunState:
-    return RunState(
+    state = RunState(
         run_id=run_id,
         workflow=data["workflow"],
         hash=data["hash"],
@@ -108,8 +185,20 @@ def initial_state(run_id: str, data: dict[str, Any], at: datetime) -> RunState:
         updated_at=at,
         payload=data.get("payload", {}),
         context=data.get("context", {}),
-        steps=[StepState(name=s["name"], tool=s["tool"]) for s in data.get("steps", [])],
+        steps=[StepState(name=s["name"], tool=s.get("tool")) for s in data.get("steps", [])],
+        deadline_at=_dt(data.get("deadline_at")),
+        rerun_of=data.get("rerun_of"),
+        rerun_from_step=data.get("rerun_from_step"),
     )
+    for name, reused in (data.get("reused") or {}).items():
+        step = state.step(name)
+        if step is not None:
+            step.status = StepStatus.COMPLETED
+            step.output = reused.get("output")
+            step.provider = reused.get("provider")
+            step.reused_from = state.rerun_of
+            step.completed_at = at
+    return state
 
 
 def _add_usage(total: Usage | None, more: Usage | None) -> Usage | None:
@@ -134,86 +223,114 @@ def apply(
     if state is None:
         raise ValueError(f"run {run_id}: {event_type} before run.started")
     state.updated_at = at
-    step = state.step(data["step"]) if "step" in data else None
-    if event_type == E.STEP_SCHEDULED and step:
-        step.status = StepStatus.SCHEDULED
-        step.attempt = data["attempt"]
-        step.provider = data.get("provider")
-        step.idempotency_key = data.get("idempotency_key")
-        step.scheduled_at = at
-    elif event_type == E.STEP_STARTED and step:
-        step.status = StepStatus.RUNNING
-        step.started_at = _dt(data.get("started_at")) or at
-    elif event_type == E.STEP_COMPLETED and step:
-        step.status = StepStatus.COMPLETED
-        step.output = data.get("output") or {}
-        step.completed_at = at
-        step.duration_ms = data.get("duration_ms")
-        step.usage = msgspec.convert(data["usage"], Usage) if data.get("usage") else None
-        state.usage = _add_usage(state.usage, step.usage)
-    elif event_type == E.STEP_FAILED and step:
-        step.status = StepStatus.FAILED
-        step.error = data.get("error")
-        step.completed_at = at
-        step.duration_ms = data.get("duration_ms")
-    elif event_type == E.RUN_COMPLETED:
-        state.status = RunStatus.COMPLETED
-        state.output = data.get("output")
+    address = data.get("step")
+    task = state.task(address) if address else None
+    if task is not None:
+        _apply_to_task(state, task, address or "", event_type, data, at)
+    elif event_type == E.COMPENSATION_STARTED:
+        state.status = RunStatus.COMPENSATING
+        state.ending = {"status": data["status"], "error": data.get("error")}
+        state.compensation_queue = list(data.get("queue", []))
+        _stop_unfinished(state, f"the run is ending ({data['status']})")
+        for name in state.compensation_queue:
+            step = state.step(name)
+            if step is not None:
+                step.compensation = TaskState()
+    elif event_type == E.RUN_CANCEL_REQUESTED:
+        state.cancel_reason = data.get("reason") or "cancelled"
+    elif event_type in _END_STATUS:
+        state.status = _END_STATUS[event_type]
         state.completed_at = at
-    elif event_type == E.RUN_FAILED:
-        state.status = RunStatus.FAILED
-        state.error = data.get("error")
-        state.completed_at = at
+        if event_type == E.RUN_COMPLETED:
+            state.output = data.get("output")
+        else:
+            state.error = data.get("error")
+        _stop_unfinished(state, f"the run ended ({state.status})")
     return state
+
+
+def _apply_to_task(
+    state: RunState, task: TaskState, address: str, event_type: str, data: dict[str, Any], at: datetime
+) -> None:
+    if event_type == E.STEP_SCHEDULED:
+        task.status = StepStatus.SCHEDULED if "items" not in data else StepStatus.RUNNING
+        task.scheduled_at = at
+        task.retry_at = None
+        if "items" in data and isinstance(task, StepState):  # a for_each step fans out
+            task.item_values = list(data["items"])
+            task.items = [TaskState() for _ in task.item_values]
+            task.started_at = at
+            return
+        task.attempt = data["attempt"]
+        task.provider = data.get("provider")
+        task.provider_index = data.get("provider_index", 0)
+        task.provider_attempt = data.get("provider_attempt", 1)
+        task.idempotency_key = data.get("idempotency_key")
+    elif event_type == E.STEP_STARTED:
+        task.status = StepStatus.RUNNING
+        task.started_at = _dt(data.get("started_at")) or at
+    elif event_type == E.STEP_COMPLETED:
+        task.status = StepStatus.COMPLETED
+        task.output = data.get("output") if data.get("output") is not None else {}
+        task.completed_at = at
+        task.duration_ms = data.get("duration_ms")
+        task.error = None
+        if "provider" in data:
+            task.provider = data["provider"]
+        if data.get("degraded"):
+            task.reason = data.get("reason") or "degraded"
+        task.usage = msgspec.convert(data["usage"], Usage) if data.get("usage") else None
+        state.usage = _add_usage(state.usage, task.usage)
+        if isinstance(task, StepState) and task.wait is not None:
+            task.wait = None
+    elif event_type == E.STEP_FAILED:
+        task.status = StepStatus.FAILED
+        task.error = data.get("error")
+        task.completed_at = at
+        task.duration_ms = data.get("duration_ms")
+        if isinstance(task, StepState):
+            task.handling = data.get("handling", "fail")
+            task.wait = None
+            handler = state.step(task.handling) if task.handling not in ("fail", "continue") else None
+            if handler is not None:
+                handler.activated = True
+    elif event_type == E.STEP_SKIPPED:
+        task.status = StepStatus.SKIPPED
+        task.reason = data.get("reason")
+        task.completed_at = at
+    elif event_type == E.STEP_RETRYING:
+        task.status = StepStatus.RETRYING
+        task.error = data.get("error")
+        task.retry_at = _dt(data.get("retry_at"))
+        task.reason = data.get("reason")
+    elif event_type in (E.STEP_FALLBACK, E.STEP_TIMED_OUT):
+        task.error = data.get("error")
+        task.reason = data.get("reason")
+    elif event_type == E.STEP_WAITING and isinstance(task, StepState):
+        task.status = StepStatus.WAITING
+        task.scheduled_at = at
+        task.wait = {"event": data["event"], "key": data["key"], "until": data["until"]}
+
+
+def _stop_unfinished(state: RunState, reason: str) -> None:
+    """At the end of a run (or when it starts compensating): work in flight is cancelled and
+    steps that never started are skipped. Late results for them are then ignored."""
+    for step in state.steps:
+        if step.in_flight:
+            step.status = StepStatus.CANCELLED
+            step.reason = reason
+            for item in step.items or ():
+                if item.in_flight:
+                    item.status = StepStatus.CANCELLED
+        elif step.status == StepStatus.PENDING:
+            step.status = StepStatus.SKIPPED
+            step.reason = reason
 
 
 def _dt(value: Any) -> datetime | None:
     if value is None or isinstance(value, datetime):
         return value
     return datetime.fromisoformat(str(value))
-
-
-# ---------------------------------------------------------------------------------------------
-# Decisions
-
-
-class ScheduleStep(msgspec.Struct, kw_only=True):
-    step: str
-
-
-class CompleteRun(msgspec.Struct, kw_only=True):
-    pass
-
-
-class FailRun(msgspec.Struct, kw_only=True):
-    step: str | None
-    error: dict[str, Any]
-
-
-Decision = ScheduleStep | CompleteRun | FailRun
-
-
-def decide(state: RunState) -> Decision | None:
-    """What the run needs next. Steps run in declaration order; a failed step fails the run.
-
-    Returns None while a step is in flight (or when the run has finished).
-    """
-    if state.finished:
-        return None
-    while state.cursor < len(state.steps) and state.steps[state.cursor].status == StepStatus.COMPLETED:
-        state.cursor += 1
-    for position in range(state.cursor, len(state.steps)):
-        step = state.steps[position]
-        if step.status == StepStatus.COMPLETED:
-            continue
-        if step.status == StepStatus.FAILED:
-            error = dict(step.error or {})
-            error.setdefault("message", "step failed")
-            return FailRun(step=step.name, error={"step": step.name, **error})
-        if step.status == StepStatus.PENDING:
-            return ScheduleStep(step=step.name)
-        return None  # scheduled or running: wait for its result
-    return CompleteRun()
 
 
 def run_output(state: RunState) -> dict[str, Any]:

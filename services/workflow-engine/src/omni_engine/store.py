@@ -40,6 +40,50 @@ class OutboxMessage(msgspec.Struct, kw_only=True):
     id: int = 0
 
 
+class Effects(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Timers and waits to set or clear in the transaction of an append."""
+
+    timers: list[dict[str, Any]] = []
+    cancel_timers: list[str] = []
+    waits: list[dict[str, Any]] = []
+    cancel_waits: list[str] = []
+    clear_all: bool = False  # the run has ended: drop every timer and wait it has
+
+    def timer(self, name: str, fire_at: datetime, data: dict[str, Any]) -> None:
+        self.timers.append({"name": name, "fire_at": fire_at, "data": data})
+
+    def cancel_timer(self, name: str) -> None:
+        self.cancel_timers.append(name)
+
+    def wait(self, step: str, subject: str, key: str, match: str) -> None:
+        self.waits.append({"step": step, "subject": subject, "key": key, "match": match})
+
+    def cancel_wait(self, step: str) -> None:
+        self.cancel_waits.append(step)
+
+    def encoded(self) -> str | None:
+        """The jsonb argument of append_run (None when there is nothing to do: the common case)."""
+        if not (self.timers or self.cancel_timers or self.waits or self.cancel_waits or self.clear_all):
+            return None
+        return _encoder.encode(self).decode()
+
+    @property
+    def earliest(self) -> datetime | None:
+        return min((t["fire_at"] for t in self.timers), default=None)
+
+
+class DueTimer(msgspec.Struct, kw_only=True):
+    run_id: str
+    name: str
+    fire_at: datetime
+    data: dict[str, Any]
+
+
+class WaitMatch(msgspec.Struct, kw_only=True):
+    run_id: str
+    step: str
+
+
 class DefinitionRow(msgspec.Struct, kw_only=True):
     name: str
     hash: str
@@ -152,27 +196,38 @@ class Store:
         value = await self.pool.fetchval("SELECT run_id FROM runs WHERE origin_key = $1", origin_key)
         return None if value is None else str(value)
 
+    async def origin(self, origin_key: str) -> tuple[str, str | None] | None:
+        """The run a start key made, and the hash of the request it came with."""
+        row = await self.pool.fetchrow(
+            "SELECT run_id, origin_hash FROM runs WHERE origin_key = $1", origin_key
+        )
+        return None if row is None else (str(row["run_id"]), row["origin_hash"])
+
     async def create_run(
         self,
         state: RunState,
         events: Sequence[NewEvent],
         outbox: Sequence[OutboxMessage],
         origin_key: str | None,
+        effects: Effects | None = None,
+        origin_hash: str | None = None,
     ) -> list[OutboxMessage] | None:
         """Insert a new run with its first events. Returns None when the run (or its origin) exists."""
         ids = await self.pool.fetchval(
-            "SELECT create_run($1, $2, $3, $4, $5, $6::text::jsonb, $7::text::jsonb, $8, $9,"
-            " $10, $11, $12, $13, $14)",
+            "SELECT create_run($1, $2, $3, $4, $5, $6, $7::text::jsonb, $8::text::jsonb, $9, $10,"
+            " $11, $12, $13, $14, $15, $16::text::jsonb)",
             state.run_id,
             state.workflow,
             state.hash,
             origin_key,
+            origin_hash,
             state.created_at,
             _events_json(events),
             _encoder.encode(state).decode(),
             state.status,
             state.updated_at,
             *_outbox_columns(outbox),
+            effects.encoded() if effects else None,
         )
         return None if ids is None else _with_ids(outbox, ids)
 
@@ -184,13 +239,15 @@ class Store:
         outbox: Sequence[OutboxMessage],
         *,
         snapshot: bool = True,
+        effects: Effects | None = None,
     ) -> list[OutboxMessage]:
         """Append ``events`` after ``expected_seq`` with the outbox rows, in one statement, and save
         ``state`` as the new snapshot when ``snapshot``. Raises ``AppendConflict`` when another
         writer was first."""
         try:
             ids = await self.pool.fetchval(
-                "SELECT append_run($1, $2, $3::text::jsonb, $4::text::jsonb, $5, $6, $7, $8, $9, $10, $11)",
+                "SELECT append_run($1, $2, $3::text::jsonb, $4::text::jsonb, $5, $6, $7, $8, $9, $10,"
+                " $11, $12::text::jsonb)",
                 state.run_id,
                 expected_seq,
                 _events_json(events),
@@ -198,6 +255,7 @@ class Store:
                 state.status,
                 state.updated_at,
                 *_outbox_columns(outbox),
+                effects.encoded() if effects else None,
             )
         except asyncpg.UniqueViolationError as exc:
             raise AppendConflict(state.run_id) from exc
@@ -249,6 +307,66 @@ class Store:
             last = states[-1]
             next_cursor = encode_cursor(last.created_at, last.run_id)
         return states, next_cursor
+
+    # -- timers and waits ----------------------------------------------------------------------
+    async def claim_due_timers(self, limit: int, lease_s: float) -> list[DueTimer]:
+        """Lease timers that are due (and not leased by a live replica) for ``lease_s``.
+
+        A fired timer is deleted by the append that records its effect; one whose replica died
+        before that is leased again once the lease runs out, so it fires at least once, and
+        the run's state makes a second firing a no-op.
+        """
+        rows = await self.pool.fetch(
+            "UPDATE timers t SET leased_until = now() + make_interval(secs => $2)"
+            " FROM (SELECT run_id, name FROM timers WHERE fire_at <= now()"
+            "       AND (leased_until IS NULL OR leased_until < now())"
+            "       ORDER BY fire_at LIMIT $1 FOR UPDATE SKIP LOCKED) due"
+            " WHERE t.run_id = due.run_id AND t.name = due.name"
+            " RETURNING t.run_id, t.name, t.fire_at, t.data",
+            limit,
+            lease_s,
+        )
+        return [
+            DueTimer(run_id=r["run_id"], name=r["name"], fire_at=r["fire_at"], data=r["data"]) for r in rows
+        ]
+
+    async def next_timer_at(self) -> datetime | None:
+        value: datetime | None = await self.pool.fetchval("SELECT min(fire_at) FROM timers")
+        return value
+
+    async def delete_timer(self, run_id: str, name: str) -> None:
+        await self.pool.execute("DELETE FROM timers WHERE run_id = $1 AND name = $2", run_id, name)
+
+    async def matching_waits(self, subject: str, data: Any) -> list[WaitMatch]:
+        """The steps waiting for an event on ``subject`` whose ``match`` field equals their key."""
+        rows = await self.pool.fetch(
+            "SELECT run_id, step FROM waits WHERE subject = $1"
+            " AND key = jsonb_extract_path_text($2::jsonb, VARIADIC string_to_array(match, '.'))",
+            subject,
+            data,
+        )
+        return [WaitMatch(run_id=r["run_id"], step=r["step"]) for r in rows]
+
+    async def has_waits(self, subject: str) -> bool:
+        return bool(await self.pool.fetchval("SELECT true FROM waits WHERE subject = $1 LIMIT 1", subject))
+
+    async def timers_of(self, run_id: str) -> list[DueTimer]:
+        rows = await self.pool.fetch(
+            "SELECT run_id, name, fire_at, data FROM timers WHERE run_id = $1 ORDER BY fire_at", run_id
+        )
+        return [
+            DueTimer(run_id=r["run_id"], name=r["name"], fire_at=r["fire_at"], data=r["data"]) for r in rows
+        ]
+
+    # -- versions ------------------------------------------------------------------------------
+    async def versions(self, name: str) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(
+            "SELECT d.hash, d.version, d.origin, d.created_at, (w.hash = d.hash) AS current"
+            " FROM workflow_definitions d LEFT JOIN workflows w ON w.name = d.name"
+            " WHERE d.name = $1 ORDER BY d.created_at DESC, d.hash",
+            name,
+        )
+        return [dict(r) for r in rows]
 
     # -- outbox --------------------------------------------------------------------------------
     async def delete_outbox(self, ids: Sequence[int]) -> None:

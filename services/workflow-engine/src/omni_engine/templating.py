@@ -6,12 +6,18 @@ A template names one value from the run's scope:
   is the whole payload object);
 - ``${steps.<step>.output[.<path>]}``: the output of an earlier step (``${steps.<step>.output}`` is
   the whole output object);
-- ``${context.<key>[.<path>]}``: the run context given when the run was started.
+- ``${context.<key>[.<path>]}``: the run context given when the run was started;
+- ``${item[.<path>]}`` and ``${index}``: in a ``for_each`` step, the item in hand and its position.
+
+``${a ?? b}`` takes the first alternative that is present and not null: a skipped step, an
+absent optional payload field or a missing key falls through to the next one
+(``${steps.speech_to_text.output.text ?? trigger.payload.textInput}``). When no alternative
+has a value, the last one's outcome stands (its error, or null).
 
 A path walks objects by key and lists by index, written ``.0`` or ``[0]``:
 ``${steps.speech_to_text.output.segments[0].text}`` equals ``...output.segments.0.text``.
-``$${`` writes a literal ``${``. There are no expressions, filters or defaults: a template is a
-lookup, and nothing is ever evaluated.
+``$${`` writes a literal ``${``. There are no expressions or filters: a template is a lookup,
+and nothing is ever evaluated (conditions are CEL, in ``when:``; see ``conditions.py``).
 
 Rendering rules (``render``):
 
@@ -41,9 +47,9 @@ from typing import Any, Literal, TypeAlias
 
 PathPart: TypeAlias = str | int
 Path: TypeAlias = tuple[PathPart, ...]
-Root: TypeAlias = Literal["trigger", "steps", "context"]
+Root: TypeAlias = Literal["trigger", "steps", "context", "item", "index"]
 
-ROOTS: tuple[Root, ...] = ("trigger", "steps", "context")
+ROOTS: tuple[Root, ...] = ("trigger", "steps", "context", "item", "index")
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_\-]*"
 _FIRST_RE = re.compile(_NAME)
@@ -88,6 +94,12 @@ class Reference:
     expression: str
     location: Path = ()
     whole: bool = False
+    # ``a ?? b ?? c``: what is tried when this one has no value, in order.
+    alternatives: tuple[Reference, ...] = ()
+
+    def chain(self) -> tuple[Reference, ...]:
+        """This reference followed by its alternatives."""
+        return (self, *self.alternatives)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +114,8 @@ class Template:
 
     @property
     def references(self) -> tuple[Reference, ...]:
-        return tuple(p for p in self.parts if isinstance(p, Reference))
+        """Every reference, alternatives included (what the template may read)."""
+        return tuple(r for p in self.parts if isinstance(p, Reference) for r in p.chain())
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +128,8 @@ class Scope:
     payload: Mapping[str, Any] = field(default_factory=dict)
     steps: Mapping[str, Any] = field(default_factory=dict)
     context: Mapping[str, Any] = field(default_factory=dict)
+    item: Any = None  # for_each: the item in hand
+    index: int | None = None
 
 
 def format_path(parts: Sequence[PathPart]) -> str:
@@ -151,6 +166,13 @@ def parse_path(expression: str) -> Path:
 
 def parse_reference(expression: str) -> Reference:
     """Parse the inside of ``${...}`` into a ``Reference``; raise ``TemplateError`` if malformed."""
+    if "??" in expression:
+        first, *rest = (_parse_one(part) for part in expression.split("??"))
+        return replace(first, expression=expression.strip(), alternatives=tuple(rest))
+    return _parse_one(expression)
+
+
+def _parse_one(expression: str) -> Reference:
     expr = expression.strip()
     parts = parse_path(expr)
     root = parts[0]
@@ -164,8 +186,15 @@ def parse_reference(expression: str) -> Reference:
         return Reference("steps", parts[1], parts[3:], expr)
     if root == "context":
         return Reference("context", None, parts[1:], expr)
+    if root == "item":
+        return Reference("item", None, parts[1:], expr)
+    if root == "index":
+        if len(parts) > 1:
+            raise TemplateError(expr, "index is a number: nothing lies below it")
+        return Reference("index", None, (), expr)
     raise TemplateError(
-        expr, f"unknown root {root!r}: expected trigger.payload, steps.<step>.output or context"
+        expr,
+        f"unknown root {root!r}: expected trigger.payload, steps.<step>.output, context, item or index",
     )
 
 
@@ -264,7 +293,23 @@ def _lookup(container: Any, part: PathPart, ref: Reference, walked: Path) -> Any
 
 
 def resolve(ref: Reference, scope: Scope) -> Any:
-    """The value ``ref`` names in ``scope`` (not copied)."""
+    """The value ``ref`` names in ``scope`` (not copied), trying its alternatives in turn."""
+    if not ref.alternatives:
+        return _resolve_one(ref, scope)
+    last = len(ref.alternatives)
+    for position, candidate in enumerate(ref.chain()):
+        try:
+            value = _resolve_one(candidate, scope)
+        except TemplateError:
+            if position == last:
+                raise
+            continue
+        if value is not None or position == last:
+            return value
+    return None  # unreachable: the last alternative always returns or raises
+
+
+def _resolve_one(ref: Reference, scope: Scope) -> Any:
     current: Any
     walked: Path
     path = ref.path
@@ -283,6 +328,15 @@ def resolve(ref: Reference, scope: Scope) -> Any:
             raise TemplateError(ref.expression, f"step {ref.step!r} has no output (it has not completed)")
         current = scope.steps[ref.step]
         walked = ("steps", ref.step, "output")
+    elif ref.root == "index":
+        if scope.index is None:
+            raise TemplateError(ref.expression, "index is only set in a for_each step")
+        return scope.index
+    elif ref.root == "item":
+        if scope.index is None:
+            raise TemplateError(ref.expression, "item is only set in a for_each step")
+        current = scope.item
+        walked = ("item",)
     else:
         current = scope.context
         walked = ("context",)
@@ -308,7 +362,9 @@ def render_string(text: str, scope: Scope) -> Any:
         return text
     template = parse_template(text)
     if template.is_whole:
-        return copy.deepcopy(resolve(template.references[0], scope))
+        whole = template.parts[0]
+        assert isinstance(whole, Reference)
+        return copy.deepcopy(resolve(whole, scope))
     return "".join(
         part if isinstance(part, str) else to_text(resolve(part, scope)) for part in template.parts
     )

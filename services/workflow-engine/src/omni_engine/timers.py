@@ -1,0 +1,79 @@
+"""Fires durable timers: retry back-off, step timeouts, run deadlines, wait timeouts.
+
+Timers live in PostgreSQL beside the run they belong to (``migrations/004``), set and cleared in
+the transactions of the run's events, so they survive a restart of every process. Each replica
+polls for due timers, leasing them with ``FOR UPDATE SKIP LOCKED`` so replicas never fire the
+same timer at once; a fired timer is deleted in the transaction that records its effect. A
+replica that dies while firing one leaves its lease to run out, and another replica fires it
+then; firing twice is harmless because the run's state tells a stale timer from a live one.
+
+The poller sleeps until the earliest timer it knows of (one this replica set, or the earliest
+in the table), at most ``poll_s``: timers fire within a few milliseconds of being due on the
+replica that set them, and within ``poll_s`` elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime
+
+from omni_engine.engine import Engine
+from omni_engine.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class TimerPoller:
+    def __init__(
+        self, engine: Engine, store: Store, *, poll_s: float = 0.5, lease_s: float = 30.0, batch: int = 200
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        self.poll_s = poll_s
+        self.lease_s = lease_s
+        self.batch = batch
+        self._wake = asyncio.Event()
+        self._next: datetime | None = None
+        engine.on_timer_set = self.note
+
+    def note(self, fire_at: datetime) -> None:
+        """A timer due at ``fire_at`` was just set: wake up for it if it is sooner than planned."""
+        if self._next is None or fire_at < self._next:
+            self._next = fire_at
+            self._wake.set()
+
+    async def fire_due(self) -> int:
+        """Fire every timer that is due now; returns how many fired (stale ones included)."""
+        fired = 0
+        while True:
+            due = await self.store.claim_due_timers(self.batch, self.lease_s)
+            if not due:
+                return fired
+            results = await asyncio.gather(
+                *(self.engine.on_timer(t.run_id, t.name, t.data) for t in due), return_exceptions=True
+            )
+            for timer, outcome in zip(due, results, strict=True):
+                if isinstance(outcome, BaseException):
+                    # Left leased: it fires again when the lease runs out.
+                    log.error("timer %s of run %s failed: %r", timer.name, timer.run_id, outcome)
+            fired += len(due)
+            if len(due) < self.batch:
+                return fired
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            try:
+                await self.fire_due()
+                self._next = await self.store.next_timer_at()
+            except Exception as exc:  # noqa: BLE001 - the database is away: try again shortly
+                log.warning("timer poll failed: %s", exc)
+                self._next = None
+            delay = self.poll_s
+            if self._next is not None:
+                delay = min(delay, max(0.0, (self._next - datetime.now(UTC)).total_seconds()))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                # ``note`` wakes it early for a timer due sooner than planned.
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
