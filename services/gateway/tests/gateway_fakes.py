@@ -42,6 +42,15 @@ GREET: dict[str, Any] = {
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
+# The status a run ends in with each terminal history event.
+TERMINAL_STATUS: dict[str, str] = {
+    events.RunEventType.RUN_COMPLETED: events.RunStatus.COMPLETED,
+    events.RunEventType.RUN_FAILED: events.RunStatus.FAILED,
+    events.RunEventType.RUN_CANCELLED: events.RunStatus.CANCELLED,
+    events.RunEventType.RUN_TIMED_OUT: events.RunStatus.TIMED_OUT,
+    events.RunEventType.RUN_BUDGET_EXCEEDED: events.RunStatus.BUDGET_EXCEEDED,
+}
+
 
 @dataclass
 class FakeRun:
@@ -61,6 +70,8 @@ class FakeEngine:
         self.calls: list[tuple[str, dict[str, Any], dict[str, str]]] = []
         self.silent: set[str] = set()  # subjects that receive requests but never answer
         self.internal_failure: set[str] = set()
+        self.auto_cancel = True  # a cancel request is followed by run.cancelled at once
+        self.idempotency_keys: dict[str, tuple[str, rpc.StartRunRequest]] = {}
         self._subs: list[Subscription] = []
         self._clock = T0
 
@@ -73,6 +84,9 @@ class FakeEngine:
             subjects.ENGINE_RUNS_GET: self._runs_get,
             subjects.ENGINE_RUNS_LIST: self._runs_list,
             subjects.ENGINE_RUNS_EVENTS: self._runs_events,
+            subjects.ENGINE_RUNS_CANCEL: self._runs_cancel,
+            subjects.ENGINE_RUNS_RERUN: self._runs_rerun,
+            subjects.ENGINE_WORKFLOWS_VERSIONS: self._workflows_versions,
         }
         for subject, handler in handlers.items():
             self._subs.append(
@@ -149,8 +163,45 @@ class FakeEngine:
         self.workflows[definition["name"]] = stored
         return stored
 
+    async def _workflows_versions(self, body: dict[str, Any]) -> rpc.WorkflowVersions:
+        name = body["name"]
+        if name not in self.workflows:
+            raise RpcFailure("not_found", f"unknown workflow '{name}'")
+        return rpc.WorkflowVersions(
+            name=name,
+            versions=[
+                rpc.WorkflowVersion(
+                    hash="abc123", version="1.0.0", origin="file:greet.yaml", created_at=T0, current=True
+                ),
+                rpc.WorkflowVersion(
+                    hash="0ld", version="0.9.0", origin="api", created_at=T0 - timedelta(days=1)
+                ),
+            ],
+        )
+
     async def _runs_start(self, body: dict[str, Any]) -> Any:
         start = msgspec.convert(body, rpc.StartRunRequest)
+        key = start.idempotency_key
+        if key is not None and key in self.idempotency_keys:
+            run_id, first = self.idempotency_keys[key]
+            if (first.workflow, first.payload, first.context) != (
+                start.workflow,
+                start.payload,
+                start.context,
+            ):
+                raise RpcFailure(
+                    "idempotency_mismatch",
+                    f"this Idempotency-Key was first used with another request; it started run '{run_id}'",
+                    [
+                        rpc.FieldProblem(
+                            field="Idempotency-Key", message="reused with a different request body"
+                        )
+                    ],
+                )
+            summary = self.runs[run_id].summary
+            return rpc.StartRunReply(
+                run_id=run_id, workflow=summary.workflow, version=summary.version, status=summary.status
+            )
         if start.workflow not in self.workflows:
             raise RpcFailure("not_found", f"unknown workflow '{start.workflow}'")
         if not isinstance(start.payload.get("name"), str):
@@ -164,11 +215,25 @@ class FakeEngine:
                 ],
             )
         run_id = start.run_id or "generated"
+        if key is not None:
+            self.idempotency_keys[key] = (run_id, start)
+        return await self._create(run_id, start.workflow, start.payload, start.context)
+
+    async def _create(
+        self,
+        run_id: str,
+        workflow: str,
+        payload: dict[str, Any],
+        context: dict[str, Any],
+        *,
+        rerun_of: str | None = None,
+        rerun_from_step: str | None = None,
+    ) -> tuple[rpc.StartRunReply, Callable[[], Awaitable[None]]]:
         now = self._tick()
         self.runs[run_id] = FakeRun(
             summary=rpc.RunSummary(
                 run_id=run_id,
-                workflow=start.workflow,
+                workflow=workflow,
                 version="1.0.0",
                 status=events.RunStatus.RUNNING,
                 created_at=now,
@@ -176,13 +241,15 @@ class FakeEngine:
                 steps=[
                     rpc.StepSummary(name="compose", tool="text.generate", status=events.StepStatus.PENDING)
                 ],
-                payload=start.payload,
-                context=start.context,
+                payload=payload,
+                context=context,
+                rerun_of=rerun_of,
+                rerun_from_step=rerun_from_step,
             )
         )
-        await self.append(run_id, events.RunEventType.RUN_STARTED, {"workflow": start.workflow}, notice=False)
+        await self.append(run_id, events.RunEventType.RUN_STARTED, {"workflow": workflow}, notice=False)
         reply = rpc.StartRunReply(
-            run_id=run_id, workflow=start.workflow, version="1.0.0", status=events.RunStatus.RUNNING
+            run_id=run_id, workflow=workflow, version="1.0.0", status=events.RunStatus.RUNNING
         )
 
         async def progress() -> None:
@@ -191,6 +258,46 @@ class FakeEngine:
                 await self.complete(run_id)
 
         return reply, progress
+
+    async def _runs_cancel(self, body: dict[str, Any]) -> Any:
+        cancel = msgspec.convert(body, rpc.CancelRunRequest)
+        run = self.runs.get(cancel.run_id)
+        if run is None:
+            raise RpcFailure("not_found", f"unknown run '{cancel.run_id}'")
+        if run.summary.status in events.RunStatus.TERMINAL:
+            return run.summary  # like the engine: cancelling a run that has ended changes nothing
+        await self.append(
+            cancel.run_id, events.RunEventType.RUN_CANCEL_REQUESTED, {"reason": cancel.reason}, notice=False
+        )
+        summary = msgspec.structs.replace(run.summary)
+
+        async def stop() -> None:
+            await self._notify(cancel.run_id, run.history[-1])
+            if self.auto_cancel:
+                await self.append(cancel.run_id, events.RunEventType.RUN_CANCELLED, {"reason": cancel.reason})
+
+        return summary, stop
+
+    async def _runs_rerun(self, body: dict[str, Any]) -> Any:
+        rerun = msgspec.convert(body, rpc.RerunRequest)
+        old = self.runs.get(rerun.run_id)
+        if old is None:
+            raise RpcFailure("not_found", f"unknown run '{rerun.run_id}'")
+        if rerun.from_step not in {step.name for step in old.summary.steps}:
+            raise RpcFailure(
+                "invalid_payload",
+                f"run '{rerun.run_id}' has no step '{rerun.from_step}'",
+                [rpc.FieldProblem(field="fromStep", message="expected one of compose")],
+            )
+        payload = old.summary.payload if rerun.payload is None else rerun.payload
+        return await self._create(
+            f"rerun-{len(self.runs)}",
+            old.summary.workflow,
+            payload,
+            old.summary.context,
+            rerun_of=rerun.run_id,
+            rerun_from_step=rerun.from_step,
+        )
 
     async def _runs_get(self, body: dict[str, Any]) -> rpc.RunSummary:
         run = self.runs.get(body["name"])
@@ -244,11 +351,8 @@ class FakeEngine:
             step.output = (data or {}).get("output")
             step.usage = events.Usage(input_tokens=3, output_tokens=5, total_tokens=8)
         elif event_type in events.RunEventType.TERMINAL:
-            summary.status = (
-                events.RunStatus.COMPLETED
-                if event_type == events.RunEventType.RUN_COMPLETED
-                else events.RunStatus.FAILED
-            )
+            summary.status = TERMINAL_STATUS[event_type]
+            summary.waiting = []
             summary.output = (data or {}).get("output")
             summary.error = (data or {}).get("error")
             summary.duration_ms = (record.at - summary.created_at).total_seconds() * 1000

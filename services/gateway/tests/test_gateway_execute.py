@@ -28,6 +28,7 @@ async def test_execute_waits_for_the_run_and_returns_its_summary(gateway: Client
     assert body["duration"] > 0
     assert body["output"] == {"text": "Hello, Ada"}
     assert body["error"] is None
+    assert body["waiting"] == []
     assert body["steps"] == [
         {
             "name": "compose",
@@ -35,6 +36,7 @@ async def test_execute_waits_for_the_run_and_returns_its_summary(gateway: Client
             "provider": "mock",
             "status": "completed",
             "attempt": 1,
+            "reason": None,
             "durationMs": 12.5,
             "output": {"text": "Hello, Ada"},
             "error": None,

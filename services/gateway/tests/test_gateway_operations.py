@@ -7,8 +7,13 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 from gateway_fakes import FakeEngine
+from nats.aio.client import Client as NATS
 from omni_contract import subjects
+from omni_contract.events import RunStatus
+from omni_gateway.app import build_app
 from omni_gateway.openapi import build_openapi, render_openapi
+from omni_gateway.settings import GatewaySettings
+from prometheus_client import CollectorRegistry
 
 Client = TestClient[Any, Any]
 
@@ -91,6 +96,12 @@ def test_openapi_document_describes_every_route_with_resolvable_refs() -> None:
         "/runs/{runId}",
         "/runs/{runId}/events",
         "/runs/{runId}/stream",
+        "/runs/{runId}/cancel",
+        "/runs/{runId}/rerun",
+        "/workflows/{name}/versions",
+        "/deadletters",
+        "/deadletters/{id}",
+        "/deadletters/{id}/redrive",
         "/events/{subject}",
         "/healthz",
         "/readyz",
@@ -104,6 +115,33 @@ def test_openapi_document_describes_every_route_with_resolvable_refs() -> None:
         assert name in doc[section][kind], ref
 
 
+def test_openapi_document_has_exactly_the_routes_the_app_serves() -> None:
+    app = build_app(NATS(), GatewaySettings(), CollectorRegistry())
+    served = {
+        (route.resource.canonical, route.method.lower())
+        for route in app.router.routes()
+        if route.resource is not None and route.method != "HEAD"
+    }
+
+    documented = {(path, method) for path, ops in build_openapi()["paths"].items() for method in ops}
+
+    assert documented == served
+
+
+def test_openapi_describes_idempotent_execute_and_every_run_status() -> None:
+    doc = build_openapi()
+    execute = doc["paths"]["/workflows/{name}/execute"]["post"]
+    list_runs = doc["paths"]["/runs"]["get"]
+
+    [key] = [p for p in execute["parameters"] if p.get("name") == "Idempotency-Key"]
+    assert key["in"] == "header"
+    assert key["schema"]["maxLength"] == 255
+    assert "Idempotency-Key" in execute["responses"]["422"]["description"]
+    assert "payload does not match" in execute["responses"]["422"]["description"]
+    [status] = [p for p in list_runs["parameters"] if p["name"] == "status"]
+    assert set(status["schema"]["enum"]) == set(RunStatus.ALL)
+
+
 def test_openapi_schemas_use_the_camel_case_names_of_the_bodies() -> None:
     schemas = build_openapi()["components"]["schemas"]
 
@@ -115,6 +153,14 @@ def test_openapi_schemas_use_the_camel_case_names_of_the_bodies() -> None:
     assert "nextCursor" in schemas["RunPage"]["properties"]
     assert set(schemas["ErrorInfo"]["required"]) == {"code", "message"}
     assert "inputTokens" in schemas["Usage"]["properties"]
+    assert {"waiting", "rerunOf", "rerunFromStep"} <= set(schemas["RunSummary"]["properties"])
+    assert "reason" in schemas["ExecutionStep"]["properties"]
+    assert "waiting" in schemas["Execution"]["properties"]
+    assert schemas["RerunBody"]["required"] == ["fromStep"]
+    assert {"id", "originalSubject", "bodyEncoding", "storedAt"} <= set(
+        schemas["DeadLetterView"]["properties"]
+    )
+    assert "deadLetters" in schemas["DeadLetterPage"]["properties"]
 
 
 def _refs(node: Any) -> list[str]:

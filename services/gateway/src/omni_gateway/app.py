@@ -12,7 +12,7 @@ from nats.aio.client import Client as NATS
 from opentelemetry import propagate, trace
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from omni_gateway import events, runs, workflows
+from omni_gateway import deadletters, events, runs, workflows
 from omni_gateway.bodies import respond, too_large
 from omni_gateway.engine import EngineClient
 from omni_gateway.errors import ApiError, error_response
@@ -69,10 +69,16 @@ def build_app(nc: NATS, settings: GatewaySettings, registry: CollectorRegistry) 
             web.post("/workflows", workflows.register_workflow),
             web.get("/workflows/{name}", workflows.get_workflow),
             web.post("/workflows/{name}/execute", workflows.execute_workflow),
+            web.get("/workflows/{name}/versions", workflows.workflow_versions),
             web.get("/runs", runs.list_runs),
             web.get("/runs/{runId}", runs.get_run),
             web.get("/runs/{runId}/events", runs.run_events),
             web.get("/runs/{runId}/stream", runs.stream_run),
+            web.post("/runs/{runId}/cancel", runs.cancel_run),
+            web.post("/runs/{runId}/rerun", runs.rerun),
+            web.get("/deadletters", deadletters.list_deadletters),
+            web.get("/deadletters/{id}", deadletters.get_deadletter),
+            web.post("/deadletters/{id}/redrive", deadletters.redrive_deadletter),
             web.post("/events/{subject}", events.publish_event),
             web.get("/healthz", healthz),
             web.get("/readyz", readyz),

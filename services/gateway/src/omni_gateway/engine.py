@@ -17,9 +17,11 @@ from omni_contract import subjects
 from omni_contract.envelope import encode
 from omni_contract.rpc import (
     ERROR_HTTP_STATUS,
+    CancelRunRequest,
     GetRequest,
     ListRunsRequest,
     RegisterWorkflowRequest,
+    RerunRequest,
     RpcReply,
     RunEventsReply,
     RunEventsRequest,
@@ -27,6 +29,7 @@ from omni_contract.rpc import (
     RunSummary,
     StartRunReply,
     StartRunRequest,
+    WorkflowVersions,
 )
 from omni_runtime.telemetry import inject_headers
 from opentelemetry import trace
@@ -119,6 +122,9 @@ class EngineClient:
     async def register_workflow(self, request: RegisterWorkflowRequest) -> dict[str, Any]:
         return await self.call_as(subjects.ENGINE_WORKFLOWS_REGISTER, request, dict[str, Any])
 
+    async def workflow_versions(self, name: str) -> WorkflowVersions:
+        return await self.call_as(subjects.ENGINE_WORKFLOWS_VERSIONS, GetRequest(name=name), WorkflowVersions)
+
     async def start_run(self, request: StartRunRequest) -> StartRunReply:
         return await self.call_as(subjects.ENGINE_RUNS_START, request, StartRunReply)
 
@@ -132,6 +138,12 @@ class EngineClient:
         return await self.call_as(
             subjects.ENGINE_RUNS_EVENTS, RunEventsRequest(run_id=run_id, after_seq=after_seq), RunEventsReply
         )
+
+    async def cancel_run(self, request: CancelRunRequest) -> RunSummary:
+        return await self.call_as(subjects.ENGINE_RUNS_CANCEL, request, RunSummary)
+
+    async def rerun(self, request: RerunRequest) -> StartRunReply:
+        return await self.call_as(subjects.ENGINE_RUNS_RERUN, request, StartRunReply)
 
 
 def bad_reply(subject: str) -> ApiError:

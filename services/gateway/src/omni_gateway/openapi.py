@@ -12,20 +12,27 @@ from typing import Any
 
 import msgspec
 import msgspec.inspect as mi
-from omni_contract.rpc import RunEventsReply, RunPage, RunSummary
+from omni_contract.events import RunStatus
+from omni_contract.rpc import RunEventsReply, RunPage, RunSummary, WorkflowVersions
 
 from omni_gateway.convert import camel
 from omni_gateway.errors import ErrorBody
 from omni_gateway.settings import MAX_EXECUTE_WAIT_S
 from omni_gateway.views import (
+    CancelRequest,
+    DeadLetterPage,
+    DeadLetterRedriven,
+    DeadLetterView,
     EventAccepted,
     ExecuteRequest,
     Execution,
     ExecutionAccepted,
     Health,
     Readiness,
+    RerunBody,
     WorkflowList,
 )
+from omni_gateway.workflows import IDEMPOTENCY_KEY, MAX_IDEMPOTENCY_KEY, REPLAYED_HEADER
 
 API_VERSION = "0.1.0"
 _REF = "#/components/schemas/{name}"
@@ -36,10 +43,16 @@ BODY_TYPES: tuple[type[msgspec.Struct], ...] = (
     Execution,
     ExecutionAccepted,
     WorkflowList,
+    WorkflowVersions,
     RunSummary,
     RunPage,
     RunEventsReply,
+    CancelRequest,
+    RerunBody,
     EventAccepted,
+    DeadLetterPage,
+    DeadLetterView,
+    DeadLetterRedriven,
     Health,
     Readiness,
     ErrorBody,
@@ -118,7 +131,8 @@ def build_openapi() -> dict[str, Any]:
             "title": "Omni API",
             "version": API_VERSION,
             "description": (
-                "Run AI workflows, follow their progress and publish application events. Every error "
+                "Run AI workflows, follow, cancel and rerun them, publish application events and "
+                "redrive dead letters. Every error "
                 'is answered as {"error": {"code", "message", "details"}}.'
             ),
         },
@@ -126,6 +140,7 @@ def build_openapi() -> dict[str, Any]:
             {"name": "workflows", "description": "Workflow definitions and their execution"},
             {"name": "runs", "description": "Runs, their history and live progress"},
             {"name": "events", "description": "Application events that trigger workflows"},
+            {"name": "deadletters", "description": "Messages Omni could not process, and their redrive"},
             {"name": "operations", "description": "Health, readiness, metrics and this document"},
         ],
         "paths": _paths(),
@@ -204,13 +219,16 @@ def _paths() -> dict[str, Any]:
                 "workflows",
                 "Start a run of a workflow and wait for it to end",
                 {
-                    "200": _json("The run ended (completed or failed)", "Execution"),
+                    "200": {
+                        **_json("The run ended (" + ", ".join(sorted(RunStatus.TERMINAL)) + ")", "Execution"),
+                        "headers": {REPLAYED_HEADER: _replayed()},
+                    },
                     "202": {
                         "description": (
                             "The run is still going: with wait=false, the run id and status; after a "
                             "wait that ran out, the run so far. Follow it at Location."
                         ),
-                        "headers": {"Location": _location("The run's URL")},
+                        "headers": {"Location": _location("The run's URL"), REPLAYED_HEADER: _replayed()},
                         "content": {
                             "application/json": {
                                 "schema": {"oneOf": [_ref("ExecutionAccepted"), _ref("Execution")]}
@@ -218,11 +236,20 @@ def _paths() -> dict[str, Any]:
                         },
                     },
                 },
-                errors=("BadRequest", "NotFound", "PayloadTooLarge", "InvalidPayload", "EngineUnavailable"),
+                errors=(
+                    "BadRequest",
+                    "NotFound",
+                    "PayloadTooLarge",
+                    "InvalidPayload",
+                    "IdempotencyMismatch",
+                    "EngineUnavailable",
+                ),
                 description=(
                     "The payload is checked against the workflow's trigger schema (422 names the field, "
                     "e.g. payload.targetLanguage). The call waits for the run to end for at most "
-                    "`timeout` seconds."
+                    "`timeout` seconds. With an Idempotency-Key, a repeated request gets the run the "
+                    "first one started (whatever its state), and the same key with another body is "
+                    "refused with 422."
                 ),
                 request_body={
                     "required": False,
@@ -244,7 +271,35 @@ def _paths() -> dict[str, Any]:
                         "description": "Seconds to wait for the run to end (default: the gateway's setting)",
                         "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_EXECUTE_WAIT_S},
                     },
+                    {
+                        "name": IDEMPOTENCY_KEY,
+                        "in": "header",
+                        "required": False,
+                        "description": (
+                            "Start at most one run per key: the same key again answers with that run"
+                        ),
+                        "schema": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": MAX_IDEMPOTENCY_KEY,
+                            "pattern": "^[!-~]+$",
+                        },
+                    },
                 ],
+            ),
+        },
+        "/workflows/{name}/versions": {
+            "get": _op(
+                "getWorkflowVersions",
+                "workflows",
+                "List the versions of a workflow definition the engine has registered",
+                {
+                    "200": _json(
+                        "The versions, newest first; current marks the one new runs use", "WorkflowVersions"
+                    )
+                },
+                errors=("NotFound", "EngineUnavailable"),
+                parameters=[_param_ref("WorkflowName")],
             ),
         },
         "/runs": {
@@ -260,7 +315,7 @@ def _paths() -> dict[str, Any]:
                         "name": "status",
                         "in": "query",
                         "required": False,
-                        "schema": {"type": "string", "enum": ["running", "completed", "failed"]},
+                        "schema": {"type": "string", "enum": list(RunStatus.ALL)},
                     },
                     {
                         "name": "limit",
@@ -326,6 +381,119 @@ def _paths() -> dict[str, Any]:
                         "schema": {"type": "integer", "minimum": 0},
                     },
                 ],
+            ),
+        },
+        "/runs/{runId}/cancel": {
+            "post": _op(
+                "cancelRun",
+                "runs",
+                "Cancel a run",
+                {
+                    "202": {
+                        **_json(
+                            "The cancellation is recorded; the run is shown as it is now. It becomes "
+                            "cancelled once the work in flight has stopped and compensation has run. "
+                            "A run that has already ended is answered unchanged.",
+                            "RunSummary",
+                        ),
+                        "headers": {"Location": _location("The run's URL")},
+                    }
+                },
+                errors=("BadRequest", "NotFound", "PayloadTooLarge", "EngineUnavailable"),
+                request_body={
+                    "required": False,
+                    "content": {"application/json": {"schema": _ref("CancelRequest")}},
+                },
+                parameters=[_param_ref("RunId")],
+            ),
+        },
+        "/runs/{runId}/rerun": {
+            "post": _op(
+                "rerunRun",
+                "runs",
+                "Run a workflow again from one of its steps",
+                {
+                    "202": {
+                        **_json("The new run has started; follow it at Location", "ExecutionAccepted"),
+                        "headers": {"Location": _location("The new run's URL")},
+                    }
+                },
+                errors=(
+                    "BadRequest",
+                    "NotFound",
+                    "PayloadTooLarge",
+                    "InvalidRequest",
+                    "InvalidPayload",
+                    "EngineUnavailable",
+                ),
+                description=(
+                    "A new run of the same workflow version reuses the outputs of the steps written "
+                    "before fromStep that completed in the old run, and runs fromStep and the rest "
+                    "again, with the old run's payload unless one is given. The new run names the old "
+                    "one in rerunOf. A fromStep the workflow does not have is 422 invalid_payload."
+                ),
+                request_body={
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("RerunBody")}},
+                },
+                parameters=[_param_ref("RunId")],
+            ),
+        },
+        "/deadletters": {
+            "get": _op(
+                "listDeadLetters",
+                "deadletters",
+                "List dead letters, newest first, a page at a time",
+                {"200": _json("One page; nextCursor fetches the next (older) one", "DeadLetterPage")},
+                errors=("BadRequest", "DeadLettersUnavailable"),
+                parameters=[
+                    {
+                        "name": "kind",
+                        "in": "query",
+                        "required": False,
+                        "description": "Only dead letters of this kind (e.g. trigger.rejected)",
+                        "schema": {"type": "string"},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "required": False,
+                        "description": "nextCursor of the previous page",
+                        "schema": {"type": "string"},
+                    },
+                ],
+            ),
+        },
+        "/deadletters/{id}": {
+            "get": _op(
+                "getDeadLetter",
+                "deadletters",
+                "Read one dead letter",
+                {"200": _json("The dead letter", "DeadLetterView")},
+                errors=("NotFound", "DeadLettersUnavailable"),
+                parameters=[_param_ref("DeadLetterId")],
+            ),
+        },
+        "/deadletters/{id}/redrive": {
+            "post": _op(
+                "redriveDeadLetter",
+                "deadletters",
+                "Deliver a dead letter's original message again, and remove the dead letter",
+                {"202": _json("The original message is stored again in JetStream", "DeadLetterRedriven")},
+                errors=("NotFound", "NotRedrivable", "DeadLettersUnavailable"),
+                description=(
+                    "The original body is published to the original subject with the Nats-Msg-Id "
+                    "redrive:<id>, so a retried redrive is stored once; then the dead letter is deleted "
+                    "and a second redrive of it is 404. What consumes the subject receives the "
+                    "message as if for the first time."
+                ),
+                parameters=[_param_ref("DeadLetterId")],
             ),
         },
         "/events/{subject}": {
@@ -431,8 +599,20 @@ def _op(
     if request_body:
         op["requestBody"] = request_body
     all_responses = dict(responses)
+    by_status: dict[str, list[str]] = {}
     for name in (*errors, "InternalError"):
-        all_responses[_ERROR_STATUS[name]] = {"$ref": f"#/components/responses/{name}"}
+        by_status.setdefault(_ERROR_STATUS[name], []).append(name)
+    for status, names in by_status.items():
+        if len(names) == 1:
+            all_responses[status] = {"$ref": f"#/components/responses/{names[0]}"}
+        else:  # one status, several causes: a response can only be one reference
+            all_responses[status] = {
+                "description": "; or ".join(
+                    text if index == 0 else text[:1].lower() + text[1:]
+                    for index, text in enumerate(_ERRORS[name][1] for name in names)
+                ),
+                "content": {"application/json": {"schema": _ref("ErrorBody")}},
+            }
     op["responses"] = dict(sorted(all_responses.items()))
     return op
 
@@ -449,6 +629,13 @@ def _param_ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/parameters/{name}"}
 
 
+def _replayed() -> dict[str, Any]:
+    return {
+        "description": "true when the Idempotency-Key named a run an earlier request started",
+        "schema": {"type": "string", "enum": ["true"]},
+    }
+
+
 def _location(description: str) -> dict[str, Any]:
     return {"description": description, "schema": {"type": "string"}}
 
@@ -461,6 +648,13 @@ def _parameters() -> dict[str, Any]:
             "in": "path",
             "required": True,
             "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"},
+        },
+        "DeadLetterId": {
+            "name": "id",
+            "in": "path",
+            "required": True,
+            "description": "The dead letter's sequence in the OMNI_DEADLETTERS stream",
+            "schema": {"type": "integer", "minimum": 1},
         },
         "After": {
             "name": "after",
@@ -475,7 +669,11 @@ def _parameters() -> dict[str, Any]:
 # -- errors -------------------------------------------------------------------------------------
 _ERRORS: dict[str, tuple[str, str]] = {
     "BadRequest": ("400", "Malformed JSON, a body that is not an object, or a parameter of the wrong type"),
-    "NotFound": ("404", "No such workflow, run or route"),
+    "NotFound": ("404", "No such workflow, run, step, dead letter or route"),
+    "NotRedrivable": (
+        "409",
+        "The dead letter cannot be redriven: unreadable, or no JetStream stream takes its subject",
+    ),
     "PayloadTooLarge": ("413", "The body is larger than the gateway accepts"),
     "UnsupportedMediaType": ("415", "The body's content type is not one this route reads"),
     "InvalidPayload": (
@@ -483,9 +681,12 @@ _ERRORS: dict[str, tuple[str, str]] = {
         "The payload does not match the workflow's trigger schema; details name the field",
     ),
     "InvalidWorkflow": ("422", "The definition is invalid; details name the file, step and field"),
+    "InvalidRequest": ("422", "A required field is missing or unusable; details name it"),
+    "IdempotencyMismatch": ("422", "The Idempotency-Key was used before with another request body"),
     "InternalError": ("500", "An unexpected failure (never with internals)"),
     "EngineUnavailable": ("503", "The workflow engine did not answer in time"),
     "EventsUnavailable": ("503", "JetStream did not store the event"),
+    "DeadLettersUnavailable": ("503", "JetStream did not answer, or the dead-letter stream is missing"),
 }
 _ERROR_STATUS = {name: status for name, (status, _) in _ERRORS.items()}
 

@@ -8,21 +8,22 @@ import re
 import msgspec
 from aiohttp import web
 from omni_contract.events import RunEventRecord, RunEventType, RunProgress, RunStatus
-from omni_contract.rpc import ListRunsRequest
+from omni_contract.rpc import CancelRunRequest, ListRunsRequest, RerunRequest
 from omni_runtime.logging import run_id_var
 
-from omni_gateway.bodies import parse_int, query_int, respond
+from omni_gateway.bodies import json_type, parse_int, query_int, read_json_object, respond
 from omni_gateway.convert import to_camel
-from omni_gateway.errors import ApiError
+from omni_gateway.errors import ApiError, ErrorDetail
 from omni_gateway.follow import FollowerClosed, is_terminal
 from omni_gateway.state import GATEWAY, Gateway
-from omni_gateway.views import is_finished, record_of_progress
+from omni_gateway.views import MAX_CANCEL_REASON, ExecutionAccepted, is_finished, record_of_progress
 
 log = logging.getLogger(__name__)
 
 MAX_PAGE = 500
 DEFAULT_PAGE = 50
 MAX_SEQ = 2**63 - 1
+MAX_STEP_NAME = 256
 # A run id becomes one NATS subject token; anything else cannot name a run.
 _RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
@@ -59,6 +60,54 @@ async def run_events(request: web.Request) -> web.Response:
     run_id = run_id_of(request)
     after = query_int(request, "after", 0, minimum=0, maximum=MAX_SEQ)
     return respond(await gateway.engine.run_events(run_id, after))
+
+
+async def cancel_run(request: web.Request) -> web.Response:
+    """Record the cancellation and answer at once: the engine then stops the work in flight and
+    runs compensation, and the run becomes ``cancelled`` (poll it, or follow its stream)."""
+    gateway = request.app[GATEWAY]
+    run_id = run_id_of(request)
+    body = await read_json_object(request, gateway.settings.max_body_bytes)
+    reason = body.get("reason")
+    if reason is None:
+        reason = ""
+    if not isinstance(reason, str):
+        raise ApiError.bad_request("reason", f"reason must be a string, not {json_type(reason)}")
+    if len(reason) > MAX_CANCEL_REASON:
+        raise ApiError.bad_request("reason", f"reason is longer than {MAX_CANCEL_REASON} characters")
+    run = await gateway.engine.cancel_run(CancelRunRequest(run_id=run_id, reason=reason))
+    return respond(run, status=202, headers={"Location": f"/runs/{run.run_id}"})
+
+
+async def rerun(request: web.Request) -> web.Response:
+    """Start a new run of the same workflow version from ``fromStep`` (the engine reuses the outputs
+    of the steps before it); answered like an execute with ``wait=false``."""
+    gateway = request.app[GATEWAY]
+    run_id = run_id_of(request)
+    body = await read_json_object(request, gateway.settings.max_body_bytes)
+    from_step = body.get("fromStep")
+    if from_step is None:
+        raise _unprocessable("fromStep", "fromStep is required: the name of the step to run again from")
+    if not isinstance(from_step, str):
+        raise _unprocessable("fromStep", f"fromStep must be a step name, not {json_type(from_step)}")
+    if not from_step.strip():
+        raise _unprocessable("fromStep", "fromStep must be a step name, not an empty string")
+    if len(from_step) > MAX_STEP_NAME:
+        raise _unprocessable("fromStep", f"fromStep is longer than {MAX_STEP_NAME} characters")
+    payload = body.get("payload")
+    if payload is not None and not isinstance(payload, dict):
+        raise ApiError.bad_request("payload", f"payload must be a JSON object, not {json_type(payload)}")
+    started = await gateway.engine.rerun(RerunRequest(run_id=run_id, from_step=from_step, payload=payload))
+    log.info("run %s rerun from step %s as %s", run_id, from_step, started.run_id)
+    return respond(
+        ExecutionAccepted(run_id=started.run_id, status=started.status),
+        status=202,
+        headers={"Location": f"/runs/{started.run_id}"},
+    )
+
+
+def _unprocessable(field: str, message: str) -> ApiError:
+    return ApiError(422, "invalid_request", message, [ErrorDetail(field=field, message=message)])
 
 
 def _resume_after(request: web.Request) -> int:

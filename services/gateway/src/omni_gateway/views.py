@@ -4,11 +4,14 @@ in the OpenAPI document."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
 from omni_contract.events import RunEventRecord, RunProgress, RunStatus, Usage
-from omni_contract.rpc import RunSummary, StepSummary
+from omni_contract.rpc import RunSummary, StepSummary, WaitingFor
+
+MAX_CANCEL_REASON = 1000
 
 
 class ExecuteRequest(msgspec.Struct, kw_only=True):
@@ -22,10 +25,11 @@ class ExecutionStep(msgspec.Struct, kw_only=True):
     """One step of an executed run."""
 
     name: str
-    tool: str
+    tool: str | None  # None for a step that waits for an outside event
     provider: str | None
     status: str
     attempt: int
+    reason: Annotated[str, msgspec.Meta(description="Why it was skipped, or why it is retrying")] | None
     duration_ms: float | None
     output: dict[str, Any] | None
     error: dict[str, Any] | None
@@ -46,6 +50,9 @@ class Execution(msgspec.Struct, kw_only=True):
     output: dict[str, Any] | None
     error: dict[str, Any] | None
     usage: Usage | None
+    waiting: Annotated[
+        list[WaitingFor], msgspec.Meta(description="What the run still waits for (empty once it ended)")
+    ]
 
 
 class ExecutionAccepted(msgspec.Struct, kw_only=True):
@@ -53,6 +60,22 @@ class ExecutionAccepted(msgspec.Struct, kw_only=True):
 
     run_id: str
     status: str
+
+
+class CancelRequest(msgspec.Struct, kw_only=True):
+    """The body of POST /runs/{runId}/cancel (optional)."""
+
+    reason: Annotated[
+        str, msgspec.Meta(max_length=MAX_CANCEL_REASON, description="Recorded with the cancellation")
+    ] = ""
+
+
+class RerunBody(msgspec.Struct, kw_only=True):
+    """The body of POST /runs/{runId}/rerun: the step to start again from, and optionally a new
+    trigger payload (without one, the old run's payload)."""
+
+    from_step: str
+    payload: dict[str, Any] | None = None
 
 
 class WorkflowList(msgspec.Struct, kw_only=True):
@@ -67,6 +90,45 @@ class EventAccepted(msgspec.Struct, kw_only=True):
     """Where an application event was stored; duplicate is true when its id was seen before."""
 
     id: str
+    subject: str
+    stream: str
+    seq: int
+    duplicate: bool
+
+
+class DeadLetterView(msgspec.Struct, kw_only=True):
+    """A message Omni could not process, as kept in the dead-letter stream: id is its sequence in
+    that stream; the other fields are those of the DeadLetter it carries (a letter that cannot be
+    read itself is shown with its raw body and an empty originalSubject)."""
+
+    id: int
+    subject: Annotated[str, msgspec.Meta(description="Where it is kept: omni.deadletter.<kind>")]
+    stored_at: datetime
+    source: Annotated[str, msgspec.Meta(description="The service that dead-lettered it")]
+    kind: str
+    reason: str
+    original_subject: str
+    original_body: Annotated[str, msgspec.Meta(description="As received: UTF-8 text, or base64")]
+    body_encoding: Annotated[str, msgspec.Meta(description="utf-8 or base64")]
+    errors: list[dict[str, Any]]
+    stream_seq: Annotated[
+        int | None, msgspec.Meta(description="The original message's sequence in its own stream")
+    ]
+    at: Annotated[datetime | None, msgspec.Meta(description="When it was dead-lettered")]
+
+
+class DeadLetterPage(msgspec.Struct, kw_only=True):
+    """Dead letters, newest first; nextCursor fetches the next (older) page."""
+
+    dead_letters: list[DeadLetterView]
+    next_cursor: str | None
+
+
+class DeadLetterRedriven(msgspec.Struct, kw_only=True):
+    """Where the original message of dead letter id was published again (stream and seq);
+    duplicate is true when JetStream had already stored this redrive (a retried request)."""
+
+    id: int
     subject: str
     stream: str
     seq: int
@@ -95,6 +157,7 @@ def execution_of(run: RunSummary) -> Execution:
         output=run.output,
         error=run.error,
         usage=run.usage,
+        waiting=run.waiting,
     )
 
 
@@ -105,6 +168,7 @@ def _execution_step(step: StepSummary) -> ExecutionStep:
         provider=step.provider,
         status=step.status,
         attempt=step.attempt,
+        reason=step.reason,
         duration_ms=step.duration_ms,
         output=step.output,
         error=step.error,

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import uuid
 from urllib.parse import quote
 
+import msgspec
 from aiohttp import web
-from omni_contract.rpc import RegisterWorkflowRequest, StartRunRequest
+from omni_contract.rpc import RegisterWorkflowRequest, StartRunReply, StartRunRequest
 from omni_runtime.logging import run_id_var
 from opentelemetry import trace
 
@@ -24,7 +26,7 @@ from omni_gateway.bodies import (
 from omni_gateway.errors import ApiError, ErrorDetail
 from omni_gateway.follow import FollowerClosed, RunFollower, is_terminal
 from omni_gateway.settings import MAX_EXECUTE_WAIT_S
-from omni_gateway.state import GATEWAY
+from omni_gateway.state import GATEWAY, Gateway
 from omni_gateway.views import ExecutionAccepted, execution_of, is_finished
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,12 @@ DEFINITION_CONTENT_TYPES = frozenset(
     }
 )
 
+IDEMPOTENCY_KEY = "Idempotency-Key"
+MAX_IDEMPOTENCY_KEY = 255
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]+")  # visible ASCII: no spaces, no control characters
+# Answered on an execute whose Idempotency-Key named an earlier run (the name Stripe uses).
+REPLAYED_HEADER = "Idempotent-Replayed"
+
 
 async def list_workflows(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
@@ -52,6 +60,11 @@ async def get_workflow(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     definition = await gateway.engine.get_workflow(request.match_info["name"])
     return json_response(definition)
+
+
+async def workflow_versions(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    return respond(await gateway.engine.workflow_versions(request.match_info["name"]))
 
 
 async def register_workflow(request: web.Request) -> web.Response:
@@ -78,32 +91,73 @@ async def execute_workflow(request: web.Request) -> web.Response:
     """Start a run and, unless told not to, wait (bounded) for it to end.
 
     The gateway picks the run id so it can subscribe to the run's progress before the engine can
-    publish any: a run that ends at once is still seen ending.
+    publish any: a run that ends at once is still seen ending. With an ``Idempotency-Key`` the
+    engine may answer with the run an earlier request started under that key; the gateway then
+    follows that run instead.
     """
     gateway = request.app[GATEWAY]
     wait = query_bool(request, "wait", default=True)
     timeout = query_float(request, "timeout", gateway.settings.execute_wait_s, maximum=MAX_EXECUTE_WAIT_S)
+    idempotency_key = idempotency_key_of(request)
     body = await read_json_object(request, gateway.settings.max_body_bytes)
     start = StartRunRequest(
         workflow=request.match_info["name"],
         payload=object_field(body, "payload"),
         context=object_field(body, "context"),
         run_id=uuid.uuid4().hex,
+        idempotency_key=idempotency_key,
     )
     assert start.run_id is not None
-    trace.get_current_span().set_attribute("omni.run_id", start.run_id)
-    run_id_var.set(start.run_id)
+    _name_run(start.run_id)
     async with gateway.follow(start.run_id) as follower:
         started = await gateway.engine.start_run(start)
-        if started.run_id != start.run_id:
-            log.warning("engine started run %s instead of %s", started.run_id, start.run_id)
-        location = {"Location": f"/runs/{started.run_id}"}
-        if not wait:
-            return respond(
-                ExecutionAccepted(run_id=started.run_id, status=started.status), status=202, headers=location
-            )
-        if not is_finished(started.status):
-            await _wait_until_finished(follower, timeout)
+        if started.run_id == start.run_id:
+            return await _answer(gateway, follower, started, wait=wait, wait_s=timeout)
+    if idempotency_key is None:
+        log.warning("engine started run %s instead of %s", started.run_id, start.run_id)
+    else:
+        log.info("Idempotency-Key %r names the earlier run %s", idempotency_key, started.run_id)
+    _name_run(started.run_id)
+    async with gateway.follow(started.run_id) as follower:
+        # Subscribed only now: the run may have moved on (or ended) since the engine answered.
+        if wait:
+            current = await gateway.engine.get_run(started.run_id)
+            started = msgspec.structs.replace(started, status=current.status)
+        response = await _answer(gateway, follower, started, wait=wait, wait_s=timeout)
+    if idempotency_key is not None:
+        response.headers[REPLAYED_HEADER] = "true"
+    return response
+
+
+def idempotency_key_of(request: web.Request) -> str | None:
+    key = request.headers.get(IDEMPOTENCY_KEY)
+    if key is None:
+        return None
+    if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY or not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise ApiError.bad_request(
+            IDEMPOTENCY_KEY,
+            f"{IDEMPOTENCY_KEY} must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters (no spaces)",
+        )
+    return key
+
+
+def _name_run(run_id: str) -> None:
+    trace.get_current_span().set_attribute("omni.run_id", run_id)
+    run_id_var.set(run_id)
+
+
+async def _answer(
+    gateway: Gateway, follower: RunFollower, started: StartRunReply, *, wait: bool, wait_s: float
+) -> web.Response:
+    """202 with the run id at once (``wait=false``); else 200 with the run once it has ended, or
+    202 with the run so far when ``wait_s`` passes first."""
+    location = {"Location": f"/runs/{started.run_id}"}
+    if not wait:
+        return respond(
+            ExecutionAccepted(run_id=started.run_id, status=started.status), status=202, headers=location
+        )
+    if not is_finished(started.status):
+        await _wait_until_finished(follower, wait_s)
     run = await gateway.engine.get_run(started.run_id)
     if is_finished(run.status):
         return respond(execution_of(run))
