@@ -1,32 +1,24 @@
-"""The engine against real NATS JetStream and PostgreSQL, run in-process.
+"""The engine against real NATS JetStream and PostgreSQL, run in-process (see conftest.py).
 
-Tool work is answered by a small echo runner defined here (the real tool-runner has its own tests,
-and the end-to-end tests in ``tests/`` run everything together).
+Tool work is answered by the scripted runner of conftest.py (the real tool-runner has its own
+tests, and the end-to-end tests in ``tests/`` run everything together).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
-import msgspec
-import nats
 import pytest
-from nats.aio.client import Client as NATS
+from engine_harness import Harness, failed, ok
 from omni_contract import events as ev
 from omni_contract import rpc, streams, subjects
-from omni_contract.envelope import decode_envelope, encode, encode_envelope, new_envelope, payload_of
+from omni_contract.envelope import decode_envelope, payload_of
 from omni_contract.events import ToolInvoke, ToolResult
-from omni_engine.main import EngineSettings, body
-from omni_runtime.service import serve
 from omni_testkit import wait_for
 
 pytestmark = pytest.mark.integration
 
-WORKFLOWS = Path(__file__).resolve().parents[3] / "workflows"
 PAYLOAD = {
     "userId": "u1",
     "sessionId": "s1",
@@ -34,115 +26,6 @@ PAYLOAD = {
     "sourceLanguage": "en",
     "textInput": "hi",
 }
-
-Responder = Callable[[ToolInvoke], Awaitable[ToolResult]]
-
-
-def ok(invoke: ToolInvoke) -> ToolResult:
-    return ToolResult(
-        run_id=invoke.run_id,
-        step=invoke.step,
-        attempt=invoke.attempt,
-        tool=invoke.tool,
-        provider=invoke.provider,
-        idempotency_key=invoke.idempotency_key,
-        success=True,
-        output={
-            "echo": invoke.input,
-            "text": f"out-{invoke.step}",
-            "translatedText": "hola",
-            "feedback": "bien",
-        },
-    )
-
-
-async def run_echo_runner(nc: NATS, respond: Responder, stop: asyncio.Event, seen: list[ToolInvoke]) -> None:
-    js = nc.jetstream()
-    sub = await js.pull_subscribe(
-        subjects.TOOL_INVOKE_ALL, durable="echo-runner", stream=streams.TOOL_WORK.name
-    )
-    while not stop.is_set():
-        try:
-            msgs = await sub.fetch(10, timeout=0.2)
-        except (nats.errors.TimeoutError, TimeoutError):
-            continue
-        for msg in msgs:
-            invoke = payload_of(decode_envelope(msg.data), ToolInvoke)
-            seen.append(invoke)
-            result = await respond(invoke)
-            env = new_envelope(ev.TOOL_RESULT_V1, "echo-runner", result, id_=invoke.idempotency_key)
-            await js.publish(
-                subjects.tool_result(invoke.provider),
-                encode_envelope(env),
-                headers={"Nats-Msg-Id": invoke.idempotency_key},
-            )
-            await msg.ack()
-
-
-class Harness:
-    def __init__(self, nc: NATS, seen: list[ToolInvoke]) -> None:
-        self.nc = nc
-        self.seen = seen
-
-    async def call(self, subject: str, request: Any) -> rpc.RpcReply:
-        reply = await self.nc.request(subject, encode(request), timeout=5)
-        return msgspec.json.decode(reply.data, type=rpc.RpcReply)
-
-    async def run(self, run_id: str) -> dict[str, Any]:
-        reply = await self.call(subjects.ENGINE_RUNS_GET, rpc.GetRequest(name=run_id))
-        assert reply.error is None, reply.error
-        assert reply.result is not None
-        result: dict[str, Any] = json.loads(bytes(reply.result))
-        return result
-
-    async def finished(self, run_id: str) -> dict[str, Any]:
-        async def done() -> dict[str, Any] | None:
-            reply = await self.call(subjects.ENGINE_RUNS_GET, rpc.GetRequest(name=run_id))
-            if reply.error is not None or reply.result is None:
-                return None
-            run: dict[str, Any] = json.loads(bytes(reply.result))
-            return run if run["status"] in ("completed", "failed") else None
-
-        result: dict[str, Any] = await wait_for(done, timeout=20)
-        return result
-
-
-@pytest.fixture
-async def harness(nats_url: str, database_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
-    respond: Responder = getattr(request, "param", None) or (lambda i: asyncio.sleep(0, ok(i)))
-    settings = EngineSettings(
-        nats_url=nats_url, database_url=database_url, workflows_dir=WORKFLOWS, log_format="console"
-    )
-    stopping = asyncio.Event()
-    engine = asyncio.create_task(
-        serve(
-            "workflow-engine",
-            settings,
-            lambda ctx: body(ctx, settings),
-            install_signals=False,
-            stopping=stopping,
-        )
-    )
-    nc = await nats.connect(nats_url)
-    seen: list[ToolInvoke] = []
-    runner_stop = asyncio.Event()
-
-    async def engine_ready() -> bool:
-        try:
-            await nc.request(subjects.ENGINE_WORKFLOWS_LIST, b"{}", timeout=0.5)
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-            return False
-        return True
-
-    await wait_for(engine_ready, timeout=30)
-    runner = asyncio.create_task(run_echo_runner(nc, respond, runner_stop, seen))
-    try:
-        yield Harness(nc, seen)
-    finally:
-        runner_stop.set()
-        stopping.set()
-        await asyncio.wait_for(asyncio.gather(runner, engine), timeout=20)
-        await nc.close()
 
 
 async def history_of(harness: Harness, run_id: str) -> list[dict[str, Any]]:
@@ -237,16 +120,13 @@ async def test_invalid_trigger_payload_is_dead_lettered_with_the_field(harness: 
 
 
 async def _fail_nlu(invoke: ToolInvoke) -> ToolResult:
-    result = ok(invoke)
     if invoke.step == "natural_language_understanding":
-        result.success = False
-        result.output = None
-        result.error = ev.ToolError(kind="server", message="provider said 500", status=500)
-    return result
+        return failed(invoke, "server", "provider said 500", status=500)
+    return ok(invoke)
 
 
-@pytest.mark.parametrize("harness", [_fail_nlu], indirect=True)
 async def test_a_failing_step_is_retried_falls_back_then_fails_the_run(harness: Harness) -> None:
+    harness.respond = _fail_nlu
     reply = await harness.call(
         subjects.ENGINE_RUNS_START, rpc.StartRunRequest(workflow="bilingual-coach", payload=PAYLOAD)
     )
@@ -260,7 +140,10 @@ async def test_a_failing_step_is_retried_falls_back_then_fails_the_run(harness: 
     assert statuses["coach_feedback"] == "skipped"
     # The default policy: three attempts on each provider of the chain (openrouter|deepseek).
     tried = [(i.provider, i.attempt) for i in harness.seen if i.step == "natural_language_understanding"]
-    assert tried == [("openrouter", 1), ("openrouter", 2), ("openrouter", 3)] + [
+    assert tried == [
+        ("openrouter", 1),
+        ("openrouter", 2),
+        ("openrouter", 3),
         ("deepseek", 4),
         ("deepseek", 5),
         ("deepseek", 6),

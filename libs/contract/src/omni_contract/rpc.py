@@ -152,8 +152,9 @@ class CancelRunRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class RerunRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """Start a new run of the same workflow version that reuses the outputs of the steps before
-    ``from_step`` (those ``from_step`` does not depend on, transitively, are reused too)."""
+    """Start a new run of the same workflow version that reuses the outputs of the steps written
+    before ``from_step`` which completed in the old run; ``from_step`` and the steps after it run
+    again."""
 
     run_id: str
     from_step: str
@@ -165,7 +166,7 @@ class WorkflowVersion(msgspec.Struct, kw_only=True, omit_defaults=True):
     version: str
     origin: str
     created_at: datetime
-    current: bool = False
+    current: bool  # the version new runs start with
 
 
 class WorkflowVersions(msgspec.Struct, kw_only=True):
