@@ -172,14 +172,20 @@ class Decider:
                     self._items(step)
                 continue
             if step.name in spec.handlers and not step.activated:
-                continue  # runs only if the step it guards fails
+                # It runs only if a step it guards fails. Once they have all ended without
+                # failing, it is skipped at once: steps that read it must not wait for the end.
+                guarded = (state.step(s.name) for s in spec.steps if s.on_error == step.name)
+                if all(g is not None and g.status in DONE for g in guarded):
+                    self.record(E.STEP_SKIPPED, step=step.name, reason="no failure for it to handle")
+                continue
             blocked, failed_need = False, None
             for need in spec.needs_of(step.name):
                 other = state.step(need)
                 if other is None or other.status not in DONE:
                     blocked = True
                     break
-                if other.status == StepStatus.FAILED and other.handling != "continue":
+                # A handler may need the step it handles: that failure is why it runs.
+                if other.status == StepStatus.FAILED and other.handling not in ("continue", step.name):
                     failed_need = need
             if blocked:
                 waiting = True
@@ -189,6 +195,10 @@ class Decider:
                 continue
             self._start(step, spec.step(step.name))
             if self.state.finished or self.state.status != RunStatus.RUNNING:
+                return
+            if step.status == StepStatus.FAILED and step.handling == "fail":
+                # It failed as it started (its condition, a template): the next pass ends the run,
+                # rather than this one completing it because nothing is left in flight.
                 return
             waiting = waiting or step.status not in DONE
         if waiting:
@@ -320,7 +330,7 @@ class Decider:
         spec_step, chain, tool, input_template, config_template = self._chain(address)
         is_compensation = address == compensation_address(spec_step.name)
         if not is_compensation:
-            problem = self._budget_problem(spec_step)
+            problem = self._budget_problem(spec_step, task)
             if problem is not None:
                 self.end(RunStatus.BUDGET_EXCEEDED, problem)
                 return
@@ -403,10 +413,11 @@ class Decider:
                 {"kind": "timeout", "step": address, "attempt": attempt, "timeout_ms": timeout_ms},
             )
 
-    def _budget_problem(self, spec_step: Step) -> dict[str, Any] | None:
-        """Why the run cannot afford this step: its remaining tokens or cost do not cover the
-        step's estimate (``config.maxTokens`` / ``config.maxCost``, else anything at all) with
-        the estimates of the steps in flight set aside."""
+    def _budget_problem(self, spec_step: Step, task: TaskState) -> dict[str, Any] | None:
+        """Why the run cannot afford this call of ``task``: its remaining tokens or cost do not
+        cover the step's estimate (``config.maxTokens`` / ``config.maxCost``, else anything at
+        all) with the estimates of the other calls in flight set aside (one per ``for_each``
+        item in flight). ``task`` itself holds nothing: a retry or fallback replaces its call."""
         budget = self.spec.guards.budget if self.spec.guards else None
         if budget is None or (budget.max_tokens is None and budget.max_cost is None):
             return None
@@ -415,10 +426,12 @@ class Decider:
         used_cost = usage.cost if usage else 0.0
         held_tokens, held_cost = 0, 0.0
         for other in self.state.steps:
-            if other.in_flight:
-                other_spec = self.spec.step(other.name)
-                held_tokens += _estimate(other_spec, "maxTokens")
-                held_cost += _estimate(other_spec, "maxCost")
+            if not other.in_flight or other is task:
+                continue
+            calls = 1 if other.items is None else sum(1 for i in other.items if i.in_flight and i is not task)
+            other_spec = self.spec.step(other.name)
+            held_tokens += calls * _estimate(other_spec, "maxTokens")
+            held_cost += calls * _estimate(other_spec, "maxCost")
         need_tokens = _estimate(spec_step, "maxTokens")
         need_cost = _estimate(spec_step, "maxCost")
         short: list[str] = []
@@ -472,7 +485,7 @@ class Decider:
                 f"{policy.max_attempts - 1} on {provider} in {delay / 1000:.3g}s",
             )
             self.batch.effects.timer(
-                f"retry:{address}:{task.attempt}",
+                retry_timer(address, task.attempt),
                 retry_at,
                 {"kind": "retry", "step": address, "attempt": task.attempt},
             )
@@ -519,7 +532,10 @@ class Decider:
         self.record(E.STEP_FAILED, **data)
         for index, item in enumerate(self.state.step(name).items or ()):  # type: ignore[union-attr]
             if item.in_flight:
-                self.batch.effects.cancel_timer(timeout_timer(item_address(name, index), item.attempt))
+                # Its items in flight are abandoned: no timeout for them, and no retry either.
+                address = item_address(name, index)
+                self.batch.effects.cancel_timer(timeout_timer(address, item.attempt))
+                self.batch.effects.cancel_timer(retry_timer(address, item.attempt))
 
     # -- ending --------------------------------------------------------------------------------
     def end(self, status: str, error: dict[str, Any] | None, *, compensate: bool = True) -> None:
@@ -573,6 +589,10 @@ class Decider:
 
 def timeout_timer(address: str, attempt: int) -> str:
     return f"timeout:{address}:{attempt}"
+
+
+def retry_timer(address: str, attempt: int) -> str:
+    return f"retry:{address}:{attempt}"
 
 
 def _estimate(step: Step, key: str) -> Any:
