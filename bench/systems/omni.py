@@ -53,6 +53,31 @@ def sequential_workflow(name: str, steps: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def fan_out_workflow(name: str, width: int) -> str:
+    return (
+        "\n".join(
+            [
+                f"name: {name}",
+                "description: benchmark workflow of parallel echo steps",
+                "version: 1.0.0",
+                "trigger:",
+                f"  event: app.bench.{name.replace('-', '_')}",
+                "  payload:",
+                "    n: array",
+                "steps:",
+                "  - name: fan",
+                '    for_each: "${trigger.payload.n}"',
+                f"    concurrency: {width}",
+                "    tool: util.echo",
+                "    provider: local",
+                "    input:",
+                '      n: "${item}"',
+            ]
+        )
+        + "\n"
+    )
+
+
 class OmniSystem:
     name = "omni"
     durability = (
@@ -108,13 +133,13 @@ class OmniSystem:
             raise RuntimeError(f"{subject}: {reply.error.message}")
         return bytes(reply.result)
 
-    async def _start(self, workflow: str, n: int, run_id: str) -> None:
+    async def _start(self, workflow: str, n: int | list[int], run_id: str) -> None:
         await self._rpc(
             subjects.ENGINE_RUNS_START,
             rpc.StartRunRequest(workflow=workflow, payload={"n": n}, run_id=run_id),
         )
 
-    async def _run_and_wait(self, workflow: str, n: int) -> float:
+    async def _run_and_wait(self, workflow: str, n: int | list[int]) -> float:
         """Start one run and wait for its terminal notice; seconds from start request to notice."""
         assert self.nc is not None
         run_id = uuid.uuid4().hex
@@ -210,7 +235,13 @@ class OmniSystem:
         return [(b - a).total_seconds() for a, b in itertools.pairwise(completed)]
 
     async def fan_out(self, width: int) -> float | None:
-        return None  # parallel steps arrive with the workflow language issue
+        """One run whose ``for_each`` step calls the tool once per item, all items at once."""
+        name = f"bench-fan-{width}"
+        await self._rpc(
+            subjects.ENGINE_WORKFLOWS_REGISTER,
+            rpc.RegisterWorkflowRequest(source=fan_out_workflow(name, width)),
+        )
+        return await self._run_and_wait(name, list(range(width)))
 
     async def gateway(self, clients: int, duration_s: float) -> tuple[list[float], int] | None:
         assert self.stack is not None

@@ -293,7 +293,7 @@ class Step(_Model):
     on_error: str = "fail"
     compensate: Compensation | None = None
     for_each: str | None = None
-    concurrency: int = Field(default=10, ge=1, le=1000)
+    concurrency: int = Field(default=10, ge=1, le=10_000)
     wait: Wait | None = None
 
     @field_validator("needs", mode="before")
