@@ -51,6 +51,13 @@ class Unprocessable(Exception):
         self.errors = errors or []
 
 
+def _delivered(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.num_delivered)
+    except Exception:  # noqa: BLE001 - a message without JetStream metadata (a test's core message)
+        return 1
+
+
 async def dead_letter(js: JetStreamContext, msg: Msg, problem: Unprocessable) -> None:
     try:
         body, encoding = msg.data.decode("utf-8"), "utf-8"
@@ -160,10 +167,13 @@ async def consume(
     *,
     name: str,
     batch: int = 100,
+    max_failures: int = 5,
 ) -> None:
     """Fetch batches and process each batch's messages concurrently until ``stopping`` is set.
 
     The batch in hand is finished before returning, so SIGTERM never abandons work half-done.
+    A message whose processing raised ``max_failures`` times goes to the dead-letter stream
+    (kind ``<name>.exhausted``); transient failures (database or connection trouble) never do.
     """
 
     async def one(msg: Msg) -> None:
@@ -174,13 +184,28 @@ async def consume(
             except Unprocessable as problem:
                 await dead_letter(js, msg, problem)
             except TRANSIENT as exc:
-                log.warning("%s: transient failure, will retry: %s", name, exc)
-                await msg.nak(delay=1.0)
+                # The database or NATS is away: keep the message, however long that lasts.
+                delay = min(30.0, 0.5 * 2 ** min(_delivered(msg), 6))
+                log.warning("%s: transient failure, will retry in %.1fs: %s", name, delay, exc)
+                await msg.nak(delay=delay)
                 return
-            except Exception:
-                log.exception("%s: failed to process %s; will retry", name, msg.subject)
-                await msg.nak(delay=2.0)
-                return
+            except Exception as exc:
+                delivered = _delivered(msg)
+                if delivered < max_failures:
+                    log.exception(
+                        "%s: failed to process %s (delivery %d); will retry", name, msg.subject, delivered
+                    )
+                    await msg.nak(delay=2.0)
+                    return
+                # Work that keeps failing is kept with the reason instead of retried forever.
+                await dead_letter(
+                    js,
+                    msg,
+                    Unprocessable(
+                        f"{name}.exhausted",
+                        f"failed {delivered} times; last error: {type(exc).__name__}: {exc}",
+                    ),
+                )
             await msg.ack()
 
     while not stopping.is_set():

@@ -34,6 +34,9 @@ class EngineSettings(DatabaseSettings):
     result_batch: int = Field(default=100, description="Tool results fetched per batch")
     trigger_batch: int = Field(default=50, description="Trigger events fetched per batch")
     outbox_stale_after_s: float = Field(default=2.0, description="Age at which the sweeper relays a row")
+    max_failures: int = Field(
+        default=5, description="Failed deliveries of a trigger or result before it is dead-lettered"
+    )
     timer_poll_s: float = Field(
         default=0.5, description="Longest sleep between looks for due timers set by other replicas"
     )
@@ -79,6 +82,7 @@ async def body(ctx: ServiceContext, settings: EngineSettings) -> None:
                 ctx.stopping,
                 name="trigger",
                 batch=settings.trigger_batch,
+                max_failures=settings.max_failures,
             )
         ),
         asyncio.create_task(
@@ -89,6 +93,7 @@ async def body(ctx: ServiceContext, settings: EngineSettings) -> None:
                 ctx.stopping,
                 name="result",
                 batch=settings.result_batch,
+                max_failures=settings.max_failures,
             )
         ),
         asyncio.create_task(relay.sweep_forever(ctx.stopping)),
