@@ -1,4 +1,4 @@
-"""The runner's handling of one invoke, in memory: FastStream's TestNatsBroker and a fake adapter."""
+"""The runner's handling of one invoke: a real nats-server, a fake adapter and an in-memory store."""
 
 from __future__ import annotations
 
@@ -8,22 +8,26 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import nats
 import pytest
-from faststream.message import StreamMessage
-from faststream.nats import JStream, NatsBroker, TestNatsBroker
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from omni_contract import events as ev
 from omni_contract import streams, subjects
 from omni_contract.envelope import HDR_MSG_ID, decode_envelope, encode_envelope, new_envelope, payload_of
 from omni_contract.events import DeadLetter, ToolInvoke, ToolResult
+from omni_runtime.nats import ensure_streams
 from omni_testkit import wait_for
 from omni_toolrunner.adapters import ProviderBinding
 from omni_toolrunner.app import ToolRunnerApp
 from omni_toolrunner.providers import ProviderError, ProviderErrorKind, ToolCall, ToolOutcome, Usage
-from omni_toolrunner.runner import DEADLETTER_KIND
+from omni_toolrunner.runner import EXHAUSTED_KIND, MALFORMED_KIND
 from omni_toolrunner.settings import ToolRunnerSettings
 from prometheus_client import CollectorRegistry
-from toolrunner_harness import PROVIDER, make_invoke
+from toolrunner_harness import PROVIDER, make_invoke, work_drained
+
+pytestmark = pytest.mark.integration
 
 Behaviour = Callable[[ToolCall], Awaitable[ToolOutcome]]
 
@@ -35,10 +39,6 @@ async def echo(call: ToolCall) -> ToolOutcome:
         model="fake/model-1",
         response_id="resp-1",
     )
-
-
-async def raw_message(message: StreamMessage[Msg]) -> Msg:
-    return message.raw_message
 
 
 class FakeAdapter:
@@ -71,65 +71,69 @@ class MemoryStore:
 @dataclass
 class Harness:
     app: ToolRunnerApp
-    broker: NatsBroker
+    js: JetStreamContext
     adapter: FakeAdapter
     store: MemoryStore
+    registry: CollectorRegistry
     results: list[Msg] = field(default_factory=list)
     letters: list[Msg] = field(default_factory=list)
 
-    async def send(self, body: bytes, headers: dict[str, str] | None = None) -> None:
-        await self.broker.publish(
-            body, subjects.tool_invoke(PROVIDER), headers=headers, stream=streams.TOOL_WORK.name
-        )
+    def metric(self, name: str, **labels: str) -> float:
+        return self.registry.get_sample_value(name, labels) or 0.0
 
-    async def invoke(self, invoke: ToolInvoke) -> ToolResult:
+    async def send(self, body: bytes, headers: dict[str, str] | None = None) -> None:
+        await self.js.publish(subjects.tool_invoke(PROVIDER), body, headers=headers)
+
+    async def invoke_no_wait(self, invoke: ToolInvoke, msg_id: str | None = None) -> None:
         envelope = new_envelope(ev.TOOL_INVOKE_V1, "workflow-engine", invoke)
-        await self.send(encode_envelope(envelope), {HDR_MSG_ID: invoke.idempotency_key})
+        await self.send(encode_envelope(envelope), {HDR_MSG_ID: msg_id or invoke.idempotency_key})
+
+    async def invoke(self, invoke: ToolInvoke, msg_id: str | None = None) -> ToolResult:
+        await self.invoke_no_wait(invoke, msg_id)
         await wait_for(lambda: self.results, message="a result")
         return payload_of(decode_envelope(self.results[-1].data), ToolResult)
 
 
 @asynccontextmanager
-async def harness(adapter: FakeAdapter, store: MemoryStore | None = None) -> AsyncIterator[Harness]:
-    settings = ToolRunnerSettings(openrouter_api_key="k", instance="unit-runner")
-    app = ToolRunnerApp(settings, registry=CollectorRegistry(), instance="unit-runner")
-    h = Harness(app=app, broker=app.broker, adapter=adapter, store=store or MemoryStore())
-
-    # The app's broker hands handlers the decoded body only (apply_types=False): decode to the raw message.
-    @app.broker.subscriber(
-        subjects.tool_result(PROVIDER),
-        stream=JStream(streams.TOOL_RESULTS.name, declare=False),
-        decoder=raw_message,
+async def harness(
+    nats_url: str, adapter: FakeAdapter, store: MemoryStore | None = None, **overrides: Any
+) -> AsyncIterator[Harness]:
+    """A runner on its own connection, its results and dead letters collected as they are published."""
+    settings = ToolRunnerSettings(
+        nats_url=nats_url, openrouter_api_key="k", instance="unit-runner", **overrides
     )
+    registry = CollectorRegistry()
+    app = ToolRunnerApp(settings, registry=registry, instance="unit-runner")
+    nc: NATS = await nats.connect(nats_url, name="tool-runner-handler-tests")
+    js = nc.jetstream()
+    await ensure_streams(js, streams.ALL_STREAMS)
+    h = Harness(app=app, js=js, adapter=adapter, store=store or MemoryStore(), registry=registry)
+
     async def on_result(msg: Msg) -> None:
         h.results.append(msg)
 
-    @app.broker.subscriber(
-        subjects.deadletter(DEADLETTER_KIND),
-        stream=JStream(streams.DEADLETTERS.name, declare=False),
-        decoder=raw_message,
-    )
     async def on_letter(msg: Msg) -> None:
         h.letters.append(msg)
 
+    await nc.subscribe(subjects.tool_result(PROVIDER), cb=on_result)
+    await nc.subscribe(subjects.DEADLETTER_ALL, cb=on_letter)
     binding = ProviderBinding(
         adapter=adapter,
         operation="chat",
         request_model=lambda tool, config: "fake/model-1",
         missing_credentials=None,
     )
-    async with TestNatsBroker(app.broker):
-        await app.start(binding, store=h.store)
-        try:
-            yield h
-        finally:
-            assert app.runner is not None
-            await app.runner.close(grace_s=1.0)
+    try:
+        await app.start(js, binding, store=h.store)
+        yield h
+    finally:
+        await app.stop(grace_s=1.0)
+        await nc.drain()
 
 
-async def test_a_success_carries_output_usage_model_and_the_invoke_identity() -> None:
+async def test_a_success_carries_output_usage_model_and_the_invoke_identity(nats_url: str) -> None:
     adapter = FakeAdapter()
-    async with harness(adapter) as h:
+    async with harness(nats_url, adapter) as h:
         invoke = make_invoke(config={"model": "x/y"}, timeout_ms=1500)
         result = await h.invoke(invoke)
     assert result.success is True
@@ -180,12 +184,12 @@ async def test_a_success_carries_output_usage_model_and_the_invoke_identity() ->
     ],
 )
 async def test_a_provider_error_becomes_a_failed_result_with_its_classification(
-    error: ProviderError, expected: dict[str, Any]
+    nats_url: str, error: ProviderError, expected: dict[str, Any]
 ) -> None:
     async def fail(call: ToolCall) -> ToolOutcome:
         raise error
 
-    async with harness(FakeAdapter(fail)) as h:
+    async with harness(nats_url, FakeAdapter(fail)) as h:
         result = await h.invoke(make_invoke())
     assert result.success is False
     assert result.output is None
@@ -194,11 +198,11 @@ async def test_a_provider_error_becomes_a_failed_result_with_its_classification(
     assert got == expected
 
 
-async def test_an_unexpected_exception_becomes_a_failed_result_of_kind_internal() -> None:
+async def test_an_unexpected_exception_becomes_a_failed_result_of_kind_internal(nats_url: str) -> None:
     async def crash(call: ToolCall) -> ToolOutcome:
         raise KeyError("choices")
 
-    async with harness(FakeAdapter(crash)) as h:
+    async with harness(nats_url, FakeAdapter(crash)) as h:
         result = await h.invoke(make_invoke())
     assert result.error is not None
     assert result.error.kind == "internal"
@@ -206,37 +210,38 @@ async def test_an_unexpected_exception_becomes_a_failed_result_of_kind_internal(
     assert result.error.retryable is False
 
 
-async def test_a_stored_result_is_published_again_without_calling_the_provider() -> None:
+async def test_a_stored_result_is_published_again_without_calling_the_provider(nats_url: str) -> None:
     adapter = FakeAdapter()
     store = MemoryStore()
     invoke = make_invoke()
-    async with harness(adapter, store) as h:
+    async with harness(nats_url, adapter, store) as h:
         first = await h.invoke(invoke)
         stored = store.values[invoke.idempotency_key]
         h.results.clear()
-        second = await h.invoke(invoke)
+        # Published again under another Nats-Msg-Id, so that JetStream does not drop it.
+        second = await h.invoke(invoke, msg_id=f"{invoke.idempotency_key}/again")
         republished = h.results[-1].data
     assert len(adapter.calls) == 1
     assert second == first
     assert republished == stored
 
 
-async def test_unreadable_work_is_dead_lettered_with_the_original_body() -> None:
+async def test_unreadable_work_is_dead_lettered_with_the_original_body(nats_url: str) -> None:
     adapter = FakeAdapter()
-    async with harness(adapter) as h:
+    async with harness(nats_url, adapter) as h:
         await h.send(b"{not json")
         await wait_for(lambda: h.letters, message="a dead letter")
         envelope = decode_envelope(h.letters[0].data)
         letter = payload_of(envelope, DeadLetter)
     assert envelope.type == ev.DEADLETTER_V1
-    assert letter.kind == DEADLETTER_KIND
+    assert letter.kind == MALFORMED_KIND
     assert letter.original_body == "{not json"
     assert letter.original_subject == subjects.tool_invoke(PROVIDER)
     assert h.results == []
     assert adapter.calls == []
 
 
-async def test_no_more_invokes_run_at_once_than_max_concurrency() -> None:
+async def test_no_more_invokes_run_at_once_than_max_concurrency(nats_url: str) -> None:
     running = 0
     peak = 0
     release = asyncio.Event()
@@ -250,15 +255,50 @@ async def test_no_more_invokes_run_at_once_than_max_concurrency() -> None:
         return await echo(call)
 
     adapter = FakeAdapter(slow)
-    async with harness(adapter) as h:
+    async with harness(nats_url, adapter) as h:
         assert h.app.runner is not None
         sends = [
             asyncio.create_task(h.invoke(make_invoke(run_id=f"run-{i}")))
             for i in range(h.app.settings.max_concurrency + 8)
         ]
         await wait_for(lambda: len(adapter.calls) == h.app.settings.max_concurrency, message="slots filled")
-        assert h.app.runner.held == h.app.settings.max_concurrency + 8
+        # The rest were fetched too, and wait for a slot.
+        await wait_for(lambda: h.app.runner is not None and h.app.runner.held == len(sends), message="held")
+        assert len(adapter.calls) == h.app.settings.max_concurrency
         release.set()
         await asyncio.gather(*sends)
         await wait_for(lambda: len(h.results) == h.app.settings.max_concurrency + 8, message="all answered")
     assert peak == h.app.settings.max_concurrency
+
+
+class BrokenStore(MemoryStore):
+    """A store whose lookups fail on every delivery: a fault of the runner's, not the provider's."""
+
+    async def get(self, idempotency_key: str) -> bytes | None:
+        raise RuntimeError("store is broken")
+
+
+async def test_work_failing_on_its_last_delivery_is_dead_lettered_as_exhausted_and_terminated(
+    nats_url: str,
+) -> None:
+    adapter = FakeAdapter()
+    invoke = make_invoke()
+    async with harness(nats_url, adapter, BrokenStore(), max_deliver=2) as h:
+        await h.invoke_no_wait(invoke)
+        await wait_for(lambda: h.letters, message="a dead letter")
+        # Terminated: gone from the work queue, not left behind unacknowledged.
+        await wait_for(lambda: work_drained(h.js), message="exhausted work terminated")
+        handed_back = h.metric("omni_toolrunner_handback_total", provider=PROVIDER, reason="internal_error")
+        exhausted = h.metric("omni_toolrunner_deadletters_total", provider=PROVIDER, kind=EXHAUSTED_KIND)
+    (msg,) = h.letters
+    letter = payload_of(decode_envelope(msg.data), DeadLetter)
+    assert msg.subject == subjects.deadletter(EXHAUSTED_KIND)
+    assert letter.kind == EXHAUSTED_KIND
+    assert "delivered 2 times" in letter.reason
+    assert "store is broken" in letter.reason
+    assert letter.original_subject == subjects.tool_invoke(PROVIDER)
+    assert payload_of(decode_envelope(letter.original_body.encode()), ToolInvoke) == invoke
+    assert handed_back == 1  # the first delivery went back for another try
+    assert exhausted == 1
+    assert h.results == []
+    assert adapter.calls == []

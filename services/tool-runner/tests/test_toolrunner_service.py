@@ -10,7 +10,7 @@ from omni_contract import streams, subjects
 from omni_contract.envelope import HDR_MSG_ID, HDR_TRACEPARENT, encode_envelope, new_envelope
 from omni_simulator import FaultMatch, FaultSpec, RunningSimulator
 from omni_testkit import wait_for
-from omni_toolrunner.runner import DEADLETTER_KIND
+from omni_toolrunner.runner import EXHAUSTED_KIND, MALFORMED_KIND
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -23,6 +23,7 @@ from toolrunner_harness import (
     publish_invoke,
     publish_raw,
     read_deadletter,
+    read_invoke,
     read_result,
     runner_settings,
     running_runner,
@@ -181,18 +182,50 @@ def _invalid_payload_envelope() -> bytes:
 async def test_a_malformed_work_message_is_dead_lettered_and_not_redelivered(
     nats_url: str, simulator: RunningSimulator, js: JetStreamContext, body: bytes, reason: str
 ) -> None:
-    letters = await open_deadletters(js, subjects.deadletter(DEADLETTER_KIND))
+    letters = await open_deadletters(js, subjects.deadletter(MALFORMED_KIND))
     async with running_runner(runner_settings(nats_url, simulator)) as runner:
         await publish_raw(js, body)
         letter = read_deadletter(await letters.next())
         # Terminated: gone from the work queue instead of coming back after ack_wait.
         await wait_for(lambda: work_drained(js), message="malformed work terminated")
-        assert runner.metric("omni_toolrunner_deadletters_total", provider=PROVIDER) == 1
-    assert letter.kind == DEADLETTER_KIND
+        assert runner.metric("omni_toolrunner_deadletters_total", provider=PROVIDER, kind=MALFORMED_KIND) == 1
+    assert letter.kind == MALFORMED_KIND
     assert reason in letter.reason
     assert letter.original_subject == subjects.tool_invoke(PROVIDER)
     assert letter.stream_seq == 1
     assert await stream_messages(js, streams.TOOL_RESULTS.name) == 0
+
+
+async def test_work_that_cannot_be_answered_by_its_last_delivery_is_dead_lettered_and_terminated(
+    nats_url: str, simulator: RunningSimulator, js: JetStreamContext
+) -> None:
+    letters = await open_deadletters(js, subjects.deadletter(EXHAUSTED_KIND))
+    invoke = make_invoke()
+    async with running_runner(runner_settings(nats_url, simulator, max_deliver=2)) as runner:
+        # Results cannot be published any more: every delivery fails after the provider call.
+        await js.delete_stream(streams.TOOL_RESULTS.name)
+        await publish_invoke(js, invoke)
+        msg = await letters.next()
+        # Terminated: gone from the work queue instead of sitting there undeliverable.
+        await wait_for(lambda: work_drained(js), message="exhausted work terminated")
+        handed_back = runner.metric("omni_toolrunner_handback_total", provider=PROVIDER, reason="nats_error")
+        exhausted = runner.metric("omni_toolrunner_deadletters_total", provider=PROVIDER, kind=EXHAUSTED_KIND)
+    letter = read_deadletter(msg)
+    assert letter.kind == EXHAUSTED_KIND
+    assert letter.reason.startswith("delivered 2 times (max_deliver)")
+    assert "NATS failed" in letter.reason
+    assert letter.original_subject == subjects.tool_invoke(PROVIDER)
+    assert read_invoke(letter.original_body) == invoke
+    assert letter.stream_seq == 1
+    assert msg.headers is not None
+    assert msg.headers[HDR_MSG_ID] == f"{EXHAUSTED_KIND}:{subjects.tool_invoke(PROVIDER)}:1"
+    assert handed_back == 1
+    assert exhausted == 1
+    # The first delivery's result was stored, so the second did not call the provider again.
+    assert (await simulator_stats(simulator))["calls"] == 1
+    consumer = streams.tool_runner_consumer(PROVIDER)
+    info = await js.consumer_info(consumer.stream, consumer.durable)
+    assert info.config.max_deliver == 2
 
 
 async def test_work_of_a_runner_killed_mid_call_is_redelivered_to_another_runner_without_a_second_side_effect(
@@ -281,10 +314,10 @@ async def test_an_invoke_span_continues_the_trace_with_gen_ai_attributes(
     assert attributes["omni.step"] == invoke.step
     assert attributes["omni.attempt"] == invoke.attempt
     assert attributes["omni.tool"] == "nlu.analyze"
-    # The result's trace context is a descendant of the invoke span (FastStream adds its publish span).
+    # The result carries the trace on from the invoke span.
     assert msg.headers is not None
     assert msg.headers[HDR_TRACEPARENT].split("-")[1] == TRACE_ID
-    assert msg.headers[HDR_TRACEPARENT].split("-")[2] != PARENT_SPAN_ID
+    assert msg.headers[HDR_TRACEPARENT].split("-")[2] == format(span.context.span_id, "016x")
 
 
 async def test_a_runner_without_an_api_key_is_not_ready_and_says_why(

@@ -191,6 +191,12 @@ def read_result(msg: Msg) -> ToolResult:
     return payload_of(envelope, ToolResult)
 
 
+def read_invoke(body: str) -> ToolInvoke:
+    envelope = decode_envelope(body.encode())
+    assert envelope.type == ev.TOOL_INVOKE_V1
+    return payload_of(envelope, ToolInvoke)
+
+
 def read_deadletter(msg: Msg) -> DeadLetter:
     envelope = decode_envelope(msg.data)
     assert envelope.type == ev.DEADLETTER_V1

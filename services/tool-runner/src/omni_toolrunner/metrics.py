@@ -33,13 +33,14 @@ class RunnerMetrics:
         )
         self.deadletters = Counter(
             "omni_toolrunner_deadletters_total",
-            "Work messages that could not be read and went to the dead-letter stream",
-            ["provider"],
+            "Work messages sent to the dead-letter stream, by kind (tool.invoke.malformed: could not be"
+            " read; tool.invoke.exhausted: failed on its last delivery)",
+            ["provider", "kind"],
             registry=registry,
         )
         self.handback = Counter(
             "omni_toolrunner_handback_total",
-            "Work messages given back to JetStream unanswered (shutdown, transient NATS failure)",
+            "Work messages given back to JetStream unanswered (shutdown, NATS failure, internal error)",
             ["provider", "reason"],
             registry=registry,
         )

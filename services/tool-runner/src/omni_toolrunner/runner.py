@@ -1,21 +1,27 @@
 """Answering tool invokes: one provider attempt per idempotency key, a result published for each.
 
-Every work message a replica holds, from the moment it is fetched until it is acknowledged, is
-reported in progress every ``ack_wait_s / 3``: JetStream redelivers only work whose runner died.
+The runner consumes the provider's durable pull consumer with plain nats-py, in one loop
+(:meth:`InvokeRunner._consume`): fetch a batch, hold it, start each message as soon as one of
+``max_concurrency`` slots is free, fetch the next batch. A replica so holds at most one batch beyond
+what runs. Every held message, from the moment it is fetched until it is acknowledged, is reported
+in progress every ``ack_wait_s / 3``: JetStream redelivers only work whose runner died.
 
 For one message:
 
-1. Decode the envelope and its ``ToolInvoke``. A message that cannot be read is dead-lettered and
-   terminated: it would fail the same way on every delivery.
+1. Decode the envelope and its ``ToolInvoke``. A message that cannot be read is dead-lettered
+   (kind ``tool.invoke.malformed``) and terminated: it would fail the same way on every delivery.
 2. Look up the idempotency key in the result store. A stored result is published again as it was;
    the provider is not called.
 3. Otherwise call the provider once (it receives the key too, as ``Idempotency-Key``). A provider
    failure is a result with ``success=False``; retrying is the workflow engine's decision.
-4. Store the result, publish it to JetStream with ``Nats-Msg-Id`` = the idempotency key (so a
-   republish is de-duplicated), wait for the publish ack, and only then acknowledge the work.
+4. Store the result and publish it to JetStream with ``Nats-Msg-Id`` = the idempotency key (so a
+   republish is de-duplicated), together; once both are acknowledged, acknowledge the work.
 
-If NATS fails in steps 2 or 4, the work is given back (``nak``) and its next delivery starts over;
-the stored result or the provider's own idempotency keeps that from repeating a side effect.
+If NATS fails in steps 2 or 4 (or the runner itself does), the work is given back (``nak``) and its
+next delivery starts over; the stored result or the provider's own idempotency keeps that from
+repeating a side effect. Work given back on its last delivery (``max_deliver``) would never come
+back, so instead it is dead-lettered (kind ``tool.invoke.exhausted``) with the reason, and
+terminated.
 """
 
 from __future__ import annotations
@@ -25,16 +31,18 @@ import base64
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
 from omni_contract import events as ev
-from omni_contract import subjects
+from omni_contract import streams, subjects
 from omni_contract.envelope import (
     CONTENT_TYPE,
     HDR_CONTENT_TYPE,
@@ -58,15 +66,19 @@ from omni_toolrunner.providers import ProviderError, ToolCall, ToolOutcome
 from omni_toolrunner.results import ResultStore
 from omni_toolrunner.settings import ToolRunnerSettings
 
-if TYPE_CHECKING:
-    from faststream.nats.publisher.usecase import LogicPublisher
-
 log = logging.getLogger(__name__)
 
-DEADLETTER_KIND = "tool.invoke.malformed"
+MALFORMED_KIND = "tool.invoke.malformed"
+"""Dead-letter kind of work that cannot be read."""
+EXHAUSTED_KIND = "tool.invoke.exhausted"
+"""Dead-letter kind of work that failed on its last delivery (``max_deliver``)."""
+
 # A provider adapter enforces the call's deadline itself; this margin only catches one that does not.
 _DEADLINE_MARGIN_S = 5.0
 _NAK_DELAY_S = 1.0
+_FETCH_RETRY_S = 1.0
+
+PullSubscription = JetStreamContext.PullSubscription
 
 
 class Unreadable(Exception):
@@ -80,113 +92,104 @@ class _KeyGate:
 
 
 class InvokeRunner:
-    """Holds, runs and answers the work messages of one replica, at most ``max_concurrency`` at once."""
+    """Fetches, holds, runs and answers the work of one replica, at most ``max_concurrency`` at once."""
 
     def __init__(
         self,
         *,
+        js: JetStreamContext,
         provider: ProviderBinding,
         store: ResultStore,
-        results: LogicPublisher,
-        deadletters: LogicPublisher,
         metrics: RunnerMetrics,
         settings: ToolRunnerSettings,
+        max_deliver: int,
         source: str,
         instance: str,
         tracer_provider: TracerProvider | None = None,
     ) -> None:
+        self._js = js
         self._binding = provider
         self._adapter = provider.adapter
         self._provider = settings.provider
         self._store = store
-        self._results = results
-        self._deadletters = deadletters
-        # Given on every publish: a publisher works its declared subject out anew when it is not.
         self._result_subject = subjects.tool_result(settings.provider)
         self._metrics = metrics
+        self._max_deliver = max_deliver
         self._source = source
         self._instance = instance
+        self._fetch_batch = settings.fetch_batch
+        self._fetch_timeout_s = settings.fetch_timeout_s
         self._call_timeout_s = settings.call_timeout_s
         self._publish_timeout_s = settings.publish_timeout_s
         self._heartbeat_s = settings.heartbeat_interval_s
         self._tracer = trace.get_tracer("omni.tool-runner", tracer_provider=tracer_provider)
         self._slots = asyncio.Semaphore(settings.max_concurrency)
-        # Keyed by id(): nats-py messages are unhashable dataclasses.
-        self._waiting: dict[int, Msg] = {}
+        # Fetched, waiting for a slot (in fetch order); and running, keyed by id() since nats-py
+        # messages are unhashable dataclasses.
+        self._waiting: deque[Msg] = deque()
         self._running: dict[int, Msg] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._gates: dict[str, _KeyGate] = {}
-        self._closing = False
-        self._aborted = False
+        self._sub: PullSubscription | None = None
+        self._consumer: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._in_flight = metrics.in_flight.labels(self._provider)
 
-    # --- admission and lifecycle ---------------------------------------------------------------------
+    # --- the consume loop and its lifecycle ----------------------------------------------------------
 
-    def start(self) -> None:
-        if self._heartbeat is None:
-            self._heartbeat = asyncio.create_task(self._beat(), name="tool-runner-heartbeat")
+    def start(self, sub: PullSubscription) -> None:
+        """Consume ``sub`` (bound to the shared durable consumer) until :meth:`close` or :meth:`abort`."""
+        if self._consumer is not None:
+            raise RuntimeError("the runner is already consuming")
+        self._sub = sub
+        self._heartbeat = asyncio.create_task(self._beat(), name="tool-runner-heartbeat")
+        self._consumer = asyncio.create_task(self._consume(sub), name="tool-runner-consume")
+        self._consumer.add_done_callback(_report_end)
+
+    @property
+    def consuming(self) -> bool:
+        return self._consumer is not None and not self._consumer.done()
 
     @property
     def held(self) -> int:
         return len(self._waiting) + len(self._running)
 
-    async def admit(self, msg: Msg) -> None:
-        """Take one fetched work message: hold it, wait for a free slot, then run it in the background.
-
-        Returns once the message runs (or was handed back), so a fetch loop awaiting it takes no
-        more work than there are slots.
-        """
-        if self._closing:
-            await self._give_up(msg)
-            return
-        self._waiting[id(msg)] = msg
-        self._update_gauge()
-        # Cancelled here (the fetch loop torn down), the message stays in _waiting for close().
-        await self._slots.acquire()
-        if self._stopping():
-            # Woken by stop_admitting(): pass the wake-up on to the next waiter.
-            self._slots.release()
-            self._waiting.pop(id(msg), None)
+    async def _consume(self, sub: PullSubscription) -> None:
+        """Fetch a batch, hold it, start each message once a slot is free; then fetch the next batch."""
+        while True:
+            try:
+                msgs = await sub.fetch(self._fetch_batch, timeout=self._fetch_timeout_s)
+            except TimeoutError:  # no work within fetch_timeout_s (nats-py's is a TimeoutError too)
+                continue
+            except NatsError as exc:
+                # Reconnecting, or the consumer is being recreated: ask again in a moment.
+                log.warning("fetching work failed (%s); asking again in %.0fs", exc, _FETCH_RETRY_S)
+                await asyncio.sleep(_FETCH_RETRY_S)
+                continue
+            self._waiting.extend(msgs)
             self._update_gauge()
-            await self._give_up(msg)
-            return
-        self._waiting.pop(id(msg), None)
-        self._running[id(msg)] = msg
-        task = asyncio.create_task(self._run(msg))
-        self._tasks.add(task)
-        task.add_done_callback(self._finished)
-
-    async def _give_up(self, msg: Msg) -> None:
-        if not self._aborted:
-            await self._hand_back(msg, "shutdown")
-
-    def _stopping(self) -> bool:
-        # A method, not the attribute: it changes while admit() awaits a slot.
-        return self._closing
+            while self._waiting:
+                await self._slots.acquire()
+                msg = self._waiting.popleft()
+                self._running[id(msg)] = msg
+                task = asyncio.create_task(self._run(msg))
+                self._tasks.add(task)
+                task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._slots.release()
 
-    def stop_admitting(self) -> None:
-        """Take no more work: messages waiting for a slot are given back (``nak``) at once."""
-        if not self._closing:
-            self._closing = True
-            if self._waiting:
-                self._slots.release()  # wakes one waiter, which wakes the next, and so on
-
     async def close(self, grace_s: float) -> None:
-        """Stop taking work, give back what waits, let running invokes finish for up to ``grace_s``.
+        """Stop fetching, give back what waits for a slot, let running invokes finish for ``grace_s``.
 
         Invokes still running after that are cancelled without an ack: JetStream redelivers them
         once ``ack_wait`` passes without an in-progress report.
         """
-        self.stop_admitting()
-        waiting = list(self._waiting.values())  # admissions cancelled before they could give it back
-        self._waiting.clear()
-        for msg in waiting:
-            await self._hand_back(msg, "shutdown")
+        await self._stop_consuming()
+        while self._waiting:
+            await self._give_back(self._waiting.popleft(), "shutdown", "the runner shut down")
+        self._update_gauge()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
             if pending:
@@ -198,27 +201,34 @@ class InvokeRunner:
                 for task in pending:
                     task.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
-        await self._stop_heartbeat()
+        await _cancelled(self._heartbeat)
         self._update_gauge()
 
     def abort(self) -> None:
         """Drop everything at once, acknowledging and giving back nothing: what a crash would do."""
-        self._aborted = True
-        self.stop_admitting()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
+        for task in (self._consumer, self._heartbeat, *self._tasks):
+            if task is not None:
+                task.cancel()
 
-    async def _stop_heartbeat(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            await asyncio.gather(self._heartbeat, return_exceptions=True)
+    async def release(self) -> None:
+        """Unsubscribe from the work consumer if that is still to do (after :meth:`abort`)."""
+        await self._stop_consuming()
+
+    async def _stop_consuming(self) -> None:
+        await _cancelled(self._consumer)
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            # Nothing more is delivered to this replica; what a cancelled fetch left on its way
+            # comes back to the consumer after ack_wait.
+            try:
+                await sub.unsubscribe()
+            except NatsError as exc:
+                log.debug("unsubscribing from work failed: %s", exc)
 
     async def _beat(self) -> None:
         while True:
             await asyncio.sleep(self._heartbeat_s)
-            for msg in (*self._waiting.values(), *self._running.values()):
+            for msg in (*self._waiting, *self._running.values()):
                 try:
                     await msg.in_progress()
                 except NatsError as exc:
@@ -228,12 +238,31 @@ class InvokeRunner:
     def _update_gauge(self) -> None:
         self._in_flight.set(self.held)
 
-    async def _hand_back(self, msg: Msg, reason: str, delay: float | None = None) -> None:
+    async def _give_back(self, msg: Msg, reason: str, failure: str, *, delay: float | None = None) -> None:
+        """``nak`` the work for a later delivery, or dead-letter it when this delivery was its last."""
+        delivered = _num_delivered(msg)
+        if self._max_deliver > 0 and delivered is not None and delivered >= self._max_deliver:
+            await self._exhausted(msg, f"delivered {delivered} times (max_deliver); last: {failure}")
+            return
         self._metrics.handback.labels(self._provider, reason).inc()
         try:
             await msg.nak(delay=delay)
         except NatsError as exc:
             log.warning("could not give work back (%s); it is redelivered after ack_wait", exc)
+
+    async def _exhausted(self, msg: Msg, reason: str) -> None:
+        try:
+            await self._dead_letter(msg, EXHAUSTED_KIND, reason)
+            await msg.term()
+        except (NatsError, TimeoutError) as exc:
+            # JetStream delivers it no more either way; it stays in the work stream, unacknowledged.
+            log.error(
+                "work %s #%s exhausted its deliveries and could not be dead-lettered (%r): %s",
+                msg.subject,
+                _stream_seq(msg),
+                exc,
+                reason,
+            )
 
     # --- one message ---------------------------------------------------------------------------------
 
@@ -243,11 +272,11 @@ class InvokeRunner:
         except (NatsError, TimeoutError) as exc:
             # The store or the result stream did not answer: try this work again later.
             log.warning("giving work back after a NATS failure: %r", exc)
-            await self._hand_back(msg, "nats_error", delay=_NAK_DELAY_S)
-        except Exception:
+            await self._give_back(msg, "nats_error", f"NATS failed: {exc!r}", delay=_NAK_DELAY_S)
+        except Exception as exc:
             # Not the provider's failure (that is a result): a fault here; try again, bounded by max_deliver.
             log.exception("giving work back after an unexpected failure")
-            await self._hand_back(msg, "internal_error", delay=_NAK_DELAY_S)
+            await self._give_back(msg, "internal_error", f"unexpected failure: {exc!r}", delay=_NAK_DELAY_S)
         finally:
             self._running.pop(id(msg), None)
             self._update_gauge()
@@ -256,7 +285,7 @@ class InvokeRunner:
         try:
             envelope, invoke = _read(msg)
         except Unreadable as exc:
-            await self._dead_letter(msg, str(exc))
+            await self._dead_letter(msg, MALFORMED_KIND, str(exc))
             await msg.term()
             return
         token = run_id_var.set(invoke.run_id)
@@ -396,22 +425,23 @@ class InvokeRunner:
 
     async def _publish_result(self, invoke: ToolInvoke, body: bytes) -> None:
         headers = inject_headers({HDR_MSG_ID: invoke.idempotency_key, HDR_CONTENT_TYPE: CONTENT_TYPE})
-        await self._results.publish(
-            body,
+        await self._js.publish(
             self._result_subject,
-            headers=headers,
-            correlation_id=invoke.run_id,
+            body,
             timeout=self._publish_timeout_s,
+            stream=streams.TOOL_RESULTS.name,
+            headers=headers,
         )
 
-    async def _dead_letter(self, msg: Msg, reason: str) -> None:
+    async def _dead_letter(self, msg: Msg, kind: str, reason: str) -> None:
+        """Publish the work message, as received, to the dead-letter stream with the reason."""
         try:
             original, encoding = msg.data.decode("utf-8"), "utf-8"
         except UnicodeDecodeError:
             original, encoding = base64.b64encode(msg.data).decode("ascii"), "base64"
         seq = _stream_seq(msg)
         letter = DeadLetter(
-            kind=DEADLETTER_KIND,
+            kind=kind,
             reason=reason,
             original_subject=msg.subject,
             original_body=original,
@@ -419,16 +449,18 @@ class InvokeRunner:
             stream_seq=seq,
             at=utcnow(),
         )
-        letter_id = f"{DEADLETTER_KIND}:{msg.subject}:{seq}" if seq is not None else uuid.uuid4().hex
+        # One letter per work message and kind, however often this is tried.
+        letter_id = f"{kind}:{msg.subject}:{seq}" if seq is not None else uuid.uuid4().hex
         envelope = new_envelope(ev.DEADLETTER_V1, self._source, letter, id_=letter_id)
-        await self._deadletters.publish(
+        await self._js.publish(
+            subjects.deadletter(kind),
             encode_envelope(envelope),
-            deadletter_subject(),
-            headers=inject_headers({HDR_MSG_ID: letter_id, HDR_CONTENT_TYPE: CONTENT_TYPE}),
             timeout=self._publish_timeout_s,
+            stream=streams.DEADLETTERS.name,
+            headers=inject_headers({HDR_MSG_ID: letter_id, HDR_CONTENT_TYPE: CONTENT_TYPE}),
         )
-        self._metrics.deadletters.labels(self._provider).inc()
-        log.warning("dead-lettered work on %s: %s", msg.subject, reason)
+        self._metrics.deadletters.labels(self._provider, kind).inc()
+        log.warning("dead-lettered work on %s (%s): %s", msg.subject, kind, reason)
 
     def _span_attributes(self, invoke: ToolInvoke, msg: Msg) -> dict[str, Any]:
         attributes: dict[str, Any] = {
@@ -499,5 +531,13 @@ def _num_delivered(msg: Msg) -> int | None:
         return None
 
 
-def deadletter_subject() -> str:
-    return subjects.deadletter(DEADLETTER_KIND)
+def _report_end(task: asyncio.Task[None]) -> None:
+    """The consume loop ends only when cancelled; anything else is a fault (``/readyz`` says so too)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the consume loop failed; no more work is fetched", exc_info=task.exception())
+
+
+async def _cancelled(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

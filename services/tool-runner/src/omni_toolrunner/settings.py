@@ -23,8 +23,18 @@ class ToolRunnerSettings(ServiceSettings):
             "acks is redelivered after this long"
         ),
     )
+    max_deliver: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Deliveries of one work message before it is dead-lettered (tool.invoke.exhausted); "
+            "applied to the shared consumer at start-up (default: the contract's)"
+        ),
+    )
     max_concurrency: int = Field(default=32, ge=1, description="Invokes in flight at once per replica")
-    fetch_batch: int = Field(default=32, ge=1, description="Messages asked for per pull request")
+    fetch_batch: int = Field(
+        default=32, ge=1, description="Messages asked for per fetch (held beyond max_concurrency at most)"
+    )
     fetch_timeout_s: float = Field(default=5.0, gt=0, description="How long one idle pull request waits")
     call_timeout_s: float = Field(
         default=60.0, gt=0, description="Provider call deadline when the invoke does not state one"
