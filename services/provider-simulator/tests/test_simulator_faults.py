@@ -234,6 +234,27 @@ async def test_default_latency_is_configurable(sim: RunningSimulator, http: aioh
     assert time.monotonic() - started >= 0.2
 
 
+async def test_usage_figures_can_be_set_for_a_test(
+    sim: RunningSimulator, http: aiohttp.ClientSession
+) -> None:
+    usage = {"prompt_tokens": 700, "completion_tokens": 300, "cost": 0.25}
+    async with http.post(f"{sim.root_url}/_sim/config", json={"usage": usage}) as response:
+        assert (await response.json())["usage"] == usage
+
+    status, _, raw = await complete(http, sim, chat_body("hi"))
+    assert status == 200
+    body = json.loads(raw)
+    assert body["usage"]["prompt_tokens"] == 700
+    assert body["usage"]["completion_tokens"] == 300
+    assert body["usage"]["total_tokens"] == 1000
+    assert body["usage"]["cost"] == 0.25
+
+    async with http.post(f"{sim.root_url}/_sim/config", json={"clear_usage": True}) as response:
+        assert (await response.json())["usage"] is None
+    _, _, raw = await complete(http, sim, chat_body("hi again"))
+    assert json.loads(raw)["usage"]["total_tokens"] < 1000
+
+
 async def test_recorded_requests_show_headers_without_the_key(
     sim: RunningSimulator, http: aiohttp.ClientSession
 ) -> None:

@@ -30,6 +30,7 @@ from omni_simulator.completion import (
     partial_then_error,
     stream_chunks,
     with_malformed_content,
+    with_usage,
 )
 from omni_simulator.state import (
     CachedResponse,
@@ -38,6 +39,7 @@ from omni_simulator.state import (
     RecordedRequest,
     RequestInfo,
     SimulatorState,
+    UsageOverride,
 )
 
 logger = logging.getLogger(__name__)
@@ -192,7 +194,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         completion = cached.body
         outcome = "duplicate"
     else:
-        completion = build_completion(chat)
+        completion = with_usage(build_completion(chat), state.usage)
         state.side_effects += 1
         if key is not None:
             state.responses[key] = CachedResponse(fingerprint=fingerprint, body=completion)
@@ -292,10 +294,16 @@ class _ConfigUpdate(msgspec.Struct, forbid_unknown_fields=True):
     latency_ms: int | None = None
     expected_key: str | None = None
     clear_expected_key: bool = False
+    usage: UsageOverride | None = None  # what every answer reports as usage
+    clear_usage: bool = False  # back to usage counted from the text
 
 
 def _config_json(state: SimulatorState) -> dict[str, Any]:
-    return {"latency_ms": state.latency_ms, "requires_specific_key": state.expected_key is not None}
+    return {
+        "latency_ms": state.latency_ms,
+        "requires_specific_key": state.expected_key is not None,
+        "usage": msgspec.to_builtins(state.usage) if state.usage else None,
+    }
 
 
 async def sim_get_config(request: web.Request) -> web.Response:
@@ -312,6 +320,10 @@ async def sim_set_config(request: web.Request) -> web.Response:
         if update.latency_ms < 0:
             return _error(400, "latency_ms must be >= 0")
         state.latency_ms = update.latency_ms
+    if update.clear_usage:
+        state.usage = None
+    elif update.usage is not None:
+        state.usage = update.usage
     if update.clear_expected_key:
         state.expected_key = None
     elif update.expected_key is not None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from omni_simulator.answers import BadRequest, Prompt, answer_for_schema, read_prompt
 from omni_simulator.audio import PCM16_SAMPLE_RATE, digest, synthesize_pcm16, wav_from_pcm16
+from omni_simulator.state import UsageOverride
 
 SIMULATOR_PROVIDER = "Simulator"
 DEFAULT_MODEL = "openai/gpt-4o-mini"
@@ -251,6 +252,19 @@ def build_completion(request: ChatRequest) -> dict[str, Any]:
             "cost_details": {"upstream_inference_cost": None},
         },
     }
+
+
+def with_usage(completion: dict[str, Any], usage: UsageOverride | None) -> dict[str, Any]:
+    """``completion`` reporting ``usage`` (when given) instead of the counted figures."""
+    if usage is None:
+        return completion
+    completion["usage"].update(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        total_tokens=usage.prompt_tokens + usage.completion_tokens,
+        cost=usage.cost,
+    )
+    return completion
 
 
 def with_malformed_content(completion: dict[str, Any]) -> dict[str, Any]:

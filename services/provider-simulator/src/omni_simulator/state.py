@@ -122,12 +122,22 @@ class RecordedRequest:
         }
 
 
+class UsageOverride(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The usage every answer reports: tokens and cost (USD), as OpenRouter's ``usage`` has them."""
+
+    prompt_tokens: Annotated[int, msgspec.Meta(ge=0)] = 0
+    completion_tokens: Annotated[int, msgspec.Meta(ge=0)] = 0
+    cost: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+
+
 @dataclass
 class SimulatorState:
     """Configuration plus everything the simulator has observed since the last reset."""
 
     expected_key: str | None = None
     latency_ms: int = 0
+    # Usage every answer reports instead of the figures counted from the text (budget tests).
+    usage: UsageOverride | None = None
     history_limit: int = 200
     calls: int = field(default=0, init=False)
     side_effects: int = field(default=0, init=False)
