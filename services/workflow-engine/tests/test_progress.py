@@ -17,10 +17,10 @@ import msgspec
 import pytest
 from omni_contract.envelope import decode_envelope, payload_of
 from omni_contract.events import RunEventType as E
-from omni_contract.events import RunStatus, StepStatus, ToolInvoke
+from omni_contract.events import RunStatus, StepStatus, ToolError, ToolInvoke, ToolResult, Usage
 from omni_engine.definition import parse_workflow
 from omni_engine.progress import Batch, Decider
-from omni_engine.state import NewEvent, RunState, StepState, TaskState, apply, step_of
+from omni_engine.state import NewEvent, RunState, StepState, TaskState, apply
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 RUN_ID = "run1"
@@ -119,33 +119,25 @@ class Run:
         self._commit(batch)
         return True
 
-    def _result(self, address: str, attempt: int | None, outcome: Callable[[Decider, int], None]) -> bool:
+    def _result(self, address: str, attempt: int | None, **fields: Any) -> bool:
+        """A ``ToolResult`` for the task's current attempt (or ``attempt``): ``Engine.on_result``."""
         task = self.state.task(address)
         assert task is not None, f"no task {address}"
         attempt = task.attempt if attempt is None else attempt
-
-        def change(decider: Decider) -> bool:  # Engine.on_result's checks
-            state = decider.state
-            current = state.task(address)
-            if (
-                current is None
-                or current.attempt != attempt
-                or current.status not in (StepStatus.SCHEDULED, StepStatus.RUNNING)
-            ):
-                return False
-            parent = state.step(step_of(address))
-            if (
-                parent is not None
-                and parent is not current
-                and parent.items is not None
-                and not parent.in_flight
-            ):
-                return False  # an item of a for_each step that has ended
-            decider.record(E.STEP_STARTED, step=address, attempt=attempt, runner="test")
-            outcome(decider, attempt)
-            return True
-
-        return self._update(change, cancel_timers=(f"timeout:{address}:{attempt}",))
+        result = ToolResult(
+            run_id=self.state.run_id,
+            step=address,
+            attempt=attempt,
+            tool="t.t",
+            provider=task.provider or "p",
+            idempotency_key=f"{self.state.run_id}:{address}:{attempt}",
+            runner="test",
+            duration_ms=5.0,
+            **fields,
+        )
+        return self._update(
+            lambda decider: decider.take_result(result), cancel_timers=(f"timeout:{address}:{attempt}",)
+        )
 
     def complete(
         self,
@@ -157,97 +149,35 @@ class Run:
         attempt: int | None = None,
     ) -> bool:
         """A successful tool result for the task's current attempt (or ``attempt``)."""
-
-        def outcome(decider: Decider, attempt: int) -> None:
-            task = decider.state.task(address)
-            assert task is not None
-            data: dict[str, Any] = {
-                "step": address,
-                "attempt": attempt,
-                "provider": task.provider,
-                "duration_ms": 5.0,
-                "output": {"text": f"out-{address}"} if output is None else output,
-            }
-            if tokens is not None:
-                data["usage"] = {
-                    "input_tokens": 0,
-                    "output_tokens": tokens,
-                    "total_tokens": tokens,
-                    "cost": cost,
-                }
-            decider.record(E.STEP_COMPLETED, **data)
-
-        return self._result(address, attempt, outcome)
+        usage = None if tokens is None else Usage(output_tokens=tokens, total_tokens=tokens, cost=cost)
+        return self._result(
+            address,
+            attempt,
+            success=True,
+            output={"text": f"out-{address}"} if output is None else output,
+            usage=usage,
+        )
 
     def fail(self, address: str, kind: str, message: str = "boom", **extra: Any) -> bool:
-        """A failed tool result (``ToolError`` as a dict) for the task's current attempt."""
-        error = {"kind": kind, "message": message, **extra}
-        return self._result(address, None, lambda decider, _: decider.attempt_failed(address, error))
+        """A failed tool result (``ToolError``) for the task's current attempt."""
+        return self._result(
+            address, None, success=False, error=ToolError(kind=kind, message=message, **extra)
+        )
 
     def fire(self, name: str) -> bool:
         """The durable timer ``name`` fires (the clock moves to its time): ``Engine.on_timer``."""
         timer = self.timers.pop(name)
         self.now = max(self.now, timer["fire_at"])
-        data = timer["data"]
-        kind = data.get("kind")
-        address = str(data.get("step", ""))
-
-        def change(decider: Decider) -> bool:
-            state = decider.state
-            if kind == "deadline":
-                if state.status != RunStatus.RUNNING:
-                    return False
-                decider.end(RunStatus.TIMED_OUT, {"kind": "deadline", "message": "too slow"})
-                return True
-            task = state.task(address)
-            if task is None:
-                return False
-            if kind == "retry":
-                if task.status != StepStatus.RETRYING or task.attempt != data.get("attempt"):
-                    return False
-                decider.retry_due(address)
-                return True
-            if kind == "timeout":
-                if task.attempt != data.get("attempt") or task.status not in (
-                    StepStatus.SCHEDULED,
-                    StepStatus.RUNNING,
-                ):
-                    return False
-                error = {"kind": "timeout", "message": f"no result within {data.get('timeout_ms')} ms"}
-                decider.record(E.STEP_TIMED_OUT, step=address, attempt=task.attempt, error=error)
-                decider.attempt_failed(address, error)
-                return True
-            if kind == "wait":
-                if task.status != StepStatus.WAITING:
-                    return False
-                decider.batch.effects.cancel_wait(address)
-                decider.fail_step(address, {"kind": "timeout", "message": "the event did not come in time"})
-                return True
-            return False
-
-        return self._update(change, cancel_timers=(name,))
+        return self._update(lambda decider: decider.timer_fired(timer["data"]), cancel_timers=(name,))
 
     def deliver(self, step: str, data: dict[str, Any]) -> bool:
         """The outside event ``step`` waits for arrives: ``Engine.on_wait_event``."""
-
-        def change(decider: Decider) -> bool:
-            task = decider.state.step(step)
-            if task is None or task.status != StepStatus.WAITING:
-                return False
-            decider.batch.effects.cancel_wait(step)
-            decider.record(E.STEP_COMPLETED, step=step, output=data)
-            return True
-
-        return self._update(change, cancel_timers=(f"wait:{step}",))
+        return self._update(
+            lambda decider: decider.event_arrived(step, {"data": data}), cancel_timers=(f"wait:{step}",)
+        )
 
     def cancel(self, reason: str = "changed my mind") -> bool:
-        def change(decider: Decider) -> bool:  # Engine.cancel
-            if decider.state.status != RunStatus.RUNNING or decider.state.cancel_reason is not None:
-                return False
-            decider.record(E.RUN_CANCEL_REQUESTED, reason=reason)
-            return True
-
-        return self._update(change)
+        return self._update(lambda decider: decider.request_cancel(reason))
 
     def later(self, ms: float) -> None:
         self.now += timedelta(milliseconds=ms)

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 from omni_contract.events import RunEventType as E
-from omni_contract.events import RunStatus, StepStatus, ToolResult
+from omni_contract.events import StepStatus, ToolResult
 from omni_contract.rpc import FieldProblem
 from omni_runtime.telemetry import current_traceparent
 from opentelemetry import trace
@@ -32,7 +32,7 @@ from omni_engine.definition import WorkflowDefinition
 from omni_engine.definitions import Definitions, payload_problems
 from omni_engine.progress import Batch, Decider, idempotency_key, timeout_timer
 from omni_engine.relay import OutboxRelay
-from omni_engine.state import NewEvent, RunState, apply, step_of
+from omni_engine.state import NewEvent, RunState, apply
 from omni_engine.store import AppendConflict, Store
 
 log = logging.getLogger(__name__)
@@ -332,121 +332,19 @@ class Engine:
     async def on_result(self, result: ToolResult) -> None:
         """Fold a tool result into its run. Duplicates and stale attempts are ignored."""
         started = time.perf_counter()
-        address = result.step
-
-        def change(decider: Decider) -> bool:
-            state = decider.state
-            task = state.task(address)
-            if (
-                task is None
-                or task.attempt != result.attempt
-                or task.status
-                not in (
-                    StepStatus.SCHEDULED,
-                    StepStatus.RUNNING,
-                )
-            ):
-                return False  # a redelivered or superseded result: already folded in
-            parent = state.step(step_of(address))
-            if (
-                parent is not None
-                and parent is not task
-                and parent.items is not None
-                and not parent.in_flight
-            ):
-                return False  # an item of a for_each step that has already ended
-            started_data: dict[str, Any] = {
-                "step": address,
-                "attempt": result.attempt,
-                "runner": result.runner,
-            }
-            if result.started_at is not None:
-                started_data["started_at"] = result.started_at
-            decider.record(E.STEP_STARTED, **started_data)
-            data: dict[str, Any] = {
-                "step": address,
-                "attempt": result.attempt,
-                "provider": result.provider,
-                "duration_ms": result.duration_ms,
-            }
-            if result.success:
-                data["output"] = result.output or {}
-                if result.usage:
-                    data["usage"] = msgspec.to_builtins(result.usage)
-                if result.model:
-                    data["model"] = result.model
-                decider.record(E.STEP_COMPLETED, **data)
-            else:
-                error = (
-                    msgspec.to_builtins(result.error)
-                    if result.error
-                    else {"kind": "unknown", "message": "the tool failed without saying why"}
-                )
-                decider.attempt_failed(address, error)
-            self.metrics.steps.labels(state.workflow, "completed" if result.success else "failed").inc()
-            return True
-
         state = await self._update(
-            result.run_id, change, cancel_timers=[timeout_timer(address, result.attempt)]
+            result.run_id,
+            lambda decider: decider.take_result(result),
+            cancel_timers=[timeout_timer(result.step, result.attempt)],
         )
         if state is not None:
+            self.metrics.steps.labels(state.workflow, "completed" if result.success else "failed").inc()
             self.metrics.transition_seconds.observe(time.perf_counter() - started)
 
     async def on_timer(self, run_id: str, name: str, data: dict[str, Any]) -> bool:
         """A durable timer fired. Returns False when it was stale (the run had moved on)."""
-        kind = data.get("kind")
-        address = str(data.get("step", ""))
-
-        def change(decider: Decider) -> bool:
-            state = decider.state
-            if kind == "deadline":
-                if state.status != RunStatus.RUNNING:
-                    return False
-                budget = decider.spec.guards.budget if decider.spec.guards else None
-                max_ms = budget.max_ms if budget else None
-                decider.end(
-                    RunStatus.TIMED_OUT,
-                    {
-                        "kind": "deadline",
-                        "message": f"the run did not finish within {max_ms} ms",
-                        "max_ms": max_ms,
-                    },
-                )
-                return True
-            task = state.task(address)
-            parent = state.step(step_of(address))
-            if task is None or parent is None:
-                return False
-            if parent is not task and parent.items is not None and not parent.in_flight:
-                return False  # an item of a for_each step that has already ended
-            if kind == "retry":
-                if task.status != StepStatus.RETRYING or task.attempt != data.get("attempt"):
-                    return False
-                decider.retry_due(address)
-                return True
-            if kind == "timeout":
-                if task.attempt != data.get("attempt") or task.status not in (
-                    StepStatus.SCHEDULED,
-                    StepStatus.RUNNING,
-                ):
-                    return False
-                error = {
-                    "kind": "timeout",
-                    "message": f"no result within {data.get('timeout_ms')} ms (config.timeout)",
-                }
-                decider.record(E.STEP_TIMED_OUT, step=address, attempt=task.attempt, error=error)
-                decider.attempt_failed(address, error)
-                return True
-            if kind == "wait":
-                if task.status != StepStatus.WAITING:
-                    return False
-                decider.batch.effects.cancel_wait(address)
-                decider.fail_step(address, {"kind": "timeout", "message": "the event did not come in time"})
-                return True
-            return False
-
-        state = await self._update(run_id, change, cancel_timers=[name])
-        self.metrics.timers.labels(str(kind), "fired" if state is not None else "stale").inc()
+        state = await self._update(run_id, lambda decider: decider.timer_fired(data), cancel_timers=[name])
+        self.metrics.timers.labels(str(data.get("kind")), "fired" if state is not None else "stale").inc()
         if state is None:
             await self.store.delete_timer(run_id, name)
             return False
@@ -454,28 +352,15 @@ class Engine:
 
     async def on_wait_event(self, run_id: str, step: str, event: dict[str, Any]) -> bool:
         """An outside event a step waits for arrived: the step completes with it as output."""
-
-        def change(decider: Decider) -> bool:
-            task = decider.state.step(step)
-            if task is None or task.status != StepStatus.WAITING:
-                return False
-            decider.batch.effects.cancel_wait(step)
-            decider.record(E.STEP_COMPLETED, step=step, output=event.get("data"), event_id=event.get("id"))
-            return True
-
-        return await self._update(run_id, change, cancel_timers=[f"wait:{step}"]) is not None
+        state = await self._update(
+            run_id, lambda decider: decider.event_arrived(step, event), cancel_timers=[f"wait:{step}"]
+        )
+        return state is not None
 
     async def cancel(self, run_id: str, reason: str) -> RunState:
         """Stop the run: work in flight is abandoned (late results are ignored), compensation
         runs for completed steps, and the run ends as ``cancelled``."""
-
-        def change(decider: Decider) -> bool:
-            if decider.state.status != RunStatus.RUNNING or decider.state.cancel_reason is not None:
-                return False
-            decider.record(E.RUN_CANCEL_REQUESTED, reason=reason or "cancelled")
-            return True
-
-        state = await self._update(run_id, change)
+        state = await self._update(run_id, lambda decider: decider.request_cancel(reason))
         if state is None:
             state = await self.store.load_run(run_id)
             if state is None:

@@ -31,7 +31,7 @@ from omni_contract import events as ev
 from omni_contract import subjects
 from omni_contract.envelope import encode_envelope, new_envelope
 from omni_contract.events import RunEventType as E
-from omni_contract.events import RunStatus, StepStatus, ToolInvoke
+from omni_contract.events import RunStatus, StepStatus, ToolInvoke, ToolResult
 
 from omni_engine.conditions import ConditionError, evaluate
 from omni_engine.definition import NEVER_RETRY, TEXT_ONLY, Step, WorkflowDefinition
@@ -54,6 +54,7 @@ SOURCE = "omni-workflow-engine"
 # Errors after which switching provider cannot help either: the request itself is wrong.
 NO_FALLBACK = NEVER_RETRY
 DONE = StepStatus.DONE
+DISPATCHED = (StepStatus.SCHEDULED, StepStatus.RUNNING)  # a tool call is out: a result may come
 
 
 def idempotency_key(run_id: str, address: str, attempt: int) -> str:
@@ -133,6 +134,110 @@ class Decider:
 
     def record(self, type_: str, **data: Any) -> None:
         self.batch.record(NewEvent(type=type_, at=self.now, data=data))
+
+    # -- what happens to a run ------------------------------------------------------------------
+    # Each returns False, recording nothing, when the news is stale or already folded in.
+
+    def take_result(self, result: ToolResult) -> bool:
+        """A tool result for one attempt: ``step.started``, then the outcome."""
+        address = result.step
+        state = self.state
+        task = state.task(address)
+        if task is None or task.attempt != result.attempt or task.status not in DISPATCHED:
+            return False  # a redelivered or superseded result
+        if not self._task_live(address, task):
+            return False
+        started: dict[str, Any] = {"step": address, "attempt": result.attempt, "runner": result.runner}
+        if result.started_at is not None:
+            started["started_at"] = result.started_at
+        self.record(E.STEP_STARTED, **started)
+        if not result.success:
+            error = (
+                msgspec.to_builtins(result.error)
+                if result.error
+                else {"kind": "unknown", "message": "the tool failed without saying why"}
+            )
+            self.attempt_failed(address, error)
+            return True
+        data: dict[str, Any] = {
+            "step": address,
+            "attempt": result.attempt,
+            "provider": result.provider,
+            "duration_ms": result.duration_ms,
+            "output": result.output or {},
+        }
+        if result.usage:
+            data["usage"] = msgspec.to_builtins(result.usage)
+        if result.model:
+            data["model"] = result.model
+        self.record(E.STEP_COMPLETED, **data)
+        return True
+
+    def timer_fired(self, data: dict[str, Any]) -> bool:
+        """A durable timer fired: a retry is due, an attempt or a wait timed out, or the deadline passed."""
+        state = self.state
+        kind = data.get("kind")
+        if kind == "deadline":
+            if state.status != RunStatus.RUNNING:
+                return False
+            budget = self.spec.guards.budget if self.spec.guards else None
+            max_ms = budget.max_ms if budget else None
+            self.end(
+                RunStatus.TIMED_OUT,
+                {
+                    "kind": "deadline",
+                    "message": f"the run did not finish within {max_ms} ms",
+                    "max_ms": max_ms,
+                },
+            )
+            return True
+        address = str(data.get("step", ""))
+        task = state.task(address)
+        if task is None or not self._task_live(address, task):
+            return False
+        if kind == "retry":
+            if task.status != StepStatus.RETRYING or task.attempt != data.get("attempt"):
+                return False
+            self.retry_due(address)
+            return True
+        if kind == "timeout":
+            if task.attempt != data.get("attempt") or task.status not in DISPATCHED:
+                return False
+            error = {
+                "kind": "timeout",
+                "message": f"no result within {data.get('timeout_ms')} ms (config.timeout)",
+            }
+            self.record(E.STEP_TIMED_OUT, step=address, attempt=task.attempt, error=error)
+            self.attempt_failed(address, error)
+            return True
+        if kind == "wait":
+            if task.status != StepStatus.WAITING:
+                return False
+            self.batch.effects.cancel_wait(address)
+            self.fail_step(address, {"kind": "timeout", "message": "the event did not come in time"})
+            return True
+        return False
+
+    def event_arrived(self, step: str, event: dict[str, Any]) -> bool:
+        """The outside event a ``wait`` step waits for: the step completes with its data."""
+        task = self.state.step(step)
+        if task is None or task.status != StepStatus.WAITING:
+            return False
+        self.batch.effects.cancel_wait(step)
+        self.record(E.STEP_COMPLETED, step=step, output=event.get("data"), event_id=event.get("id"))
+        return True
+
+    def request_cancel(self, reason: str) -> bool:
+        """Cancel the run (``advance`` then ends it, compensating first)."""
+        if self.state.status != RunStatus.RUNNING or self.state.cancel_reason is not None:
+            return False
+        self.record(E.RUN_CANCEL_REQUESTED, reason=reason or "cancelled")
+        return True
+
+    def _task_live(self, address: str, task: TaskState) -> bool:
+        """False for an item of a ``for_each`` step that has already ended."""
+        parent = self.state.step(step_of(address))
+        return parent is None or parent is task or parent.items is None or parent.in_flight
 
     # -- the main loop -------------------------------------------------------------------------
     def advance(self) -> None:
