@@ -131,12 +131,13 @@ async def test_a_failing_step_fails_the_run_with_its_error(stack: Stack) -> None
     assert body["error"]["step"] == "machine_translation"
     assert body["error"]["kind"] == "bad_request"
     statuses = {s["name"]: s["status"] for s in body["steps"]}
+    # Understanding runs beside translation: it may have finished, or been cancelled when the run failed.
+    assert statuses.pop("natural_language_understanding") in ("completed", "cancelled")
     assert statuses == {
         "speech_to_text": "completed",
-        "natural_language_understanding": "completed",
         "machine_translation": "failed",
-        "coach_feedback": "pending",
-        "text_to_speech": "pending",
+        "coach_feedback": "skipped",
+        "text_to_speech": "skipped",
     }
 
 
