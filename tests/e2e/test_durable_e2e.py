@@ -110,12 +110,6 @@ def step_by_name(run: dict[str, Any], name: str) -> dict[str, Any]:
     return step
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: Engine._commit decides on a replica's cached run state without checking that "
-    "it is current; a result or timer that a stale cache takes for stale is acknowledged and dropped, "
-    "so runs another replica advanced hang",
-)
 @pytest.mark.parametrize("stack", [{"engine_replicas": 3}], indirect=True)
 async def test_concurrent_runs_on_three_engines_retry_and_perform_each_side_effect_once(
     stack: Stack,

@@ -128,10 +128,13 @@ def run_summary(state: RunState) -> rpc.RunSummary:
 
 
 class EngineApi:
-    def __init__(self, engine: Engine, definitions: Definitions, store: Store) -> None:
+    def __init__(
+        self, engine: Engine, definitions: Definitions, store: Store, max_reply_bytes: int = 1 << 20
+    ) -> None:
         self.engine = engine
         self.definitions = definitions
         self.store = store
+        self.max_reply_bytes = max_reply_bytes  # what one NATS message carries (the server's max_payload)
 
     async def register(self, service: Service) -> None:
         endpoints: list[tuple[str, str, Callable[[Request], Awaitable[None]]]] = [
@@ -167,8 +170,15 @@ class EngineApi:
                         request = None
                     else:
                         request = msgspec.json.decode(req.data or b"{}", type=request_type)
-                    result = await fn(request)
-                    reply = rpc.RpcReply(result=msgspec.Raw(encode(result)))
+                    result = encode(await fn(request))
+                    if len(result) > self.max_reply_bytes - 1024:
+                        raise EngineError(
+                            "bad_request",
+                            f"the answer would be {len(result)} bytes, more than one NATS message carries "
+                            f"({self.max_reply_bytes}): ask for less (a smaller limit)",
+                            [rpc.FieldProblem(field="limit", message="too many results for one answer")],
+                        )
+                    reply = rpc.RpcReply(result=msgspec.Raw(result))
                 except (msgspec.ValidationError, msgspec.DecodeError) as exc:
                     reply = rpc.RpcReply(error=rpc.RpcError(code="bad_request", message=str(exc)))
                 except EngineError as exc:

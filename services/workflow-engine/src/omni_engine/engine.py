@@ -285,9 +285,11 @@ class Engine:
 
     async def _commit(self, run_id: str, pending: list[_Pending]) -> list[RunState | None]:
         """One transaction for ``pending``; retried from a fresh state on append conflicts."""
+        use_cache = True
         for _ in range(MAX_APPEND_RETRIES):
             # Taken out of the cache while in hand: a concurrent handler of the same run reads it anew.
-            state = self._states.pop(run_id, None) or await self.store.load_run(run_id)
+            cached = self._states.pop(run_id, None) if use_cache else None
+            state = cached or await self.store.load_run(run_id)
             if state is None:
                 return [None] * len(pending)
             spec = await self.definitions.get(state.workflow, state.hash)
@@ -302,6 +304,11 @@ class Engine:
                     batch.effects.cancel_timer(name)
                 changed.append(not state.finished and item.change(decider))
             if not any(changed):
+                if cached is not None:
+                    # Another replica may have moved the run on since this copy was cached, and
+                    # with nothing to append no expected seq would tell: judge from the database.
+                    use_cache = False
+                    continue
                 self._remember(state)
                 return [None] * len(pending)
             decider.advance()

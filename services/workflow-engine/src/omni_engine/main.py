@@ -69,7 +69,7 @@ async def body(ctx: ServiceContext, settings: EngineSettings) -> None:
     relay = OutboxRelay(ctx.nc, store, ctx.registry, stale_after_s=settings.outbox_stale_after_s)
     engine = Engine(store, definitions, relay, EngineMetrics(ctx.registry))
     timers = TimerPoller(engine, store, poll_s=settings.timer_poll_s)
-    await EngineApi(engine, definitions, store).register(ctx.micro)
+    await EngineApi(engine, definitions, store, max_reply_bytes=ctx.nc.max_payload).register(ctx.micro)
 
     triggers = await omni_nats.pull_subscription(ctx.js, streams.ENGINE_TRIGGERS)
     results = await omni_nats.pull_subscription(ctx.js, streams.ENGINE_RESULTS)

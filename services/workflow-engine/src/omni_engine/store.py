@@ -259,8 +259,9 @@ class Store:
             )
         except asyncpg.UniqueViolationError as exc:
             raise AppendConflict(state.run_id) from exc
-        except asyncpg.RaiseError as exc:
-            if exc.sqlstate != APPEND_CONFLICT:
+        except asyncpg.PostgresError as exc:
+            # asyncpg has no class for a custom SQLSTATE: it raises UnknownPostgresError.
+            if getattr(exc, "sqlstate", None) != APPEND_CONFLICT:
                 raise
             raise AppendConflict(state.run_id) from exc
         return _with_ids(outbox, ids)
