@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from omni_engine.definition import WorkflowDefinition
 from omni_engine.definitions import Definitions, payload_problems
-from omni_engine.progress import Batch, Decider, idempotency_key, timeout_timer
+from omni_engine.progress import Batch, Decider, idempotency_key
 from omni_engine.relay import OutboxRelay
 from omni_engine.state import NewEvent, RunState, apply
 from omni_engine.store import AppendConflict, Store
@@ -339,11 +339,7 @@ class Engine:
     async def on_result(self, result: ToolResult) -> None:
         """Fold a tool result into its run. Duplicates and stale attempts are ignored."""
         started = time.perf_counter()
-        state = await self._update(
-            result.run_id,
-            lambda decider: decider.take_result(result),
-            cancel_timers=[timeout_timer(result.step, result.attempt)],
-        )
+        state = await self._update(result.run_id, lambda decider: decider.take_result(result))
         if state is not None:
             self.metrics.steps.labels(state.workflow, "completed" if result.success else "failed").inc()
             self.metrics.transition_seconds.observe(time.perf_counter() - started)

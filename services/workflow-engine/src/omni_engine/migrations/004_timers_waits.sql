@@ -34,25 +34,33 @@ BEGIN
     IF p_effects IS NULL THEN
         RETURN;
     END IF;
+    -- Absent keys are skipped: most transitions touch one kind of row, or none.
     IF (p_effects->>'clear_all')::boolean THEN
         DELETE FROM timers WHERE run_id = p_run_id;
         DELETE FROM waits WHERE run_id = p_run_id;
-    ELSE
-        DELETE FROM timers WHERE run_id = p_run_id
-           AND name IN (SELECT jsonb_array_elements_text(coalesce(p_effects->'cancel_timers', '[]')));
-        DELETE FROM waits WHERE run_id = p_run_id
-           AND step IN (SELECT jsonb_array_elements_text(coalesce(p_effects->'cancel_waits', '[]')));
     END IF;
-    INSERT INTO timers (run_id, name, fire_at, data)
-    SELECT p_run_id, t->>'name', (t->>'fire_at')::timestamptz, t->'data'
-      FROM jsonb_array_elements(coalesce(p_effects->'timers', '[]')) AS t
-        ON CONFLICT (run_id, name) DO UPDATE
-       SET fire_at = EXCLUDED.fire_at, data = EXCLUDED.data, leased_until = NULL;
-    INSERT INTO waits (run_id, step, subject, key, match)
-    SELECT p_run_id, w->>'step', w->>'subject', w->>'key', w->>'match'
-      FROM jsonb_array_elements(coalesce(p_effects->'waits', '[]')) AS w
-        ON CONFLICT (run_id, step) DO UPDATE
-       SET subject = EXCLUDED.subject, key = EXCLUDED.key, match = EXCLUDED.match, since = now();
+    IF p_effects ? 'cancel_timers' THEN
+        DELETE FROM timers WHERE run_id = p_run_id
+           AND name IN (SELECT jsonb_array_elements_text(p_effects->'cancel_timers'));
+    END IF;
+    IF p_effects ? 'cancel_waits' THEN
+        DELETE FROM waits WHERE run_id = p_run_id
+           AND step IN (SELECT jsonb_array_elements_text(p_effects->'cancel_waits'));
+    END IF;
+    IF p_effects ? 'timers' THEN
+        INSERT INTO timers (run_id, name, fire_at, data)
+        SELECT p_run_id, t->>'name', (t->>'fire_at')::timestamptz, t->'data'
+          FROM jsonb_array_elements(p_effects->'timers') AS t
+            ON CONFLICT (run_id, name) DO UPDATE
+           SET fire_at = EXCLUDED.fire_at, data = EXCLUDED.data, leased_until = NULL;
+    END IF;
+    IF p_effects ? 'waits' THEN
+        INSERT INTO waits (run_id, step, subject, key, match)
+        SELECT p_run_id, w->>'step', w->>'subject', w->>'key', w->>'match'
+          FROM jsonb_array_elements(p_effects->'waits') AS w
+            ON CONFLICT (run_id, step) DO UPDATE
+           SET subject = EXCLUDED.subject, key = EXCLUDED.key, match = EXCLUDED.match, since = now();
+    END IF;
 END
 $$;
 
