@@ -54,6 +54,7 @@ value is plain JSON data.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import re
@@ -423,8 +424,6 @@ class WorkflowDefinition(_Model):
 
     _source: str = PrivateAttr(default="<memory>")
     _hash: str | None = PrivateAttr(default=None)
-    _step_index: dict[str, int] | None = PrivateAttr(default=None)
-    _plan: dict[str, Any] | None = PrivateAttr(default=None)
 
     @field_validator("name")
     @classmethod
@@ -471,13 +470,12 @@ class WorkflowDefinition(_Model):
     def step_names(self) -> list[str]:
         return [step.name for step in self.steps]
 
+    @functools.cached_property
+    def _steps_by_name(self) -> dict[str, Step]:
+        return {step.name: step for step in self.steps}
+
     def step(self, name: str) -> Step:
-        if self._step_index is None:
-            self._step_index = {step.name: position for position, step in enumerate(self.steps)}
-        position = self._step_index.get(name)
-        if position is None:
-            raise KeyError(name)
-        return self.steps[position]
+        return self._steps_by_name[name]
 
     def step_index(self, name: str) -> int:
         for index, step in enumerate(self.steps):
@@ -489,26 +487,20 @@ class WorkflowDefinition(_Model):
         """Each step -> the steps it runs after (always earlier ones, by validation)."""
         return {step.name: step.dependencies for step in self.steps}
 
-    def _derived(self) -> dict[str, Any]:
-        if self._plan is None:
-            self._plan = {
-                "needs": {step.name: tuple(sorted(step.dependencies)) for step in self.steps},
-                "handlers": frozenset(
-                    s.on_error for s in self.steps if s.on_error not in ("fail", "continue")
-                ),
-            }
-        return self._plan
+    # Derived once per definition and cached in the instance's __dict__ (``cached_property``
+    # works on frozen models): the engine asks these on every decision.
+    @functools.cached_property
+    def _needs(self) -> dict[str, tuple[str, ...]]:
+        return {step.name: tuple(sorted(step.dependencies)) for step in self.steps}
 
-    def needs_of(self, name: str) -> tuple[str, ...]:
-        """The steps ``name`` runs after (cached: asked on every decision)."""
-        needs: tuple[str, ...] = self._derived()["needs"][name]
-        return needs
-
-    @property
+    @functools.cached_property
     def handlers(self) -> frozenset[str]:
         """Steps named by another step's ``on_error``: they run only when that step fails."""
-        handlers: frozenset[str] = self._derived()["handlers"]
-        return handlers
+        return frozenset(s.on_error for s in self.steps if s.on_error not in ("fail", "continue"))
+
+    def needs_of(self, name: str) -> tuple[str, ...]:
+        """The steps ``name`` runs after."""
+        return self._needs[name]
 
     def retry_policy(self, step: Step) -> RetryPolicy:
         return step.retry or self.retry or _DEFAULT_RETRY

@@ -89,8 +89,8 @@ class Batch:
         """
         if not self.events:
             return
-        if self.state.finished:
-            self.effects.clear_all = True
+        if self.state.finished and self.state.timed:
+            self.effects.clear_all = True  # its timers and waits, if any are left, go with it
         last = self.events[-1]
         progress = ev.RunProgress(
             run_id=self.state.run_id,
@@ -461,17 +461,23 @@ class Decider:
         if not isinstance(rendered_input, dict):
             rendered_input = {"value": rendered_input}
         key = idempotency_key(state.run_id, address, attempt)
-        self.record(
-            E.STEP_SCHEDULED,
-            step=address,
-            attempt=attempt,
-            tool=tool,
-            provider=provider,
-            provider_index=provider_index,
-            provider_attempt=provider_attempt,
-            idempotency_key=key,
-            input=rendered_input,
+        timeout = rendered_config.get("timeout") if isinstance(rendered_config, dict) else None
+        timeout_ms = (
+            int(timeout) if isinstance(timeout, int | float) and not isinstance(timeout, bool) else None
         )
+        scheduled: dict[str, Any] = {
+            "step": address,
+            "attempt": attempt,
+            "tool": tool,
+            "provider": provider,
+            "provider_index": provider_index,
+            "provider_attempt": provider_attempt,
+            "idempotency_key": key,
+            "input": rendered_input,
+        }
+        if timeout_ms is not None and provider != TEXT_ONLY:
+            scheduled["timeout_ms"] = timeout_ms  # a timer is set for it (see below)
+        self.record(E.STEP_SCHEDULED, **scheduled)
         if provider == TEXT_ONLY:
             text = rendered_input.get("text")
             self.record(
@@ -485,10 +491,6 @@ class Decider:
                 duration_ms=0.0,
             )
             return
-        timeout = rendered_config.get("timeout") if isinstance(rendered_config, dict) else None
-        timeout_ms = (
-            int(timeout) if isinstance(timeout, int | float) and not isinstance(timeout, bool) else None
-        )
         invoke = ToolInvoke(
             run_id=state.run_id,
             step=address,

@@ -96,6 +96,8 @@ class RunState(msgspec.Struct, kw_only=True, omit_defaults=True, dict=True):
     ending: dict[str, Any] | None = None
     compensation_queue: list[str] = []  # steps to compensate, in order (latest completed first)
     cancel_reason: str | None = None
+    # Whether the run ever set a timer or a wait (so its end has rows to clear).
+    timed: bool = False
     rerun_of: str | None = None
     rerun_from_step: str | None = None
     # Index of the first step not done: decisions start there, so one step's cost does not grow
@@ -187,6 +189,7 @@ def initial_state(run_id: str, data: dict[str, Any], at: datetime) -> RunState:
         context=data.get("context", {}),
         steps=[StepState(name=s["name"], tool=s.get("tool")) for s in data.get("steps", [])],
         deadline_at=_dt(data.get("deadline_at")),
+        timed="deadline_at" in data,
         rerun_of=data.get("rerun_of"),
         rerun_from_step=data.get("rerun_from_step"),
     )
@@ -262,6 +265,7 @@ def _apply_to_task(
             task.started_at = at
             return
         task.attempt = data["attempt"]
+        state.timed = state.timed or "timeout_ms" in data
         task.provider = data.get("provider")
         task.provider_index = data.get("provider_index", 0)
         task.provider_attempt = data.get("provider_attempt", 1)
@@ -299,6 +303,7 @@ def _apply_to_task(
         task.reason = data.get("reason")
         task.completed_at = at
     elif event_type == E.STEP_RETRYING:
+        state.timed = True
         task.status = StepStatus.RETRYING
         task.error = data.get("error")
         task.retry_at = _dt(data.get("retry_at"))
@@ -307,6 +312,7 @@ def _apply_to_task(
         task.error = data.get("error")
         task.reason = data.get("reason")
     elif event_type == E.STEP_WAITING and isinstance(task, StepState):
+        state.timed = True
         task.status = StepStatus.WAITING
         task.scheduled_at = at
         task.wait = {"event": data["event"], "key": data["key"], "until": data["until"]}

@@ -103,7 +103,9 @@ BEGIN
     INSERT INTO run_events (run_id, seq, type, data, at)
     SELECT p_run_id, p_expected + e.ord, e.value->>'type', e.value->'data', (e.value->>'at')::timestamptz
       FROM jsonb_array_elements(p_events) WITH ORDINALITY AS e(value, ord);
-    PERFORM apply_effects(p_run_id, p_effects);
+    IF p_effects IS NOT NULL THEN
+        PERFORM apply_effects(p_run_id, p_effects);
+    END IF;
     WITH inserted AS (
         INSERT INTO outbox (subject, msg_id, body, traceparent, durable)
         SELECT * FROM unnest(p_subjects, p_msg_ids, p_bodies, p_traceparents, p_durables)
