@@ -174,7 +174,11 @@ class FakeEngine:
                     hash="abc123", version="1.0.0", origin="file:greet.yaml", created_at=T0, current=True
                 ),
                 rpc.WorkflowVersion(
-                    hash="0ld", version="0.9.0", origin="api", created_at=T0 - timedelta(days=1)
+                    hash="0ld",
+                    version="0.9.0",
+                    origin="api",
+                    created_at=T0 - timedelta(days=1),
+                    current=False,
                 ),
             ],
         )
