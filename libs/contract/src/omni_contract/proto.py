@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from omni_contract import events, rpc, streams, subjects
+from omni_contract import events, rpc, streams, subjects, tools
 from omni_contract.envelope import Envelope
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -49,6 +49,14 @@ RPC_ENDPOINTS: list[tuple[str, str, type[Any] | None, type[Any] | None]] = [
     ("runsGet", subjects.ENGINE_RUNS_GET, rpc.GetRequest, rpc.RunSummary),
     ("runsList", subjects.ENGINE_RUNS_LIST, rpc.ListRunsRequest, rpc.RunPage),
     ("runsEvents", subjects.ENGINE_RUNS_EVENTS, rpc.RunEventsRequest, rpc.RunEventsReply),
+    ("runsCancel", subjects.ENGINE_RUNS_CANCEL, rpc.CancelRunRequest, rpc.RunSummary),
+    ("runsRerun", subjects.ENGINE_RUNS_RERUN, rpc.RerunRequest, rpc.StartRunReply),
+    ("workflowsVersions", subjects.ENGINE_WORKFLOWS_VERSIONS, rpc.GetRequest, rpc.WorkflowVersions),
+]
+
+# Key-value buckets whose entries are part of the contract: (bucket, key pattern, value type).
+KV_BUCKETS: list[tuple[str, str, type[Any]]] = [
+    (tools.TOOL_REGISTRY_BUCKET, "{provider}.{category}.{action}.{runner}", tools.ToolRegistration),
 ]
 
 
@@ -117,6 +125,10 @@ def generate() -> dict[str, str]:
     rpc_types = {t for _, _, req, rep in RPC_ENDPOINTS for t in (req, rep) if t is not None}
     for cls in sorted(rpc_types | {rpc.RpcReply}, key=lambda c: c.__name__):
         files[f"rpc/{cls.__name__}.schema.json"] = _dump(_schema(cls, cls.__name__))
+    for bucket, key, cls in KV_BUCKETS:
+        schema = _schema(cls, cls.__name__)
+        schema["description"] = f"The value of each entry of KV bucket {bucket!r}, keyed {key}"
+        files[f"kv/{bucket}.schema.json"] = _dump(schema)
     files["asyncapi.json"] = _dump(asyncapi())
     return files
 
