@@ -14,14 +14,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import email.utils
 import json
 import logging
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -36,6 +34,10 @@ from omni_toolrunner.providers.base import (
     ToolOutcome,
     Usage,
 )
+from omni_toolrunner.providers.http_errors import classify_status as _classify
+from omni_toolrunner.providers.http_errors import error_message, openai_error_message
+from omni_toolrunner.providers.http_errors import retry_after as _retry_after
+from omni_toolrunner.providers.http_errors import shorten as _shorten
 from omni_toolrunner.providers.openrouter_tools import (
     ALL_TOOLS,
     JSON_TOOLS,
@@ -70,7 +72,6 @@ DEFAULT_VOICE = "alloy"
 DEFAULT_APP_TITLE = "Omni"
 
 _CODE_FENCE = re.compile(r"^\s*```(?:json)?\s*(?P<body>.*?)\s*```\s*$", re.DOTALL)
-_ERROR_MESSAGE_LIMIT = 300
 
 
 @dataclass(slots=True)
@@ -484,53 +485,5 @@ def _status_error(status: int, raw: bytes, headers: httpx.Headers) -> ProviderEr
     return _classify(status, message, retry_after_s=_retry_after(headers.get("Retry-After")))
 
 
-def _classify(status: int, message: str, *, retry_after_s: float | None) -> ProviderError:
-    message = _shorten(message)
-    if status in (401, 403):
-        return ProviderError(ProviderErrorKind.AUTH, message, status=status)
-    if status == 429:
-        return ProviderError(
-            ProviderErrorKind.RATE_LIMITED, message, status=status, retry_after_s=retry_after_s
-        )
-    if status == 408:
-        return ProviderError(ProviderErrorKind.TIMEOUT, message, status=status, retry_after_s=retry_after_s)
-    if status >= 500:
-        return ProviderError(ProviderErrorKind.SERVER, message, status=status, retry_after_s=retry_after_s)
-    return ProviderError(ProviderErrorKind.BAD_REQUEST, message, status=status)
-
-
 def _error_message(raw: bytes) -> str | None:
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        text = raw.decode("utf-8", errors="replace").strip()
-        return text or None
-    if isinstance(body, dict):
-        error = body.get("error")
-        if isinstance(error, dict) and error.get("message"):
-            return str(error["message"])
-        if isinstance(error, str):
-            return error
-    return None
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-def _shorten(message: str) -> str:
-    # Provider messages can echo prompt fragments; keep them short in errors that get logged and stored.
-    return message if len(message) <= _ERROR_MESSAGE_LIMIT else message[: _ERROR_MESSAGE_LIMIT - 1] + "…"
+    return error_message(raw, openai_error_message)
