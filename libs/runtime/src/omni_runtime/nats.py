@@ -12,11 +12,13 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
+    KeyValueConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
 from omni_contract.streams import ConsumerSpec, Retention, StreamSpec
 
 log = logging.getLogger(__name__)
@@ -112,3 +114,13 @@ async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
 async def pull_subscription(js: JetStreamContext, spec: ConsumerSpec) -> JetStreamContext.PullSubscription:
     await ensure_consumer(js, spec)
     return await js.pull_subscribe_bind(spec.durable, stream=spec.stream)
+
+
+async def ensure_key_value(js: JetStreamContext, bucket: str, *, ttl_s: float, description: str) -> KeyValue:
+    """Open the KV bucket, creating it when missing (a bucket made with other settings is used as is)."""
+    config = KeyValueConfig(bucket=bucket, description=description, ttl=ttl_s, storage=StorageType.FILE)
+    try:
+        return await js.create_key_value(config)
+    except BadRequestError as exc:
+        log.warning("KV bucket %s exists with another configuration (%s); using it as is", bucket, exc)
+        return await js.key_value(bucket)

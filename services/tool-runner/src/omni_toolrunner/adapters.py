@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -10,12 +11,32 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from omni_toolrunner.providers import OpenRouterAdapter, ProviderAdapter
+from omni_toolrunner.providers.elevenlabs import DEFAULT_BASE_URL as ELEVENLABS_URL
+from omni_toolrunner.providers.elevenlabs import DEFAULT_MODEL as ELEVENLABS_MODEL
+from omni_toolrunner.providers.elevenlabs import DEFAULT_VOICE_ID as ELEVENLABS_VOICE
+from omni_toolrunner.providers.elevenlabs import PROVIDER as ELEVENLABS
+from omni_toolrunner.providers.elevenlabs import ElevenLabsAdapter
+from omni_toolrunner.providers.firecrawl import DEFAULT_BASE_URL as FIRECRAWL_URL
+from omni_toolrunner.providers.firecrawl import PROVIDER as FIRECRAWL
+from omni_toolrunner.providers.firecrawl import FirecrawlAdapter
+from omni_toolrunner.providers.gemini import DEFAULT_BASE_URL as GEMINI_URL
+from omni_toolrunner.providers.gemini import DEFAULT_MODEL as GEMINI_MODEL
+from omni_toolrunner.providers.gemini import PROVIDER as GEMINI
+from omni_toolrunner.providers.gemini import GeminiAdapter
 from omni_toolrunner.providers.local import LOCAL, LocalAdapter
-from omni_toolrunner.providers.openrouter import DEFAULT_MODEL, DEFAULT_TOOL_MODELS, MODEL_ALIASES
+from omni_toolrunner.providers.mock import MockAdapter
+from omni_toolrunner.providers.openai_compatible import PROFILES, adapter_for
+from omni_toolrunner.providers.openrouter import DEFAULT_MODEL
+from omni_toolrunner.providers.perplexity import DEFAULT_BASE_URL as PERPLEXITY_URL
+from omni_toolrunner.providers.perplexity import DEFAULT_MODEL as PERPLEXITY_MODEL
+from omni_toolrunner.providers.perplexity import PROVIDER as PERPLEXITY
+from omni_toolrunner.providers.perplexity import PerplexityAdapter
 from omni_toolrunner.settings import ToolRunnerSettings
 
 OPENROUTER = "openrouter"
-KNOWN_PROVIDERS = (OPENROUTER, LOCAL)
+MOCK = "mock"
+KNOWN_PROVIDERS = (*PROFILES, GEMINI, ELEVENLABS, PERPLEXITY, FIRECRAWL, LOCAL, MOCK)
+NO_CREDENTIALS = frozenset({LOCAL, MOCK})  # providers that need no API key
 
 ModelOf = Callable[[str, Mapping[str, Any]], str | None]
 """The model a call of ``tool`` with step ``config`` asks for, for the span's ``gen_ai.request.model``."""
@@ -51,30 +72,88 @@ def http_client(settings: ToolRunnerSettings) -> httpx.AsyncClient:
     )
 
 
-def bind_provider(settings: ToolRunnerSettings, client: httpx.AsyncClient) -> ProviderBinding:
-    """The adapter for ``settings.provider``; the caller owns (and closes) ``client``."""
-    if settings.provider == OPENROUTER:
+@dataclass(frozen=True)
+class ProviderEnv:
+    """The environment variables of one provider (the names the provider's own docs use)."""
+
+    api_key: str | None  # None: the provider needs no credentials
+    base_url: str | None = None
+    model: str | None = None
+
+    def read(self, environ: Mapping[str, str]) -> tuple[str | None, str | None, str | None]:
+        def get(name: str | None) -> str | None:
+            value = environ.get(name, "").strip() if name else ""
+            return value or None
+
+        return get(self.api_key), get(self.base_url), get(self.model)
+
+
+# Providers with their own adapter (the OpenAI-compatible ones take theirs from their profiles).
+OWN_ENV: Mapping[str, ProviderEnv] = {
+    GEMINI: ProviderEnv("GEMINI_API_KEY", "GEMINI_BASE_URL", "GEMINI_MODEL"),
+    ELEVENLABS: ProviderEnv("ELEVENLABS_API_KEY", "ELEVENLABS_BASE_URL", "ELEVENLABS_MODEL"),
+    PERPLEXITY: ProviderEnv("PERPLEXITY_API_KEY", "PERPLEXITY_BASE_URL", "PERPLEXITY_MODEL"),
+    FIRECRAWL: ProviderEnv("FIRECRAWL_API_KEY", "FIRECRAWL_BASE_URL"),
+}
+
+
+def bind_provider(
+    settings: ToolRunnerSettings, client: httpx.AsyncClient, environ: Mapping[str, str] | None = None
+) -> ProviderBinding:
+    """The adapter for ``settings.provider``; the caller owns (and closes) ``client``.
+
+    Credentials, base URLs and default models come from each provider's own environment
+    variables (``OPENROUTER_API_KEY``, ``GEMINI_API_KEY``, ...); a provider without its key is
+    bound anyway, reporting itself unavailable with the reason.
+    """
+    env = os.environ if environ is None else environ
+    provider = settings.provider
+    if provider == OPENROUTER:
         key = settings.openrouter_api_key.get_secret_value() if settings.openrouter_api_key else None
         default_model = settings.openrouter_model or DEFAULT_MODEL
-
-        def openrouter_model(tool: str, config: Mapping[str, Any]) -> str | None:
-            named = config.get("model")
-            model = (
-                named if isinstance(named, str) and named else DEFAULT_TOOL_MODELS.get(tool, default_model)
+        adapter = OpenRouterAdapter(key, settings.openrouter_base_url, default_model, client)
+        return ProviderBinding(adapter, "chat", adapter.model_for, _missing("OPENROUTER_API_KEY", key))
+    if provider in PROFILES:
+        profile = PROFILES[provider]
+        key, base_url, model = ProviderEnv(profile.api_key_env, profile.base_url_env, profile.model_env).read(
+            env
+        )
+        compatible = adapter_for(provider, key, base_url, client, default_model=model)
+        return ProviderBinding(compatible, "chat", compatible.model_for, _missing(profile.api_key_env, key))
+    if provider in OWN_ENV:
+        spec = OWN_ENV[provider]
+        key, base_url, model = spec.read(env)
+        missing = _missing(spec.api_key, key)
+        if provider == GEMINI:
+            gemini = GeminiAdapter(key, base_url or GEMINI_URL, model or GEMINI_MODEL, client)
+            return ProviderBinding(gemini, "generate_content", gemini.model_for, missing)
+        if provider == ELEVENLABS:
+            voice = env.get("ELEVENLABS_VOICE_ID", "").strip() or ELEVENLABS_VOICE
+            speech = ElevenLabsAdapter(
+                key,
+                base_url or ELEVENLABS_URL,
+                client,
+                model=model or ELEVENLABS_MODEL,
+                default_voice_id=voice,
             )
-            return MODEL_ALIASES.get(model, model)
+            return ProviderBinding(speech, "text_to_speech", _fixed(model or ELEVENLABS_MODEL), missing)
+        if provider == PERPLEXITY:
+            search = PerplexityAdapter(
+                key, base_url or PERPLEXITY_URL, client, model=model or PERPLEXITY_MODEL
+            )
+            return ProviderBinding(search, "chat", _fixed(model or PERPLEXITY_MODEL), missing)
+        scrape = FirecrawlAdapter(key, base_url or FIRECRAWL_URL, client)
+        return ProviderBinding(scrape, "execute_tool", _fixed(None), missing)
+    if provider == LOCAL:
+        return ProviderBinding(LocalAdapter(), "execute_tool", _fixed(None), None)
+    if provider == MOCK:
+        return ProviderBinding(MockAdapter.from_env(env), "execute_tool", _fixed(None), None)
+    raise ValueError(f"no adapter for provider {provider!r} (known: {', '.join(KNOWN_PROVIDERS)})")
 
-        return ProviderBinding(
-            adapter=OpenRouterAdapter(key, settings.openrouter_base_url, default_model, client),
-            operation="chat",
-            request_model=openrouter_model,
-            missing_credentials=None if key else "OPENROUTER_API_KEY is not set",
-        )
-    if settings.provider == LOCAL:
-        return ProviderBinding(
-            adapter=LocalAdapter(),
-            operation="execute_tool",
-            request_model=lambda _tool, _config: None,
-            missing_credentials=None,
-        )
-    raise ValueError(f"no adapter for provider {settings.provider!r} (known: {', '.join(KNOWN_PROVIDERS)})")
+
+def _missing(variable: str | None, key: str | None) -> str | None:
+    return f"{variable} is not set" if variable and not key else None
+
+
+def _fixed(model: str | None) -> ModelOf:
+    return lambda _tool, _config: model

@@ -27,8 +27,10 @@ from omni_runtime.service import ServiceContext
 from opentelemetry.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
-from omni_toolrunner.adapters import ProviderBinding, bind_provider, http_client
+from omni_toolrunner.adapters import NO_CREDENTIALS, ProviderBinding, bind_provider, http_client
+from omni_toolrunner.catalogue import spec_for
 from omni_toolrunner.metrics import RunnerMetrics
+from omni_toolrunner.registry import ToolAnnouncer, registry_bucket
 from omni_toolrunner.results import RESULTS_BUCKET, KvResultStore, ResultStore
 from omni_toolrunner.runner import InvokeRunner
 from omni_toolrunner.settings import ToolRunnerSettings
@@ -159,11 +161,22 @@ def make_body(
         ctx.stack.push_async_callback(app.release)
 
         await app.start(ctx.js, provider)
+        announcer = ToolAnnouncer(
+            await registry_bucket(ctx.js),
+            [
+                spec_for(tool, settings.provider, requires_auth=settings.provider not in NO_CREDENTIALS)
+                for tool in sorted(provider.adapter.tools)
+            ],
+            ctx.instance,
+            unavailable_reason=provider.missing_credentials,
+        )
+        await announcer.start()
         try:
             await ctx.stopping.wait()
         except asyncio.CancelledError:
             app.abort()
             raise
+        await announcer.withdraw()
         await app.stop(settings.shutdown_grace_s)
 
     return body
