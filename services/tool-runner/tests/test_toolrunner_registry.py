@@ -67,12 +67,12 @@ async def test_a_runner_without_its_key_registers_its_tools_as_unavailable_with_
 async def test_heartbeats_keep_entries_alive_and_a_silent_runner_expires(nats_url: str) -> None:
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
-    kv = await omni_nats.ensure_key_value(js, "omni_tools_test", ttl_s=1.0, description="test")
+    kv = await omni_nats.ensure_key_value(js, "omni_tools_test", ttl_s=2.0, description="test")
     announcer = ToolAnnouncer(
-        kv, [spec_for("util.echo", "local", requires_auth=False)], "replica-1", heartbeat_s=0.25
+        kv, [spec_for("util.echo", "local", requires_auth=False)], "replica-1", heartbeat_s=0.2
     )
     await announcer.start()
-    await asyncio.sleep(1.6)  # longer than the TTL: only heartbeats keep the entry
+    await asyncio.sleep(2.5)  # longer than the TTL: only heartbeats keep the entry
     assert list(await entries(kv)) == [registry_key("local", "util.echo", "replica-1")]
     assert announcer._task is not None
     announcer._task.cancel()  # the runner falls silent without withdrawing
@@ -80,5 +80,5 @@ async def test_heartbeats_keep_entries_alive_and_a_silent_runner_expires(nats_ur
     async def gone() -> bool:
         return await entries(kv) == {}
 
-    await wait_for(gone, timeout=5)
+    await wait_for(gone, timeout=10)
     await nc.close()

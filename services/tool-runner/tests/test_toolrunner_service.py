@@ -394,3 +394,23 @@ async def test_the_shared_consumer_takes_the_configured_ack_wait(
             info = await js.consumer_info(consumer.stream, consumer.durable)
         assert info.config.ack_wait == ack_wait_s
         assert info.config.filter_subject == subjects.tool_invoke(PROVIDER)
+
+
+async def test_a_provider_failing_again_and_again_opens_the_circuit_and_is_not_called(
+    nats_url: str, simulator: RunningSimulator, js: JetStreamContext
+) -> None:
+    results = await open_results(js)
+    simulator.state.add_fault(FaultSpec(status=503, message="overloaded"))
+    settings = runner_settings(nats_url, simulator, circuit_threshold=2, circuit_cooldown_s=60)
+    async with running_runner(settings):
+        outcomes = []
+        for _ in range(4):
+            await publish_invoke(js, make_invoke())
+            outcomes.append(read_result(await results.next()))
+    kinds = [r.error.kind for r in outcomes if r.error is not None]
+    assert kinds == ["server", "server", "unavailable", "unavailable"]
+    assert outcomes[2].error is not None
+    assert "circuit open" in outcomes[2].error.message
+    assert outcomes[2].error.retryable is True
+    # The open circuit kept the last two invokes from reaching the provider.
+    assert (await simulator_stats(simulator))["calls"] == 2

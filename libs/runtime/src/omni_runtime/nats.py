@@ -116,8 +116,11 @@ async def pull_subscription(js: JetStreamContext, spec: ConsumerSpec) -> JetStre
     return await js.pull_subscribe_bind(spec.durable, stream=spec.stream)
 
 
-async def ensure_key_value(js: JetStreamContext, bucket: str, *, ttl_s: float, description: str) -> KeyValue:
-    """Open the KV bucket, creating it when missing (a bucket made with other settings is used as is)."""
+async def ensure_key_value(
+    js: JetStreamContext, bucket: str, *, ttl_s: float | None, description: str
+) -> KeyValue:
+    """Open the KV bucket, creating it when missing (a bucket made with other settings is used as
+    is). ``ttl_s`` None: entries never expire."""
     config = KeyValueConfig(bucket=bucket, description=description, ttl=ttl_s, storage=StorageType.FILE)
     try:
         return await js.create_key_value(config)

@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry
 
 from omni_toolrunner.adapters import NO_CREDENTIALS, ProviderBinding, bind_provider, http_client
 from omni_toolrunner.catalogue import spec_for
+from omni_toolrunner.circuit import CIRCUITS_BUCKET, CircuitBreaker
 from omni_toolrunner.metrics import RunnerMetrics
 from omni_toolrunner.registry import ToolAnnouncer, registry_bucket
 from omni_toolrunner.results import RESULTS_BUCKET, KvResultStore, ResultStore
@@ -75,6 +76,16 @@ class ToolRunnerApp:
         if store is None:
             store = KvResultStore(await self._results_bucket(js))
         sub = await omni_nats.pull_subscription(js, self.consumer)
+        circuit = None
+        if self.settings.provider not in NO_CREDENTIALS:  # local tools have no far side to trip
+            circuit = CircuitBreaker(
+                await omni_nats.ensure_key_value(
+                    js, CIRCUITS_BUCKET, ttl_s=None, description="Circuit breaker state per provider"
+                ),
+                self.settings.provider,
+                threshold=self.settings.circuit_threshold,
+                cooldown_s=self.settings.circuit_cooldown_s,
+            )
         self.runner = InvokeRunner(
             js=js,
             provider=provider,
@@ -85,6 +96,7 @@ class ToolRunnerApp:
             source=service_name(self.settings.provider),
             instance=self.instance,
             tracer_provider=self.tracer_provider,
+            circuit=circuit,
         )
         self.runner.start(sub)
         log.info(

@@ -61,6 +61,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 
 from omni_toolrunner.adapters import ProviderBinding
+from omni_toolrunner.circuit import CircuitBreaker
 from omni_toolrunner.metrics import OUTCOME_SUCCESS, RunnerMetrics
 from omni_toolrunner.providers import ProviderError, ToolCall, ToolOutcome
 from omni_toolrunner.results import ResultStore
@@ -106,8 +107,10 @@ class InvokeRunner:
         source: str,
         instance: str,
         tracer_provider: TracerProvider | None = None,
+        circuit: CircuitBreaker | None = None,
     ) -> None:
         self._js = js
+        self._circuit = circuit
         self._binding = provider
         self._adapter = provider.adapter
         self._provider = settings.provider
@@ -350,6 +353,23 @@ class InvokeRunner:
             if gate.users == 0:
                 del self._gates[key]
 
+    async def _circuit_allows(self) -> bool:
+        if self._circuit is None:
+            return True
+        try:
+            return await self._circuit.allow()
+        except Exception as exc:  # noqa: BLE001 - the shared state is unreachable: fail open
+            log.warning("circuit state of %s unreadable (%s); calling anyway", self._provider, exc)
+            return True
+
+    async def _circuit_record(self, error: ToolError | None) -> None:
+        if self._circuit is None:
+            return
+        try:
+            await self._circuit.record(None if error is None else error.kind)
+        except Exception as exc:  # noqa: BLE001 - the next outcome tries again
+            log.warning("could not record the outcome in the circuit of %s: %s", self._provider, exc)
+
     async def _call(self, invoke: ToolInvoke, span: Span) -> ToolResult:
         started_at = utcnow()
         t0 = time.perf_counter()
@@ -358,6 +378,11 @@ class InvokeRunner:
         if invoke.tool not in self._adapter.tools:
             error = ToolError(
                 kind="unknown_tool", message=f"provider {self._provider} does not serve tool {invoke.tool!r}"
+            )
+        elif not await self._circuit_allows():
+            assert self._circuit is not None
+            error = ToolError(
+                kind="unavailable", message=f"{self._provider}: {self._circuit.describe()}", retryable=True
             )
         else:
             timeout_s = invoke.timeout_ms / 1000 if invoke.timeout_ms else self._call_timeout_s
@@ -389,6 +414,7 @@ class InvokeRunner:
                 self._metrics.call_duration.labels(invoke.tool, self._provider).observe(
                     time.perf_counter() - t0
                 )
+            await self._circuit_record(error)
         duration_ms = (time.perf_counter() - t0) * 1000
         self._metrics.invocations.labels(
             invoke.tool, self._provider, OUTCOME_SUCCESS if error is None else error.kind

@@ -45,6 +45,12 @@ class ToolRunnerSettings(ServiceSettings):
         description="How long a result is kept for redelivered or republished invokes",
     )
     publish_timeout_s: float = Field(default=5.0, gt=0, description="Wait for a JetStream publish ack")
+    circuit_threshold: int = Field(
+        default=5, ge=1, description="Provider failures in a row (on one replica) that open the circuit"
+    )
+    circuit_cooldown_s: float = Field(
+        default=30.0, gt=0, description="How long an open circuit refuses calls before one probe"
+    )
 
     openrouter_api_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("OPENROUTER_API_KEY", "openrouter_api_key")
