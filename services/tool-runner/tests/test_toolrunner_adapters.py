@@ -54,5 +54,5 @@ async def test_local_providers_need_no_key(provider: str) -> None:
 
 async def test_an_unknown_provider_is_refused_naming_the_known_ones() -> None:
     async with httpx.AsyncClient() as client:
-        with pytest.raises(ValueError, match="known: .*gemini"):
+        with pytest.raises(ValueError, match=r"known: .*gemini"):
             bind_provider(ToolRunnerSettings(provider="nope"), client, environ={})

@@ -39,7 +39,9 @@ async def test_failures_in_a_row_open_the_circuit_for_every_replica(kv: KeyValue
     assert "timeout after 3 failure(s) in a row" in (b.circuit.reason or "")
 
 
-async def test_a_success_between_failures_keeps_it_closed_and_caller_errors_never_trip_it(kv: KeyValue) -> None:
+async def test_a_success_between_failures_keeps_it_closed_and_caller_errors_never_trip_it(
+    kv: KeyValue,
+) -> None:
     a = replica(kv)
     for kind in ("server", "server", None, "server", "bad_request", "auth", "rate_limited", "server"):
         assert await a.allow()
