@@ -414,3 +414,19 @@ async def test_a_provider_failing_again_and_again_opens_the_circuit_and_is_not_c
     assert outcomes[2].error.retryable is True
     # The open circuit kept the last two invokes from reaching the provider.
     assert (await simulator_stats(simulator))["calls"] == 2
+
+
+async def test_the_provider_concurrency_limit_holds_across_replicas_and_excess_work_waits(
+    nats_url: str, simulator: RunningSimulator, js: JetStreamContext
+) -> None:
+    results = await open_results(js)
+    simulator.state.latency_ms = 150
+    settings = runner_settings(nats_url, simulator, provider_concurrency=2)
+    async with running_runner(settings), running_runner(settings):
+        for _ in range(8):
+            await publish_invoke(js, make_invoke())
+        answered = [read_result(await results.next()) for _ in range(8)]
+    assert all(r.success for r in answered)
+    stats = await simulator_stats(simulator)
+    assert stats["calls"] == 8
+    assert stats["max_in_flight"] == 2  # two replicas with room for 32 each, yet two at a time

@@ -123,6 +123,15 @@ def _recorded_headers(request: web.Request) -> dict[str, str]:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
+    state.in_flight += 1
+    state.max_in_flight = max(state.max_in_flight, state.in_flight)
+    try:
+        return await _chat_completions(request, state)
+    finally:
+        state.in_flight -= 1
+
+
+async def _chat_completions(request: web.Request, state: SimulatorState) -> web.StreamResponse:
     state.calls += 1
     key = request.headers.get("Idempotency-Key") or None
     if key is not None:

@@ -144,6 +144,8 @@ class SimulatorState:
     duplicates: int = field(default=0, init=False)
     faulted: int = field(default=0, init=False)
     rejected: int = field(default=0, init=False)
+    in_flight: int = field(default=0, init=False)  # chat requests being answered now
+    max_in_flight: int = field(default=0, init=False)  # the most at once since the last reset
     by_key: Counter[str] = field(default_factory=Counter, init=False)
     by_schema: Counter[str] = field(default_factory=Counter, init=False)
     by_model: Counter[str] = field(default_factory=Counter, init=False)
@@ -158,6 +160,7 @@ class SimulatorState:
     def reset(self) -> None:
         """Forget counters, cached responses, history and faults; keep the configuration."""
         self.calls = self.side_effects = self.duplicates = self.faulted = self.rejected = 0
+        self.max_in_flight = self.in_flight
         self.by_key.clear()
         self.by_schema.clear()
         self.by_model.clear()
@@ -194,6 +197,7 @@ class SimulatorState:
             "duplicates": self.duplicates,
             "faulted": self.faulted,
             "rejected": self.rejected,
+            "max_in_flight": self.max_in_flight,
             "by_key": dict(self.by_key),
             "by_schema": dict(self.by_schema),
             "by_model": dict(self.by_model),

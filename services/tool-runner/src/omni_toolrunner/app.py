@@ -54,6 +54,11 @@ class ToolRunnerApp:
         instance: str,
         tracer_provider: TracerProvider | None = None,
     ) -> None:
+        if settings.provider_concurrency is not None and settings.fetch_batch > 1:
+            # With the consumer at its max_ack_pending the server holds the rest of a batch back,
+            # and a pull that got part of its batch waits out its whole expiry for the rest:
+            # fetch one at a time so each message starts as soon as the limit lets it out.
+            settings = settings.model_copy(update={"fetch_batch": 1})
         self.settings = settings
         self.instance = instance
         self.tracer_provider = tracer_provider
@@ -61,10 +66,13 @@ class ToolRunnerApp:
         consumer = streams.tool_runner_consumer(settings.provider)
         # The shared consumer, with this deployment's ack wait (in-progress acks keep live work alive)
         # and, when set, its number of deliveries.
+        # The provider's concurrency limit is the consumer's max_ack_pending: JetStream never has
+        # more of its work out across all replicas, so excess work waits in the stream.
         self.consumer = replace(
             consumer,
             ack_wait_s=settings.ack_wait_s,
             max_deliver=settings.max_deliver or consumer.max_deliver,
+            max_ack_pending=settings.provider_concurrency or consumer.max_ack_pending,
         )
         self.runner: InvokeRunner | None = None
         self._stopped = False

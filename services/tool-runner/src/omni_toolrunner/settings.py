@@ -45,6 +45,14 @@ class ToolRunnerSettings(ServiceSettings):
         description="How long a result is kept for redelivered or republished invokes",
     )
     publish_timeout_s: float = Field(default=5.0, gt=0, description="Wait for a JetStream publish ack")
+    provider_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Calls to the provider in flight at once across all replicas (the shared consumer's "
+            "max_ack_pending; excess work waits in the stream); default: the contract's"
+        ),
+    )
     circuit_threshold: int = Field(
         default=5, ge=1, description="Provider failures in a row (on one replica) that open the circuit"
     )
