@@ -8,12 +8,19 @@ import msgspec
 import nats
 import pytest
 from nats.js.kv import KeyValue
-from omni_contract.tools import AVAILABLE, UNAVAILABLE, ToolRegistration, registry_key
+from omni_contract.tools import (
+    AVAILABLE,
+    UNAVAILABLE,
+    ProviderHealth,
+    ToolRegistration,
+    health_key,
+    registry_key,
+)
 from omni_runtime import nats as omni_nats
 from omni_simulator import RunningSimulator
 from omni_testkit import wait_for
 from omni_toolrunner.catalogue import spec_for
-from omni_toolrunner.registry import ToolAnnouncer, registry_bucket
+from omni_toolrunner.registry import ToolAnnouncer, health_bucket, registry_bucket
 from toolrunner_harness import runner_settings, running_runner
 
 pytestmark = pytest.mark.integration
@@ -49,6 +56,11 @@ async def test_a_runner_registers_its_tools_with_schemas_and_withdraws_them_at_s
         assert entry.spec.category == "mt"
         assert set(entry.spec.input_schema["required"]) == {"text", "targetLanguage"}
         assert "translatedText" in entry.spec.output_schema["properties"]
+        health = await (await health_bucket(nc.jetstream())).get(
+            health_key("openrouter", runner.ctx.instance)
+        )
+        view = msgspec.json.decode(health.value or b"", type=ProviderHealth)
+        assert (view.status, view.circuit, view.calls) == ("healthy", "closed", 0)
         await runner.stop()
         assert await entries(kv) == {}
     await nc.close()

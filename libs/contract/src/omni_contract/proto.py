@@ -57,6 +57,7 @@ RPC_ENDPOINTS: list[tuple[str, str, type[Any] | None, type[Any] | None]] = [
 # Key-value buckets whose entries are part of the contract: (bucket, key pattern, value type).
 KV_BUCKETS: list[tuple[str, str, type[Any]]] = [
     (tools.TOOL_REGISTRY_BUCKET, "{provider}.{category}.{action}.{runner}", tools.ToolRegistration),
+    (tools.PROVIDER_HEALTH_BUCKET, "{provider}.{runner}", tools.ProviderHealth),
 ]
 
 

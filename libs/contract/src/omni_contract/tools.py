@@ -71,3 +71,36 @@ def registry_key(provider: str, tool: str, runner: str) -> str:
     with a key filter such as ``openrouter.>`` or ``*.stt.transcribe.*``."""
     category, _, action = tool.partition(".")
     return ".".join(key_token(part) for part in (provider, category, action, runner))
+
+
+# ---------------------------------------------------------------------------------------------
+# Provider health: each runner replica's view of its provider, refreshed with its heartbeats.
+
+PROVIDER_HEALTH_BUCKET: Final = "omni_providers"
+
+HEALTHY: Final = "healthy"
+DEGRADED: Final = "degraded"  # some recent calls failed
+CIRCUIT_OPEN: Final = "circuit_open"  # calls are refused until a probe succeeds
+# UNAVAILABLE (above): the replica cannot call the provider at all (no key)
+
+
+class ProviderHealth(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One replica's recent calls to its provider (the last ``window`` calls)."""
+
+    provider: str
+    runner: str
+    status: str
+    reason: str | None = None
+    circuit: str = "closed"
+    calls: int = 0  # calls in the window
+    errors: int = 0
+    error_rate: float = 0.0
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+def health_key(provider: str, runner: str) -> str:
+    return f"{key_token(provider)}.{key_token(runner)}"

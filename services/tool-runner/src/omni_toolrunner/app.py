@@ -22,6 +22,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BadRequestError
 from nats.js.kv import KeyValue
 from omni_contract import streams, subjects
+from omni_contract.tools import ProviderHealth
 from omni_runtime import nats as omni_nats
 from omni_runtime.service import ServiceContext
 from opentelemetry.trace import TracerProvider
@@ -31,7 +32,7 @@ from omni_toolrunner.adapters import NO_CREDENTIALS, ProviderBinding, bind_provi
 from omni_toolrunner.catalogue import spec_for
 from omni_toolrunner.circuit import CIRCUITS_BUCKET, CircuitBreaker
 from omni_toolrunner.metrics import RunnerMetrics
-from omni_toolrunner.registry import ToolAnnouncer, registry_bucket
+from omni_toolrunner.registry import ToolAnnouncer, health_bucket, registry_bucket
 from omni_toolrunner.results import RESULTS_BUCKET, KvResultStore, ResultStore
 from omni_toolrunner.runner import InvokeRunner
 from omni_toolrunner.settings import ToolRunnerSettings
@@ -133,6 +134,17 @@ class ToolRunnerApp:
             log.warning("results bucket exists with another configuration (%s); using it as is", exc)
             return await js.key_value(RESULTS_BUCKET)
 
+    def provider_health(self, unavailable_reason: str | None) -> Callable[[], ProviderHealth]:
+        """How to take this replica's view of its provider, for the registry heartbeat."""
+
+        def take() -> ProviderHealth:
+            assert self.runner is not None
+            return self.runner.stats.snapshot(
+                circuit=self.runner.circuit_state, unavailable_reason=unavailable_reason
+            )
+
+        return take
+
     async def consumer_ready(self) -> str | None:
         if self._stopped or self.runner is None or not self.runner.consuming:
             return "work consumer not bound"
@@ -189,6 +201,7 @@ def make_body(
             ],
             ctx.instance,
             unavailable_reason=provider.missing_credentials,
+            health=(await health_bucket(ctx.js), app.provider_health(provider.missing_credentials)),
         )
         await announcer.start()
         try:

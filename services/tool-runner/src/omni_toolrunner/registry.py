@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import msgspec
@@ -19,11 +19,14 @@ from nats.js.kv import KeyValue
 from omni_contract.tools import (
     AVAILABLE,
     HEARTBEAT_S,
+    PROVIDER_HEALTH_BUCKET,
     REGISTRATION_TTL_S,
     TOOL_REGISTRY_BUCKET,
     UNAVAILABLE,
+    ProviderHealth,
     ToolRegistration,
     ToolSpec,
+    health_key,
     registry_key,
 )
 from omni_runtime import nats as omni_nats
@@ -40,6 +43,15 @@ async def registry_bucket(js: JetStreamContext) -> KeyValue:
     )
 
 
+async def health_bucket(js: JetStreamContext) -> KeyValue:
+    return await omni_nats.ensure_key_value(
+        js,
+        PROVIDER_HEALTH_BUCKET,
+        ttl_s=REGISTRATION_TTL_S,
+        description="Each live tool-runner replica's view of its provider (refreshed by heartbeats)",
+    )
+
+
 class ToolAnnouncer:
     def __init__(
         self,
@@ -49,8 +61,11 @@ class ToolAnnouncer:
         *,
         unavailable_reason: str | None = None,
         heartbeat_s: float = HEARTBEAT_S,
+        health: tuple[KeyValue, Callable[[], ProviderHealth]] | None = None,
     ) -> None:
         self.kv = kv
+        # Where this replica's view of its provider goes, and how to take it (``GET /servers``).
+        self.health = health
         self.specs = list(specs)
         self.runner = runner
         self.reason = unavailable_reason
@@ -74,6 +89,10 @@ class ToolAnnouncer:
                 heartbeat_at=now,
             )
             await self.kv.put(key, msgspec.json.encode(entry))
+        if self.health is not None:
+            health_kv, take = self.health
+            snapshot = take()
+            await health_kv.put(health_key(snapshot.provider, snapshot.runner), msgspec.json.encode(snapshot))
 
     async def _beat(self) -> None:
         while True:
@@ -100,8 +119,13 @@ class ToolAnnouncer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        for key in self._keys():
+        keys = [(self.kv, key) for key in self._keys()]
+        if self.health is not None:
+            health_kv, take = self.health
+            snapshot = take()
+            keys.append((health_kv, health_key(snapshot.provider, snapshot.runner)))
+        for kv, key in keys:
             try:
-                await self.kv.delete(key)
+                await kv.delete(key)
             except Exception as exc:  # noqa: BLE001 - the TTL removes it anyway
                 log.warning("could not withdraw %s from the tool registry: %s", key, exc)

@@ -63,6 +63,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvid
 from omni_toolrunner.adapters import ProviderBinding
 from omni_toolrunner.circuit import CircuitBreaker
 from omni_toolrunner.metrics import OUTCOME_SUCCESS, RunnerMetrics
+from omni_toolrunner.provider_health import ProviderStats
 from omni_toolrunner.providers import ProviderError, ToolCall, ToolOutcome
 from omni_toolrunner.results import ResultStore
 from omni_toolrunner.settings import ToolRunnerSettings
@@ -108,9 +109,11 @@ class InvokeRunner:
         instance: str,
         tracer_provider: TracerProvider | None = None,
         circuit: CircuitBreaker | None = None,
+        stats: ProviderStats | None = None,
     ) -> None:
         self._js = js
         self._circuit = circuit
+        self.stats = stats or ProviderStats(settings.provider, instance)
         self._binding = provider
         self._adapter = provider.adapter
         self._provider = settings.provider
@@ -353,6 +356,10 @@ class InvokeRunner:
             if gate.users == 0:
                 del self._gates[key]
 
+    @property
+    def circuit_state(self) -> str:
+        return self._circuit.circuit.state if self._circuit is not None else "closed"
+
     async def _circuit_allows(self) -> bool:
         if self._circuit is None:
             return True
@@ -414,6 +421,11 @@ class InvokeRunner:
                 self._metrics.call_duration.labels(invoke.tool, self._provider).observe(
                     time.perf_counter() - t0
                 )
+            self.stats.observe(
+                (time.perf_counter() - t0) * 1000,
+                None if error is None else error.kind,
+                None if error is None else error.message,
+            )
             await self._circuit_record(error)
         duration_ms = (time.perf_counter() - t0) * 1000
         self._metrics.invocations.labels(
