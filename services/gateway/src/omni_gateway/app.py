@@ -12,7 +12,7 @@ from nats.aio.client import Client as NATS
 from opentelemetry import propagate, trace
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from omni_gateway import deadletters, events, runs, workflows
+from omni_gateway import deadletters, events, runs, tools, workflows
 from omni_gateway.bodies import respond, too_large
 from omni_gateway.engine import EngineClient
 from omni_gateway.errors import ApiError, error_response
@@ -80,6 +80,10 @@ def build_app(nc: NATS, settings: GatewaySettings, registry: CollectorRegistry) 
             web.get("/deadletters/{id}", deadletters.get_deadletter),
             web.post("/deadletters/{id}/redrive", deadletters.redrive_deadletter),
             web.post("/events/{subject}", events.publish_event),
+            web.get("/tools", tools.list_tools),
+            web.get("/tools/{name}", tools.get_tool),
+            web.get("/tools/{name}/{provider}", tools.get_tool_provider),
+            web.post("/tools/{category}/{action}/{provider}", tools.execute_tool),
             web.get("/healthz", healthz),
             web.get("/readyz", readyz),
             web.get("/metrics", prometheus),

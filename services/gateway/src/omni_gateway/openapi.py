@@ -30,6 +30,11 @@ from omni_gateway.views import (
     Health,
     Readiness,
     RerunBody,
+    ToolDetail,
+    ToolExecuteRequest,
+    ToolExecution,
+    ToolList,
+    ToolProviders,
     WorkflowList,
 )
 from omni_gateway.workflows import IDEMPOTENCY_KEY, MAX_IDEMPOTENCY_KEY, REPLAYED_HEADER
@@ -53,6 +58,11 @@ BODY_TYPES: tuple[type[msgspec.Struct], ...] = (
     DeadLetterPage,
     DeadLetterView,
     DeadLetterRedriven,
+    ToolList,
+    ToolProviders,
+    ToolDetail,
+    ToolExecuteRequest,
+    ToolExecution,
     Health,
     Readiness,
     ErrorBody,
@@ -131,14 +141,15 @@ def build_openapi() -> dict[str, Any]:
             "title": "Omni API",
             "version": API_VERSION,
             "description": (
-                "Run AI workflows, follow, cancel and rerun them, publish application events and "
-                "redrive dead letters. Every error "
+                "Run AI workflows, follow, cancel and rerun them, list and call tools directly, "
+                "publish application events and redrive dead letters. Every error "
                 'is answered as {"error": {"code", "message", "details"}}.'
             ),
         },
         "tags": [
             {"name": "workflows", "description": "Workflow definitions and their execution"},
             {"name": "runs", "description": "Runs, their history and live progress"},
+            {"name": "tools", "description": "The tools the runners serve, and calling one directly"},
             {"name": "events", "description": "Application events that trigger workflows"},
             {"name": "deadletters", "description": "Messages Omni could not process, and their redrive"},
             {"name": "operations", "description": "Health, readiness, metrics and this document"},
@@ -496,6 +507,102 @@ def _paths() -> dict[str, Any]:
                 parameters=[_param_ref("DeadLetterId")],
             ),
         },
+        "/tools": {
+            "get": _op(
+                "listTools",
+                "tools",
+                "List the registered tools, one entry per tool and provider",
+                {"200": _json("The tools, merged over the runner replicas that registered them", "ToolList")},
+                errors=("BadRequest", "ToolsUnavailable"),
+                description=(
+                    "Read from the runners' registry (the omni_tools KV bucket). A tool is available "
+                    "while any live replica says so; otherwise reasons say why not. Unknown query "
+                    "parameters are refused with 400."
+                ),
+                parameters=[
+                    _filter("name", "Only this tool (<category>.<action>)"),
+                    _filter("provider", "Only tools at this provider"),
+                    _filter("category", "Only tools of this category (e.g. stt)"),
+                    _filter("capability", "Only tools with a capability of this name"),
+                ],
+            ),
+        },
+        "/tools/{name}": {
+            "get": _op(
+                "getTool",
+                "tools",
+                "Read one tool with each provider that serves it",
+                {"200": _json("The tool at each provider", "ToolProviders")},
+                errors=("NotFound", "ToolsUnavailable"),
+                parameters=[_param_ref("ToolName")],
+            ),
+        },
+        "/tools/{name}/{provider}": {
+            "get": _op(
+                "getToolProvider",
+                "tools",
+                "Read one tool at one provider, with its input and output schemas",
+                {"200": _json("The tool at the provider, and the replicas serving it", "ToolDetail")},
+                errors=("NotFound", "ToolsUnavailable"),
+                parameters=[_param_ref("ToolName"), _param_ref("Provider")],
+            ),
+        },
+        "/tools/{category}/{action}/{provider}": {
+            "post": _op(
+                "executeTool",
+                "tools",
+                "Call one tool at one provider, outside any workflow, and wait for its result",
+                {
+                    "200": _json("The tool answered", "ToolExecution"),
+                    "502": _json("The provider failed (error.kind says how)", "ToolExecution"),
+                    "503": {
+                        "description": (
+                            "No runner replica is registered available for the tool at the provider "
+                            "(a ToolExecution with error.code tool_unavailable, saying why); or NATS "
+                            "could not be used (tools_unavailable)"
+                        ),
+                        "content": {
+                            "application/json": {
+                                "schema": {"oneOf": [_ref("ToolExecution"), _ref("ErrorBody")]}
+                            }
+                        },
+                    },
+                    "504": _json(
+                        "No result within the tool's timeout and the gateway's margin, or the provider "
+                        "timed out",
+                        "ToolExecution",
+                    ),
+                },
+                errors=("BadRequest", "PayloadTooLarge", "InvalidPayload"),
+                description=(
+                    "input is checked against the tool's registered input schema (422 names the field, "
+                    "e.g. input.targetLanguage). With an Idempotency-Key, a repeated request with the "
+                    "same input is answered with the first call's result instead of calling the "
+                    "provider again."
+                ),
+                request_body={
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("ToolExecuteRequest")}},
+                },
+                parameters=[
+                    {"name": "category", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {"name": "action", "in": "path", "required": True, "schema": {"type": "string"}},
+                    _param_ref("Provider"),
+                    {
+                        "name": IDEMPOTENCY_KEY,
+                        "in": "header",
+                        "required": False,
+                        "description": "Call the tool at most once per key and input",
+                        "schema": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": MAX_IDEMPOTENCY_KEY,
+                            "pattern": "^[!-~]+$",
+                        },
+                    },
+                ],
+            ),
+        },
         "/events/{subject}": {
             "post": _op(
                 "publishEvent",
@@ -636,6 +743,16 @@ def _replayed() -> dict[str, Any]:
     }
 
 
+def _filter(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": {"type": "string", "maxLength": 128},
+    }
+
+
 def _location(description: str) -> dict[str, Any]:
     return {"description": description, "schema": {"type": "string"}}
 
@@ -649,6 +766,14 @@ def _parameters() -> dict[str, Any]:
             "required": True,
             "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"},
         },
+        "ToolName": {
+            "name": "name",
+            "in": "path",
+            "required": True,
+            "description": "<category>.<action>, e.g. mt.translate",
+            "schema": {"type": "string"},
+        },
+        "Provider": {"name": "provider", "in": "path", "required": True, "schema": {"type": "string"}},
         "DeadLetterId": {
             "name": "id",
             "in": "path",
@@ -669,7 +794,7 @@ def _parameters() -> dict[str, Any]:
 # -- errors -------------------------------------------------------------------------------------
 _ERRORS: dict[str, tuple[str, str]] = {
     "BadRequest": ("400", "Malformed JSON, a body that is not an object, or a parameter of the wrong type"),
-    "NotFound": ("404", "No such workflow, run, step, dead letter or route"),
+    "NotFound": ("404", "No such workflow, run, step, dead letter, tool or route"),
     "NotRedrivable": (
         "409",
         "The dead letter cannot be redriven: unreadable, or no JetStream stream takes its subject",
@@ -678,7 +803,8 @@ _ERRORS: dict[str, tuple[str, str]] = {
     "UnsupportedMediaType": ("415", "The body's content type is not one this route reads"),
     "InvalidPayload": (
         "422",
-        "The payload does not match the workflow's trigger schema; details name the field",
+        "The payload does not match the workflow's trigger schema, or a tool's input its input "
+        "schema; details name the field",
     ),
     "InvalidWorkflow": ("422", "The definition is invalid; details name the file, step and field"),
     "InvalidRequest": ("422", "A required field is missing or unusable; details name it"),
@@ -686,6 +812,7 @@ _ERRORS: dict[str, tuple[str, str]] = {
     "InternalError": ("500", "An unexpected failure (never with internals)"),
     "EngineUnavailable": ("503", "The workflow engine did not answer in time"),
     "EventsUnavailable": ("503", "JetStream did not store the event"),
+    "ToolsUnavailable": ("503", "NATS did not answer while reading the tool registry"),
     "DeadLettersUnavailable": ("503", "JetStream did not answer, or the dead-letter stream is missing"),
 }
 _ERROR_STATUS = {name: status for name, (status, _) in _ERRORS.items()}

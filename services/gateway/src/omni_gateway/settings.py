@@ -36,6 +36,14 @@ class GatewaySettings(ServiceSettings):
     sse_heartbeat_s: float = Field(
         default=15.0, gt=0, description="Interval of keep-alive comments on server-sent event streams"
     )
+    tool_wait_margin_s: float = Field(
+        default=5.0,
+        gt=0,
+        description=(
+            "Added to a tool's own timeout: how long POST /tools/{category}/{action}/{provider} waits "
+            "for the runner's result (the runner may first have to pick the work up) before 504"
+        ),
+    )
     readiness_timeout_s: float = Field(
         default=1.0, gt=0, description="How long /readyz waits for the workflow engine to answer"
     )

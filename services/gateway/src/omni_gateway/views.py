@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import msgspec
 from omni_contract.events import RunEventRecord, RunProgress, RunStatus, Usage
 from omni_contract.rpc import RunSummary, StepSummary, WaitingFor
+from omni_contract.tools import Capability
 
 MAX_CANCEL_REASON = 1000
 
@@ -133,6 +134,93 @@ class DeadLetterRedriven(msgspec.Struct, kw_only=True):
     stream: str
     seq: int
     duplicate: bool
+
+
+class ToolView(msgspec.Struct, kw_only=True):
+    """One tool at one provider, merged over the runner replicas that registered it: available
+    while any of them says so; otherwise unavailable, with the reasons they give."""
+
+    name: Annotated[str, msgspec.Meta(description="<category>.<action>, e.g. stt.transcribe")]
+    provider: str
+    category: str
+    description: str
+    version: str
+    timeout_ms: Annotated[int, msgspec.Meta(description="How long one call may take at the provider")]
+    retryable: bool
+    requires_auth: bool
+    scopes: list[str]
+    capabilities: list[Capability]
+    status: Annotated[str, msgspec.Meta(description="available | unavailable")]
+    reasons: Annotated[list[str], msgspec.Meta(description="Why it is unavailable (empty when available)")]
+    replicas: Annotated[int, msgspec.Meta(description="Runner replicas registered for it now")]
+    last_heartbeat: datetime | None
+
+
+class ToolList(msgspec.Struct, kw_only=True):
+    """The registered tools, one entry per (tool, provider), sorted by name then provider."""
+
+    tools: list[ToolView]
+
+
+class ToolReplica(msgspec.Struct, kw_only=True):
+    """One runner replica's registration of a tool."""
+
+    runner: str
+    status: str
+    reason: str | None
+    started_at: datetime | None
+    heartbeat_at: datetime | None
+
+
+class ToolDetail(ToolView, kw_only=True):
+    """One tool at one provider, with the JSON Schemas of its input and output."""
+
+    input_schema: dict[str, Any]
+    output_schema: dict[str, Any]
+    runners: list[ToolReplica]
+
+
+class ToolProviders(msgspec.Struct, kw_only=True):
+    """One tool and every provider that serves it."""
+
+    name: str
+    providers: list[ToolView]
+
+
+class ToolExecuteRequest(msgspec.Struct, kw_only=True):
+    """The body of POST /tools/{category}/{action}/{provider}."""
+
+    input: Annotated[dict[str, Any], msgspec.Meta(description="Checked against the tool's input schema")]
+    context: Annotated[
+        dict[str, Any], msgspec.Meta(description="The caller's context (an object); not sent to the tool")
+    ] = {}
+
+
+class ToolExecutionError(msgspec.Struct, kw_only=True):
+    """Why a direct tool call failed. code is the API's error code (tool_failed, tool_timeout,
+    tool_unavailable); kind the runner's error kind (auth, rate_limited, timeout, server,
+    bad_request, malformed_response, unavailable, unknown_tool, internal)."""
+
+    code: str
+    kind: str
+    message: str
+    retryable: bool
+    provider_status: Annotated[int | None, msgspec.Meta(description="The provider's HTTP status")]
+    retry_after_s: float | None
+
+
+class ToolExecution(msgspec.Struct, kw_only=True):
+    """The outcome of one direct tool call: output on success, error otherwise."""
+
+    success: bool
+    tool: str
+    provider: str
+    output: dict[str, Any] | None
+    error: ToolExecutionError | None
+    duration: Annotated[float | None, msgspec.Meta(description="Milliseconds the runner spent on the call")]
+    usage: Usage | None
+    model: str | None
+    runner: Annotated[str | None, msgspec.Meta(description="The replica that answered")]
 
 
 class Health(msgspec.Struct, kw_only=True):
