@@ -107,6 +107,8 @@ def test_openapi_document_describes_every_route_with_resolvable_refs() -> None:
         "/tools/{name}",
         "/tools/{name}/{provider}",
         "/tools/{category}/{action}/{provider}",
+        "/servers",
+        "/servers/{name}",
         "/healthz",
         "/readyz",
         "/metrics",

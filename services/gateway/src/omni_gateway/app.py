@@ -12,7 +12,7 @@ from nats.aio.client import Client as NATS
 from opentelemetry import propagate, trace
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from omni_gateway import deadletters, events, runs, tools, workflows
+from omni_gateway import deadletters, events, runs, servers, tools, workflows
 from omni_gateway.bodies import respond, too_large
 from omni_gateway.engine import EngineClient
 from omni_gateway.errors import ApiError, error_response
@@ -84,6 +84,8 @@ def build_app(nc: NATS, settings: GatewaySettings, registry: CollectorRegistry) 
             web.get("/tools/{name}", tools.get_tool),
             web.get("/tools/{name}/{provider}", tools.get_tool_provider),
             web.post("/tools/{category}/{action}/{provider}", tools.execute_tool),
+            web.get("/servers", servers.list_servers),
+            web.get("/servers/{name}", servers.get_server),
             web.get("/healthz", healthz),
             web.get("/readyz", readyz),
             web.get("/metrics", prometheus),

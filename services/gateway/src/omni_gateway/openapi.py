@@ -17,6 +17,7 @@ from omni_contract.rpc import RunEventsReply, RunPage, RunSummary, WorkflowVersi
 
 from omni_gateway.convert import camel
 from omni_gateway.errors import ErrorBody
+from omni_gateway.servers import ServerDetail, ServerList
 from omni_gateway.settings import MAX_EXECUTE_WAIT_S
 from omni_gateway.views import (
     CancelRequest,
@@ -63,6 +64,8 @@ BODY_TYPES: tuple[type[msgspec.Struct], ...] = (
     ToolDetail,
     ToolExecuteRequest,
     ToolExecution,
+    ServerList,
+    ServerDetail,
     Health,
     Readiness,
     ErrorBody,
@@ -537,6 +540,25 @@ def _paths() -> dict[str, Any]:
                 parameters=[_param_ref("ToolName")],
             ),
         },
+        "/servers": {
+            "get": _op(
+                "listServers",
+                "tools",
+                "Each provider's health, merged over the runner replicas serving it",
+                {"200": _json("The providers with a live runner", "ServerList")},
+                errors=("BadRequest", "ToolsUnavailable"),
+            ),
+        },
+        "/servers/{name}": {
+            "get": _op(
+                "getServer",
+                "tools",
+                "One provider's health, with each runner replica's view",
+                {"200": _json("The provider", "ServerDetail")},
+                errors=("NotFound", "ToolsUnavailable"),
+                parameters=[_param_ref("ServerName")],
+            ),
+        },
         "/tools/{name}/{provider}": {
             "get": _op(
                 "getToolProvider",
@@ -774,6 +796,13 @@ def _parameters() -> dict[str, Any]:
             "schema": {"type": "string"},
         },
         "Provider": {"name": "provider", "in": "path", "required": True, "schema": {"type": "string"}},
+        "ServerName": {
+            "name": "name",
+            "in": "path",
+            "required": True,
+            "description": "A provider, e.g. openrouter",
+            "schema": {"type": "string"},
+        },
         "DeadLetterId": {
             "name": "id",
             "in": "path",

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import jsonschema  # type: ignore[import-untyped]  # ships no type information
 import msgspec
@@ -76,6 +76,8 @@ from omni_gateway.views import (
 from omni_gateway.workflows import idempotency_key_of
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 DIRECT_RUN_PREFIX = "direct-"
 DIRECT_STEP = "direct"
@@ -200,32 +202,57 @@ class ToolRegistry:
 
     async def _entries(self, pattern: str) -> list[ToolRegistration]:
         try:
-            with _nats("read the tool registry"):
+            with jetstream_errors("read the tool registry"):
                 kv = await self.js.key_value(TOOL_REGISTRY_BUCKET)
                 try:
                     return await asyncio.wait_for(self._read(kv, pattern), timeout=self.timeout_s)
                 except TimeoutError:
-                    raise _tools_unavailable(
+                    raise tools_unavailable(
                         f"the tool registry was not read within {self.timeout_s:g} s"
                     ) from None
-        except _Gone:
+        except Gone:
             return []  # no bucket: no runner has started yet, so no tools
 
     @staticmethod
     async def _read(kv: KeyValue, pattern: str) -> list[ToolRegistration]:
-        watcher = await kv.watch(pattern, ignore_deletes=True)
-        found: list[ToolRegistration] = []
-        try:
-            async for entry in watcher:
-                if entry is None:  # the watcher has delivered every key's latest value
+        return await read_entries(kv, pattern, ToolRegistration, TOOL_REGISTRY_BUCKET)
+
+
+# How long to wait for entries after nats-py's "nothing (more) to deliver" marker. The marker can
+# come before entries already on their way: nats-py decides it from the consumer's pending count,
+# which is 0 once the server has sent everything, even when this client has not handled it yet.
+_QUIET_S = 0.05
+
+
+async def read_entries(kv: KeyValue, pattern: str, type_: type[T], bucket: str) -> list[T]:
+    """The latest value of every key matching ``pattern``, decoded; unreadable entries are skipped.
+
+    Reading ends at the entry that says nothing is pending after it (``delta == 0``), or when no
+    entry follows the watcher's initial marker within ``_QUIET_S``.
+    """
+    watcher = await kv.watch(pattern, ignore_deletes=True)
+    found: list[T] = []
+    marker = False
+    try:
+        while True:
+            try:
+                entry = await watcher.updates(timeout=_QUIET_S if marker else 30.0)  # type: ignore[no-untyped-call]
+            except nats.errors.TimeoutError:
+                if marker:
                     break
-                try:
-                    found.append(msgspec.json.decode(entry.value or b"", type=ToolRegistration))
-                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                    log.warning("tool registry entry %s cannot be read, skipped: %s", entry.key, exc)
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
-        return found
+                raise
+            if entry is None:
+                marker = True
+                continue
+            try:
+                found.append(msgspec.json.decode(entry.value or b"", type=type_))
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                log.warning("%s entry %s cannot be read, skipped: %s", bucket, entry.key, exc)
+            if entry.delta == 0:
+                break
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
+    return found
 
 
 # -- routes -------------------------------------------------------------------------------------
@@ -417,7 +444,7 @@ class DirectCall:
 
     async def run(self, wait_s: float) -> ToolResult | None:
         """The result, or None when none came within ``wait_s``."""
-        with _nats("subscribe to tool results"):
+        with jetstream_errors("subscribe to tool results"):
             sub = await self.nc.subscribe(subjects.tool_result(self.invoke.provider), cb=self._on_result)
         try:
             await self._publish()
@@ -486,22 +513,22 @@ class DirectCall:
                 headers=headers,
             )
         except nats.js.errors.NoStreamResponseError:
-            raise _tools_unavailable("no JetStream stream takes tool invokes") from None
+            raise tools_unavailable("no JetStream stream takes tool invokes") from None
         except nats.errors.TimeoutError:
-            raise _tools_unavailable(
+            raise tools_unavailable(
                 f"JetStream did not acknowledge the invoke within {self.publish_timeout_s:g} s"
             ) from None
         except nats.js.errors.APIError as exc:
             log.error("JetStream refused a direct invoke of %s: %s", self.invoke.tool, exc)
-            raise _tools_unavailable(f"JetStream refused the invoke: {exc.description}") from None
+            raise tools_unavailable(f"JetStream refused the invoke: {exc.description}") from None
         except nats.errors.Error as exc:
-            raise _tools_unavailable(f"NATS connection: {exc}") from None
+            raise tools_unavailable(f"NATS connection: {exc}") from None
 
     async def _still_queued(self, seq: int) -> bool:
         try:
-            with _nats("read the work stream"):
+            with jetstream_errors("read the work stream"):
                 await self.js.get_msg(streams.TOOL_WORK.name, seq=seq)
-        except _Gone:
+        except Gone:
             return False
         return True
 
@@ -560,26 +587,26 @@ def _failure(
     return respond(execution, status=status)
 
 
-class _Gone(Exception):
+class Gone(Exception):
     """No message at that sequence any more."""
 
 
 @contextmanager
-def _nats(doing: str) -> Iterator[None]:
+def jetstream_errors(doing: str) -> Iterator[None]:
     try:
         yield
     except nats.js.errors.NotFoundError:
-        raise _Gone from None
+        raise Gone from None
     except nats.js.errors.APIError as exc:
         if exc.err_code == _NO_MESSAGE_FOUND:
-            raise _Gone from None
+            raise Gone from None
         log.error("JetStream refused to %s: %s", doing, exc)
-        raise _tools_unavailable(f"JetStream refused to {doing}: {exc.description}") from None
+        raise tools_unavailable(f"JetStream refused to {doing}: {exc.description}") from None
     except nats.errors.TimeoutError:
-        raise _tools_unavailable(f"NATS did not answer in time to {doing}") from None
+        raise tools_unavailable(f"NATS did not answer in time to {doing}") from None
     except nats.errors.Error as exc:
-        raise _tools_unavailable(f"NATS connection: {exc}") from None
+        raise tools_unavailable(f"NATS connection: {exc}") from None
 
 
-def _tools_unavailable(reason: str) -> ApiError:
+def tools_unavailable(reason: str) -> ApiError:
     return ApiError(503, "tools_unavailable", f"tools unavailable: {reason}")
