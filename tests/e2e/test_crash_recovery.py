@@ -44,7 +44,7 @@ async def test_engine_killed_mid_run_then_restarted_completes_the_run_once(stack
         run = await finished(client, run_id, timeout=60)
     assert run["status"] == "completed", run.get("error")
     stats = await sim(stack, "/_sim/stats")
-    assert stats["side_effects"] == 5
+    assert stats["side_effects"] == 5, stats["by_key"]
     assert len(each_key_executed_once(stats, run_id)) == 5
     assert all(stats["by_key"][k] == 1 for k in each_key_executed_once(stats, run_id))
 

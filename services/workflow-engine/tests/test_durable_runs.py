@@ -392,3 +392,30 @@ async def test_a_timer_set_before_a_restart_fires_once_after_it(harness: Harness
     run = await harness.finished(run_id)
     assert run["status"] == "completed"
     assert [i.attempt for i in harness.invokes("a")] == [1, 2]
+
+
+async def test_a_result_that_waited_out_a_restart_wins_over_its_expired_timeout(harness: Harness) -> None:
+    await harness.register(
+        workflow(
+            "late",
+            "  - name: a\n    tool: util.echo\n    provider: p\n    config: {timeout: 600}\n"
+            "    retry: {maxAttempts: 2, initialInterval: 10, jitter: 0}\n",
+        )
+    )
+    answer = asyncio.Event()
+
+    async def respond(invoke: ToolInvoke) -> ToolResult:
+        await answer.wait()
+        return ok(invoke)
+
+    harness.respond = respond
+    run_id = await harness.start("late", {})
+    await wait_for(lambda: asyncio.sleep(0, bool(harness.seen)), timeout=10)
+    await harness.stop_engine()
+    answer.set()  # the result is published while no engine runs...
+    await asyncio.sleep(1.0)  # ...and the step's timeout passes before one starts again
+    await harness.start_engine()
+    run = await harness.finished(run_id)
+    assert run["status"] == "completed"
+    assert run["steps"][0]["attempt"] == 1
+    assert [i.attempt for i in harness.invokes("a")] == [1]

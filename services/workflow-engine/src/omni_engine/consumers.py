@@ -168,12 +168,14 @@ async def consume(
     name: str,
     batch: int = 100,
     max_failures: int = 5,
+    caught_up: asyncio.Event | None = None,
 ) -> None:
     """Fetch batches and process each batch's messages concurrently until ``stopping`` is set.
 
     The batch in hand is finished before returning, so SIGTERM never abandons work half-done.
     A message whose processing raised ``max_failures`` times goes to the dead-letter stream
     (kind ``<name>.exhausted``); transient failures (database or connection trouble) never do.
+    ``caught_up`` is set once a fetch finds the backlog gone (fewer messages than ``batch``).
     """
 
     async def one(msg: Msg) -> None:
@@ -212,9 +214,13 @@ async def consume(
         try:
             msgs = await sub.fetch(batch, timeout=1.0)
         except (FetchTimeoutError, TimeoutError):
+            if caught_up is not None:
+                caught_up.set()
             continue
         except Exception as exc:  # noqa: BLE001 - connection trouble: back off, the client reconnects
             log.warning("%s: fetch failed: %s", name, exc)
             await asyncio.sleep(0.5)
             continue
         await asyncio.gather(*(one(m) for m in msgs))
+        if caught_up is not None and len(msgs) < batch:
+            caught_up.set()

@@ -71,6 +71,7 @@ async def body(ctx: ServiceContext, settings: EngineSettings) -> None:
     timers = TimerPoller(engine, store, poll_s=settings.timer_poll_s)
     await EngineApi(engine, definitions, store, max_reply_bytes=ctx.nc.max_payload).register(ctx.micro)
 
+    results_caught_up = asyncio.Event()
     triggers = await omni_nats.pull_subscription(ctx.js, streams.ENGINE_TRIGGERS)
     results = await omni_nats.pull_subscription(ctx.js, streams.ENGINE_RESULTS)
     tasks = [
@@ -94,10 +95,11 @@ async def body(ctx: ServiceContext, settings: EngineSettings) -> None:
                 name="result",
                 batch=settings.result_batch,
                 max_failures=settings.max_failures,
+                caught_up=results_caught_up,
             )
         ),
         asyncio.create_task(relay.sweep_forever(ctx.stopping)),
-        asyncio.create_task(timers.run(ctx.stopping)),
+        asyncio.create_task(timers.run(ctx.stopping, results_caught_up)),
     ]
     log.info("workflow engine ready")
     await ctx.stopping.wait()

@@ -27,8 +27,16 @@ log = logging.getLogger(__name__)
 
 class TimerPoller:
     def __init__(
-        self, engine: Engine, store: Store, *, poll_s: float = 0.5, lease_s: float = 30.0, batch: int = 200
+        self,
+        engine: Engine,
+        store: Store,
+        *,
+        poll_s: float = 0.5,
+        lease_s: float = 30.0,
+        batch: int = 200,
+        catch_up_s: float = 30.0,
     ) -> None:
+        self.catch_up_s = catch_up_s
         self.engine = engine
         self.store = store
         self.poll_s = poll_s
@@ -62,7 +70,14 @@ class TimerPoller:
             if len(due) < self.batch:
                 return fired
 
-    async def run(self, stopping: asyncio.Event) -> None:
+    async def run(self, stopping: asyncio.Event, results_caught_up: asyncio.Event | None = None) -> None:
+        """Fire timers until ``stopping``. The first look waits until the result consumer has
+        caught up (at most ``catch_up_s``): results that arrived while no engine ran are folded
+        in first, so a step whose answer is already waiting in the stream does not time out
+        just because this replica was down."""
+        if results_caught_up is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(results_caught_up.wait(), timeout=self.catch_up_s)
         while not stopping.is_set():
             try:
                 await self.fire_due()
