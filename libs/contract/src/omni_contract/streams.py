@@ -72,16 +72,23 @@ DEADLETTERS = StreamSpec(
 
 ALL_STREAMS: tuple[StreamSpec, ...] = (APP_EVENTS, TOOL_WORK, TOOL_RESULTS, RUN_EVENTS, DEADLETTERS)
 
+# The engine handles a message in milliseconds; a short ack wait hands the messages a killed
+# replica held to another (or to its restart) quickly, before the steps they answer time out.
+# A redelivery of a message that was in fact handled is a no-op (runs are idempotent on both).
+ENGINE_ACK_WAIT_S = 5.0
+
 ENGINE_TRIGGERS = ConsumerSpec(
     stream=APP_EVENTS.name,
     durable="workflow-engine-triggers",
     filter_subjects=(subjects.APP_ALL,),
+    ack_wait_s=ENGINE_ACK_WAIT_S,
     description="Starts runs from trigger events",
 )
 ENGINE_RESULTS = ConsumerSpec(
     stream=TOOL_RESULTS.name,
     durable="workflow-engine-results",
     filter_subjects=(subjects.TOOL_RESULT_ALL,),
+    ack_wait_s=ENGINE_ACK_WAIT_S,
     description="Advances runs on tool results",
 )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import uuid
@@ -169,6 +170,7 @@ async def consume(
     batch: int = 100,
     max_failures: int = 5,
     caught_up: asyncio.Event | None = None,
+    in_progress_s: float = 1.5,
 ) -> None:
     """Fetch batches and process each batch's messages concurrently until ``stopping`` is set.
 
@@ -176,6 +178,8 @@ async def consume(
     A message whose processing raised ``max_failures`` times goes to the dead-letter stream
     (kind ``<name>.exhausted``); transient failures (database or connection trouble) never do.
     ``caught_up`` is set once a fetch finds the backlog gone (fewer messages than ``batch``).
+    While a batch is handled, its unfinished messages are reported in progress every
+    ``in_progress_s`` (well inside the consumers' ack wait).
     """
 
     async def one(msg: Msg) -> None:
@@ -221,6 +225,27 @@ async def consume(
             log.warning("%s: fetch failed: %s", name, exc)
             await asyncio.sleep(0.5)
             continue
-        await asyncio.gather(*(one(m) for m in msgs))
+        pending = set(range(len(msgs)))
+
+        async def handle(index: int, msg: Msg) -> None:
+            try:
+                await one(msg)
+            finally:
+                pending.discard(index)
+
+        async def keep_alive() -> None:
+            # A slow batch (the database under load) must not outlive the ack wait and be
+            # delivered again to another replica while this one still works on it.
+            while pending:
+                await asyncio.sleep(in_progress_s)
+                for index in list(pending):
+                    with contextlib.suppress(Exception):
+                        await msgs[index].in_progress()
+
+        alive = asyncio.create_task(keep_alive())
+        try:
+            await asyncio.gather(*(handle(i, m) for i, m in enumerate(msgs)))
+        finally:
+            alive.cancel()
         if caught_up is not None and len(msgs) < batch:
             caught_up.set()
