@@ -225,27 +225,32 @@ async def consume(
             log.warning("%s: fetch failed: %s", name, exc)
             await asyncio.sleep(0.5)
             continue
-        pending = set(range(len(msgs)))
-
-        async def handle(index: int, msg: Msg) -> None:
-            try:
-                await one(msg)
-            finally:
-                pending.discard(index)
-
-        async def keep_alive() -> None:
-            # A slow batch (the database under load) must not outlive the ack wait and be
-            # delivered again to another replica while this one still works on it.
-            while pending:
-                await asyncio.sleep(in_progress_s)
-                for index in list(pending):
-                    with contextlib.suppress(Exception):
-                        await msgs[index].in_progress()
-
-        alive = asyncio.create_task(keep_alive())
-        try:
-            await asyncio.gather(*(handle(i, m) for i, m in enumerate(msgs)))
-        finally:
-            alive.cancel()
+        await _handle_batch(msgs, one, in_progress_s)
         if caught_up is not None and len(msgs) < batch:
             caught_up.set()
+
+
+async def _handle_batch(msgs: list[Msg], one: Callable[[Msg], Awaitable[None]], in_progress_s: float) -> None:
+    """Handle a fetched batch concurrently, reporting its unfinished messages in progress every
+    ``in_progress_s``: a slow batch (the database under load) must not outlive the ack wait and
+    be delivered again to another replica while this one still works on it."""
+    pending = set(range(len(msgs)))
+
+    async def handle(index: int, msg: Msg) -> None:
+        try:
+            await one(msg)
+        finally:
+            pending.discard(index)
+
+    async def keep_alive() -> None:
+        while pending:
+            await asyncio.sleep(in_progress_s)
+            for index in list(pending):
+                with contextlib.suppress(Exception):
+                    await msgs[index].in_progress()
+
+    alive = asyncio.create_task(keep_alive())
+    try:
+        await asyncio.gather(*(handle(i, m) for i, m in enumerate(msgs)))
+    finally:
+        alive.cancel()
