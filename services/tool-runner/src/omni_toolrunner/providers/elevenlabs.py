@@ -15,14 +15,14 @@ import base64
 import logging
 import re
 from collections.abc import Mapping
-from types import TracebackType
-from typing import Annotated, Any, Self
+from typing import Annotated, Any
 
 import httpx
 import msgspec
 
 from omni_toolrunner.providers.audio import sniff_format, wav_from_pcm16
 from omni_toolrunner.providers.base import ProviderError, ProviderErrorKind, ToolCall, ToolOutcome, Usage
+from omni_toolrunner.providers.http_client import HttpAdapter
 from omni_toolrunner.providers.http_errors import (
     convert,
     error_message,
@@ -73,7 +73,7 @@ class ElevenLabsConfig(msgspec.Struct, rename="camel", frozen=True):
     voice_settings: VoiceSettings | None = None
 
 
-class ElevenLabsAdapter:
+class ElevenLabsAdapter(HttpAdapter):
     """Serves ``tts.speak``.
 
     ``voices`` maps the voice names workflows use (case-insensitive) to ElevenLabs voice ids, on top
@@ -95,8 +95,7 @@ class ElevenLabsAdapter:
     ) -> None:
         self._api_key = api_key or None
         self._base_url = base_url.rstrip("/")
-        self._owns_client = client is None
-        self._client = client if client is not None else httpx.AsyncClient()
+        super().__init__(client)
         self._model = model
         self._default_voice_id = default_voice_id
         self._voices = {
@@ -111,18 +110,6 @@ class ElevenLabsAdapter:
     @property
     def tools(self) -> frozenset[str]:
         return frozenset({TTS_SPEAK})
-
-    async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
     def voice_id_for(self, voice: str | None) -> str:
         """The ElevenLabs voice id a step's ``voice`` (a name from the table, a voice id, or none) means."""

@@ -11,14 +11,14 @@ own ``timeout`` passed), 429 and 5xx.
 from __future__ import annotations
 
 import logging
-from types import TracebackType
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
 import msgspec
 
 from omni_toolrunner.providers.base import ProviderError, ProviderErrorKind, ToolCall, ToolOutcome
+from omni_toolrunner.providers.http_client import HttpAdapter
 from omni_toolrunner.providers.http_errors import (
     convert,
     decode_json_object,
@@ -52,7 +52,7 @@ class ScrapeConfig(msgspec.Struct, rename="camel", frozen=True):
     only_main_content: bool | None = None
 
 
-class FirecrawlAdapter:
+class FirecrawlAdapter(HttpAdapter):
     """Serves ``web.scrape``: input ``{url, formats?}``, output ``{markdown, title, url, statusCode}``.
 
     Pass ``client`` to share a connection pool (closing it stays yours). An empty ``api_key`` makes every
@@ -69,8 +69,7 @@ class FirecrawlAdapter:
     ) -> None:
         self._api_key = api_key or None
         self._url = base_url.rstrip("/") + "/v2/scrape"
-        self._owns_client = client is None
-        self._client = client if client is not None else httpx.AsyncClient()
+        super().__init__(client)
         self._only_main_content = only_main_content
 
     @property
@@ -80,18 +79,6 @@ class FirecrawlAdapter:
     @property
     def tools(self) -> frozenset[str]:
         return frozenset({WEB_SCRAPE})
-
-    async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
     async def call(self, request: ToolCall) -> ToolOutcome:
         if request.tool != WEB_SCRAPE:

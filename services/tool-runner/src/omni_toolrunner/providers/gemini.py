@@ -28,8 +28,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -43,6 +42,7 @@ from omni_toolrunner.providers.base import (
     ToolOutcome,
     Usage,
 )
+from omni_toolrunner.providers.http_client import HttpAdapter
 from omni_toolrunner.providers.http_errors import (
     classify_status,
     convert,
@@ -130,7 +130,7 @@ class _Reply:
     thoughts_tokens: int = 0
 
 
-class GeminiAdapter:
+class GeminiAdapter(HttpAdapter):
     """Serves ``stt.transcribe``, ``nlu.analyze``, ``mt.translate``, ``feedback.generate``, ``tts.speak``.
 
     Same contract as the OpenRouter adapter: pass ``client`` to share a connection pool (closing it
@@ -153,8 +153,7 @@ class GeminiAdapter:
         self._default_model = default_model
         self._tool_models = {**DEFAULT_TOOL_MODELS, **(tool_models or {})}
         self._prices = DEFAULT_PRICES if prices is None else prices
-        self._owns_client = client is None
-        self._client = client if client is not None else httpx.AsyncClient()
+        super().__init__(client)
 
     @property
     def provider(self) -> str:
@@ -163,18 +162,6 @@ class GeminiAdapter:
     @property
     def tools(self) -> frozenset[str]:
         return ALL_TOOLS
-
-    async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
     async def call(self, request: ToolCall) -> ToolOutcome:
         if request.tool not in ALL_TOOLS:

@@ -27,8 +27,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import httpx
 import msgspec
@@ -41,6 +40,7 @@ from omni_toolrunner.providers.base import (
     ToolOutcome,
     Usage,
 )
+from omni_toolrunner.providers.http_client import HttpAdapter
 from omni_toolrunner.providers.http_errors import (
     classify_status,
     convert,
@@ -291,7 +291,7 @@ class _Reply:
     usage: Mapping[str, Any] | None = None
 
 
-class OpenAICompatibleAdapter:
+class OpenAICompatibleAdapter(HttpAdapter):
     """Serves ``profile.tools`` over one provider's OpenAI-compatible chat completions.
 
     ``base_url`` and ``default_model`` default to the profile's; ``tool_models`` and ``prices``
@@ -321,8 +321,7 @@ class OpenAICompatibleAdapter:
         self._default_model = default_model or profile.default_model
         self._tool_models = {**profile.tool_models, **(tool_models or {})}
         self._prices = {**profile.prices, **(prices or {})}
-        self._owns_client = client is None
-        self._client = client if client is not None else httpx.AsyncClient()
+        super().__init__(client)
         self._require_parameters = (
             profile.require_parameters if require_parameters is None else require_parameters
         )
@@ -346,18 +345,6 @@ class OpenAICompatibleAdapter:
     @property
     def tools(self) -> frozenset[str]:
         return self._profile.tools
-
-    async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
     async def call(self, request: ToolCall) -> ToolOutcome:
         name = self._profile.name

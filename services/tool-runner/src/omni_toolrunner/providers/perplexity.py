@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from types import TracebackType
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal
 
 import httpx
 import msgspec
 
 from omni_toolrunner.providers.base import ProviderError, ProviderErrorKind, ToolCall, ToolOutcome, Usage
+from omni_toolrunner.providers.http_client import HttpAdapter
 from omni_toolrunner.providers.http_errors import (
     classify_status,
     convert,
@@ -63,7 +63,7 @@ class SearchConfig(msgspec.Struct, rename="camel", frozen=True):
     max_tokens: Annotated[int, msgspec.Meta(ge=16)] | None = None
 
 
-class PerplexityAdapter:
+class PerplexityAdapter(HttpAdapter):
     """Serves ``search.answer``: input ``{query, recency?}``, output ``{answer, citations: [url, ...]}``.
 
     Pass ``client`` to share a connection pool (closing it stays yours). An empty ``api_key`` makes every
@@ -80,8 +80,7 @@ class PerplexityAdapter:
     ) -> None:
         self._api_key = api_key or None
         self._url = base_url.rstrip("/") + "/v1/agent"
-        self._owns_client = client is None
-        self._client = client if client is not None else httpx.AsyncClient()
+        super().__init__(client)
         self._model = model
 
     @property
@@ -91,18 +90,6 @@ class PerplexityAdapter:
     @property
     def tools(self) -> frozenset[str]:
         return frozenset({SEARCH_ANSWER})
-
-    async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
     async def call(self, request: ToolCall) -> ToolOutcome:
         if request.tool != SEARCH_ANSWER:
