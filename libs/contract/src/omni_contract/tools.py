@@ -20,6 +20,9 @@ TOOL_REGISTRY_BUCKET: Final = "omni_tools"
 HEARTBEAT_S: Final = 5.0
 REGISTRATION_TTL_S: Final = 15.0  # three missed heartbeats
 
+# Run ids of tool calls made outside any workflow (``POST /tools/...``): the engine skips their results.
+DIRECT_RUN_PREFIX: Final = "direct-"
+
 AVAILABLE: Final = "available"
 UNAVAILABLE: Final = "unavailable"  # the runner is up but cannot serve (e.g. no API key), with a reason
 

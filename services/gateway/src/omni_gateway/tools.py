@@ -56,7 +56,14 @@ from omni_contract.envelope import (
     payload_of,
 )
 from omni_contract.events import TOOL_INVOKE_V1, TOOL_RESULT_V1, ToolError, ToolInvoke, ToolResult
-from omni_contract.tools import AVAILABLE, TOOL_REGISTRY_BUCKET, UNAVAILABLE, ToolRegistration, key_token
+from omni_contract.tools import (
+    AVAILABLE,
+    DIRECT_RUN_PREFIX,
+    TOOL_REGISTRY_BUCKET,
+    UNAVAILABLE,
+    ToolRegistration,
+    key_token,
+)
 from omni_runtime.logging import run_id_var
 from omni_runtime.telemetry import inject_headers
 from opentelemetry import trace
@@ -79,7 +86,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-DIRECT_RUN_PREFIX = "direct-"
 DIRECT_STEP = "direct"
 DIRECT_KEY_PREFIX = "direct:"
 LIST_FILTERS = ("name", "provider", "category", "capability")

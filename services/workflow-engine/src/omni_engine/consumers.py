@@ -28,6 +28,7 @@ from omni_contract import events as ev
 from omni_contract import subjects
 from omni_contract.envelope import HDR_MSG_ID, decode_envelope, encode_envelope, new_envelope, payload_of
 from omni_contract.events import DeadLetter, ToolResult
+from omni_contract.tools import DIRECT_RUN_PREFIX
 from omni_runtime.logging import run_id_var
 from omni_runtime.telemetry import extract_context
 from opentelemetry import trace
@@ -150,6 +151,8 @@ class ResultHandler:
             result = payload_of(envelope, ToolResult)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise Unprocessable("result.unprocessable", f"not a valid {ev.TOOL_RESULT_V1}: {exc}") from exc
+        if result.run_id.startswith(DIRECT_RUN_PREFIX):
+            return  # a tool called outside any workflow: its caller waits for it, no run does
         token = run_id_var.set(result.run_id)
         try:
             await self.engine.on_result(result)
