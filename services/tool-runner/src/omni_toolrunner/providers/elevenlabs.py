@@ -22,7 +22,7 @@ import msgspec
 
 from omni_toolrunner.providers.audio import sniff_format, wav_from_pcm16
 from omni_toolrunner.providers.base import ProviderError, ProviderErrorKind, ToolCall, ToolOutcome, Usage
-from omni_toolrunner.providers.http_client import HttpAdapter
+from omni_toolrunner.providers.http_client import HttpAdapter, failures_logged
 from omni_toolrunner.providers.http_errors import (
     convert,
     error_message,
@@ -143,7 +143,7 @@ class ElevenLabsAdapter(HttpAdapter):
         language = _LANGUAGE.match(data.language)
         if language and model in LANGUAGE_CODE_MODELS:
             body["language_code"] = language.group("code").lower()
-        try:
+        with failures_logged(logger, "elevenlabs", request, model):
             response = await post_json(
                 self._client,
                 f"{self._base_url}/v1/text-to-speech/{voice_id}",
@@ -156,14 +156,6 @@ class ElevenLabsAdapter(HttpAdapter):
             if response.status_code != 200:
                 raise _status_error(response)
             audio, out_format = _read_audio(response, output_format)
-        except ProviderError as exc:
-            logger.info(
-                "elevenlabs %s failed: %s",
-                request.tool,
-                exc,
-                extra={"idempotency_key": request.idempotency_key, "model": model},
-            )
-            raise
         billed = _int_header(response.headers.get("character-cost"))
         characters = billed if billed is not None else len(data.text)
         return ToolOutcome(

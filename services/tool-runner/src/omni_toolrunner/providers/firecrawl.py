@@ -18,7 +18,7 @@ import httpx
 import msgspec
 
 from omni_toolrunner.providers.base import ProviderError, ProviderErrorKind, ToolCall, ToolOutcome
-from omni_toolrunner.providers.http_client import HttpAdapter
+from omni_toolrunner.providers.http_client import HttpAdapter, failures_logged
 from omni_toolrunner.providers.http_errors import (
     convert,
     decode_json_object,
@@ -101,7 +101,7 @@ class FirecrawlAdapter(HttpAdapter):
             "onlyMainContent": only_main,
             "timeout": max(1000, int(request.timeout_s * 1000) - _DEADLINE_MARGIN_MS),
         }
-        try:
+        with failures_logged(logger, "firecrawl", request):
             response = await post_json(
                 self._client,
                 self._url,
@@ -118,14 +118,6 @@ class FirecrawlAdapter(HttpAdapter):
             output, scrape_id = _read_scrape(
                 decode_json_object(response.content, "Firecrawl"), data.url, formats
             )
-        except ProviderError as exc:
-            logger.info(
-                "firecrawl %s failed: %s",
-                request.tool,
-                exc,
-                extra={"idempotency_key": request.idempotency_key},
-            )
-            raise
         # Firecrawl bills in credits (metadata.creditsUsed), which have no fixed USD price: no usage.
         return ToolOutcome(output=output, response_id=scrape_id)
 

@@ -17,7 +17,6 @@ format}``, served streamed (chunks carry ``delta.audio``). Errors come either as
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
@@ -40,7 +39,7 @@ from omni_toolrunner.providers.base import (
     ToolOutcome,
     Usage,
 )
-from omni_toolrunner.providers.http_client import HttpAdapter
+from omni_toolrunner.providers.http_client import HttpAdapter, failures_logged, within_deadline
 from omni_toolrunner.providers.http_errors import (
     classify_status,
     convert,
@@ -358,26 +357,12 @@ class OpenAICompatibleAdapter(HttpAdapter):
         config = convert(request.config, ToolConfig, "config")
         model = self.model_for(request.tool, request.config)
         started = time.monotonic()
-        try:
-            try:
-                async with asyncio.timeout(request.timeout_s):
-                    if request.tool == TTS_SPEAK:
-                        outcome = await self._speak(request, config, model)
-                    else:
-                        outcome = await self._structured(JSON_TOOLS[request.tool], request, config, model)
-            except TimeoutError as exc:
-                raise ProviderError(
-                    ProviderErrorKind.TIMEOUT, f"no complete answer within {request.timeout_s:g}s"
-                ) from exc
-        except ProviderError as exc:
-            logger.info(
-                "%s %s failed: %s",
-                name,
-                request.tool,
-                exc,
-                extra={"idempotency_key": request.idempotency_key, "model": model},
-            )
-            raise
+        with failures_logged(logger, name, request, model):
+            async with within_deadline(request):
+                if request.tool == TTS_SPEAK:
+                    outcome = await self._speak(request, config, model)
+                else:
+                    outcome = await self._structured(JSON_TOOLS[request.tool], request, config, model)
         logger.debug(
             "%s %s answered in %.0f ms",
             name,

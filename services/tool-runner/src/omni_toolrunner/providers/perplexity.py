@@ -26,7 +26,7 @@ import httpx
 import msgspec
 
 from omni_toolrunner.providers.base import ProviderError, ProviderErrorKind, ToolCall, ToolOutcome, Usage
-from omni_toolrunner.providers.http_client import HttpAdapter
+from omni_toolrunner.providers.http_client import HttpAdapter, failures_logged
 from omni_toolrunner.providers.http_errors import (
     classify_status,
     convert,
@@ -112,7 +112,7 @@ class PerplexityAdapter(HttpAdapter):
         }
         if config.max_tokens is not None:
             body["max_output_tokens"] = config.max_tokens
-        try:
+        with failures_logged(logger, "perplexity", request, model):
             response = await post_json(
                 self._client,
                 self._url,
@@ -124,14 +124,6 @@ class PerplexityAdapter(HttpAdapter):
             if response.status_code != 200:
                 raise status_error(response, openai_error_message)
             outcome = _read_response(decode_json_object(response.content, "Perplexity"), model)
-        except ProviderError as exc:
-            logger.info(
-                "perplexity %s failed: %s",
-                request.tool,
-                exc,
-                extra={"idempotency_key": request.idempotency_key, "model": model},
-            )
-            raise
         return outcome
 
 
