@@ -118,8 +118,6 @@ class RunEventType:
     STEP_FALLBACK: Final = "step.fallback"  # switching to the next provider, with the reason
     STEP_TIMED_OUT: Final = "step.timed_out"  # its attempt outlived ``config.timeout``
     STEP_WAITING: Final = "step.waiting"  # waits for an outside event (``wait``)
-    STEP_ITEM_COMPLETED: Final = "step.item.completed"  # one item of a ``for_each`` step
-    STEP_ITEM_FAILED: Final = "step.item.failed"
     COMPENSATION_STARTED: Final = "run.compensating"
     RUN_COMPLETED: Final = "run.completed"
     RUN_FAILED: Final = "run.failed"

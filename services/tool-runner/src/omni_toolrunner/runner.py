@@ -27,10 +27,8 @@ terminated.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
-import uuid
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -41,8 +39,8 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
+from omni_contract import deadletters, streams, subjects
 from omni_contract import events as ev
-from omni_contract import streams, subjects
 from omni_contract.envelope import (
     CONTENT_TYPE,
     HDR_CONTENT_TYPE,
@@ -54,7 +52,7 @@ from omni_contract.envelope import (
     payload_of,
     utcnow,
 )
-from omni_contract.events import DeadLetter, ToolError, ToolInvoke, ToolResult, Usage
+from omni_contract.events import ToolError, ToolInvoke, ToolResult, Usage
 from omni_runtime.logging import run_id_var
 from omni_runtime.telemetry import extract_context, inject_headers
 from opentelemetry import trace
@@ -473,29 +471,20 @@ class InvokeRunner:
 
     async def _dead_letter(self, msg: Msg, kind: str, reason: str) -> None:
         """Publish the work message, as received, to the dead-letter stream with the reason."""
-        try:
-            original, encoding = msg.data.decode("utf-8"), "utf-8"
-        except UnicodeDecodeError:
-            original, encoding = base64.b64encode(msg.data).decode("ascii"), "base64"
-        seq = _stream_seq(msg)
-        letter = DeadLetter(
-            kind=kind,
-            reason=reason,
+        letter = deadletters.dead_letter(
+            kind,
+            reason,
             original_subject=msg.subject,
-            original_body=original,
-            body_encoding=encoding,
-            stream_seq=seq,
-            at=utcnow(),
+            original=msg.data,
+            stream_seq=_stream_seq(msg),
+            source=self._source,
         )
-        # One letter per work message and kind, however often this is tried.
-        letter_id = f"{kind}:{msg.subject}:{seq}" if seq is not None else uuid.uuid4().hex
-        envelope = new_envelope(ev.DEADLETTER_V1, self._source, letter, id_=letter_id)
         await self._js.publish(
-            subjects.deadletter(kind),
-            encode_envelope(envelope),
+            letter.subject,
+            letter.body,
             timeout=self._publish_timeout_s,
             stream=streams.DEADLETTERS.name,
-            headers=inject_headers({HDR_MSG_ID: letter_id, HDR_CONTENT_TYPE: CONTENT_TYPE}),
+            headers=inject_headers({HDR_MSG_ID: letter.msg_id, HDR_CONTENT_TYPE: CONTENT_TYPE}),
         )
         self._metrics.deadletters.labels(self._provider, kind).inc()
         log.warning("dead-lettered work on %s (%s): %s", msg.subject, kind, reason)

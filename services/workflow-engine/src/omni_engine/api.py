@@ -22,7 +22,7 @@ from opentelemetry import trace
 from omni_engine.definition import WorkflowDefinition, definition_to_dict
 from omni_engine.definitions import Definitions, InvalidDefinition
 from omni_engine.engine import Engine, EngineError
-from omni_engine.state import RunState, TaskState, compensation_address, item_address
+from omni_engine.state import RunState, TaskState, as_datetime, compensation_address, item_address
 from omni_engine.store import Store
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def waiting_for(state: RunState) -> list[rpc.WaitingFor]:
                     kind="event",
                     step=step.name,
                     since=step.scheduled_at,
-                    until=_dt(step.wait.get("until")),
+                    until=as_datetime(step.wait.get("until")),
                     detail=f"{step.wait['event']} with key {step.wait['key']}",
                 )
             )
@@ -80,12 +80,6 @@ def waiting_for(state: RunState) -> list[rpc.WaitingFor]:
         if step.compensation is not None:
             task_wait(compensation_address(step.name), step.compensation)
     return found
-
-
-def _dt(value: Any) -> datetime | None:
-    if value is None or isinstance(value, datetime):
-        return value
-    return datetime.fromisoformat(str(value))
 
 
 def run_summary(state: RunState) -> rpc.RunSummary:

@@ -10,13 +10,11 @@ goes to the dead-letter stream with the reason and is acknowledged; a transient 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -24,10 +22,10 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import FetchTimeoutError
+from omni_contract import deadletters
 from omni_contract import events as ev
-from omni_contract import subjects
-from omni_contract.envelope import HDR_MSG_ID, decode_envelope, encode_envelope, new_envelope, payload_of
-from omni_contract.events import DeadLetter, ToolResult
+from omni_contract.envelope import HDR_MSG_ID, decode_envelope, payload_of
+from omni_contract.events import ToolResult
 from omni_contract.tools import DIRECT_RUN_PREFIX
 from omni_runtime.logging import run_id_var
 from omni_runtime.telemetry import extract_context
@@ -61,26 +59,16 @@ def _delivered(msg: Msg) -> int:
 
 
 async def dead_letter(js: JetStreamContext, msg: Msg, problem: Unprocessable) -> None:
-    try:
-        body, encoding = msg.data.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        body, encoding = base64.b64encode(msg.data).decode(), "base64"
-    seq = msg.metadata.sequence.stream if msg.reply else None
-    letter = DeadLetter(
-        kind=problem.kind,
-        reason=problem.reason,
+    letter = deadletters.dead_letter(
+        problem.kind,
+        problem.reason,
         original_subject=msg.subject,
-        original_body=body,
-        body_encoding=encoding,
+        original=msg.data,
+        stream_seq=msg.metadata.sequence.stream if msg.reply else None,
+        source=SOURCE,
         errors=problem.errors,
-        stream_seq=seq,
-        at=datetime.now(UTC),
     )
-    letter_id = f"{problem.kind}:{msg.subject}:{seq}" if seq is not None else uuid.uuid4().hex
-    envelope = new_envelope(ev.DEADLETTER_V1, SOURCE, letter, id_=letter_id)
-    await js.publish(
-        subjects.deadletter(problem.kind), encode_envelope(envelope), headers={HDR_MSG_ID: letter_id}
-    )
+    await js.publish(letter.subject, letter.body, headers={HDR_MSG_ID: letter.msg_id})
     log.warning("dead-lettered %s message: %s", msg.subject, problem.reason)
 
 

@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from omni_engine.definition import WorkflowDefinition
 from omni_engine.definitions import Definitions, payload_problems
-from omni_engine.progress import Batch, Decider, idempotency_key
+from omni_engine.progress import Batch, Decider
 from omni_engine.relay import OutboxRelay
 from omni_engine.state import NewEvent, RunState, apply
 from omni_engine.store import AppendConflict, Store
@@ -371,4 +371,4 @@ class Engine:
         return state
 
 
-__all__ = ["Engine", "EngineError", "EngineMetrics", "idempotency_key", "request_hash"]
+__all__ = ["Engine", "EngineError", "EngineMetrics", "request_hash"]

@@ -147,7 +147,7 @@ class Decider:
             return False  # a redelivered or superseded result
         if not self._task_live(address, task):
             return False
-        if "timeout" in self._chain(address)[4]:  # its attempt has a timeout timer: clear it
+        if task.timeout_ms is not None:  # its attempt has a timeout timer: clear it
             self.batch.effects.cancel_timer(timeout_timer(address, result.attempt))
         started: dict[str, Any] = {"step": address, "attempt": result.attempt, "runner": result.runner}
         if result.started_at is not None:

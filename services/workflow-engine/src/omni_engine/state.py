@@ -51,6 +51,7 @@ class TaskState(msgspec.Struct, kw_only=True, omit_defaults=True):
     started_at: datetime | None = None
     completed_at: datetime | None = None
     retry_at: datetime | None = None  # RETRYING: when the back-off timer fires
+    timeout_ms: int | None = None  # the attempt in flight has a timeout timer of this length
     duration_ms: float | None = None
     output: Any = None
     error: dict[str, Any] | None = None
@@ -188,7 +189,7 @@ def initial_state(run_id: str, data: dict[str, Any], at: datetime) -> RunState:
         payload=data.get("payload", {}),
         context=data.get("context", {}),
         steps=[StepState(name=s["name"], tool=s.get("tool")) for s in data.get("steps", [])],
-        deadline_at=_dt(data.get("deadline_at")),
+        deadline_at=as_datetime(data.get("deadline_at")),
         timed="deadline_at" in data,
         rerun_of=data.get("rerun_of"),
         rerun_from_step=data.get("rerun_from_step"),
@@ -265,14 +266,15 @@ def _apply_to_task(
             task.started_at = at
             return
         task.attempt = data["attempt"]
-        state.timed = state.timed or "timeout_ms" in data
+        task.timeout_ms = data.get("timeout_ms")
+        state.timed = state.timed or task.timeout_ms is not None
         task.provider = data.get("provider")
         task.provider_index = data.get("provider_index", 0)
         task.provider_attempt = data.get("provider_attempt", 1)
         task.idempotency_key = data.get("idempotency_key")
     elif event_type == E.STEP_STARTED:
         task.status = StepStatus.RUNNING
-        task.started_at = _dt(data.get("started_at")) or at
+        task.started_at = as_datetime(data.get("started_at")) or at
     elif event_type == E.STEP_COMPLETED:
         task.status = StepStatus.COMPLETED
         task.output = data.get("output") if data.get("output") is not None else {}
@@ -306,7 +308,7 @@ def _apply_to_task(
         state.timed = True
         task.status = StepStatus.RETRYING
         task.error = data.get("error")
-        task.retry_at = _dt(data.get("retry_at"))
+        task.retry_at = as_datetime(data.get("retry_at"))
         task.reason = data.get("reason")
     elif event_type in (E.STEP_FALLBACK, E.STEP_TIMED_OUT):
         task.error = data.get("error")
@@ -333,7 +335,8 @@ def _stop_unfinished(state: RunState, reason: str) -> None:
             step.reason = reason
 
 
-def _dt(value: Any) -> datetime | None:
+def as_datetime(value: Any) -> datetime | None:
+    """An event's timestamp field, which is text once the event has been stored."""
     if value is None or isinstance(value, datetime):
         return value
     return datetime.fromisoformat(str(value))

@@ -192,10 +192,6 @@ class Store:
         state.last_seq = row["last_seq"]
         return state
 
-    async def run_id_for_origin(self, origin_key: str) -> str | None:
-        value = await self.pool.fetchval("SELECT run_id FROM runs WHERE origin_key = $1", origin_key)
-        return None if value is None else str(value)
-
     async def origin(self, origin_key: str) -> tuple[str, str | None] | None:
         """The run a start key made, and the hash of the request it came with."""
         row = await self.pool.fetchrow(
@@ -347,17 +343,6 @@ class Store:
             data,
         )
         return [WaitMatch(run_id=r["run_id"], step=r["step"]) for r in rows]
-
-    async def has_waits(self, subject: str) -> bool:
-        return bool(await self.pool.fetchval("SELECT true FROM waits WHERE subject = $1 LIMIT 1", subject))
-
-    async def timers_of(self, run_id: str) -> list[DueTimer]:
-        rows = await self.pool.fetch(
-            "SELECT run_id, name, fire_at, data FROM timers WHERE run_id = $1 ORDER BY fire_at", run_id
-        )
-        return [
-            DueTimer(run_id=r["run_id"], name=r["name"], fire_at=r["fire_at"], data=r["data"]) for r in rows
-        ]
 
     # -- versions ------------------------------------------------------------------------------
     async def versions(self, name: str) -> list[dict[str, Any]]:
