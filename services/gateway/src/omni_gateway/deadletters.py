@@ -33,6 +33,7 @@ from omni_runtime.telemetry import inject_headers
 
 from omni_gateway.bodies import query_int, respond
 from omni_gateway.errors import ApiError
+from omni_gateway.jetstream import NO_MESSAGE_FOUND, Missing, jetstream_errors
 from omni_gateway.state import GATEWAY
 from omni_gateway.views import DeadLetterPage, DeadLetterRedriven, DeadLetterView
 
@@ -48,15 +49,10 @@ MAX_KIND = 128
 
 # JetStream API error codes (nats-server's errors.json).
 _STREAM_NOT_FOUND = 10059
-_NO_MESSAGE_FOUND = 10037
 _DELETE_FAILED = 10057  # carries "no message found" when the message is already gone
 _SEQ = re.compile(r"[1-9][0-9]{0,18}")
 _KIND = re.compile(r"[^\s*>]+")
 _SUBJECT_TOKEN = re.compile(r"[^\s*>.]+")
-
-
-class _Missing(Exception):
-    """No message at that sequence (never stored, deleted, or aged out)."""
 
 
 # -- routes -------------------------------------------------------------------------------------
@@ -135,7 +131,7 @@ class DeadLetterStore:
         while seq <= upper:
             try:
                 msg = await self._get(seq, next_on=filter_subject)
-            except _Missing:
+            except Missing:
                 break
             if msg.seq is None or msg.seq > upper:
                 break
@@ -146,13 +142,13 @@ class DeadLetterStore:
     async def get(self, seq: int) -> DeadLetterView:
         try:
             return _view(await self._get(seq))
-        except _Missing:
+        except Missing:
             raise _not_found(str(seq)) from None
 
     async def redrive(self, seq: int, *, timeout_s: float) -> DeadLetterRedriven:
         try:
             msg = await self._get(seq)
-        except _Missing:
+        except Missing:
             raise _not_found(str(seq)) from None
         read = _read(msg)
         if isinstance(read, str):
@@ -177,7 +173,7 @@ class DeadLetterStore:
         try:
             with _jetstream("delete the redriven dead letter"):
                 await self.js.delete_msg(STREAM, seq)
-        except _Missing:
+        except Missing:
             # A concurrent redrive of the same letter got there first; its publish and ours were
             # one message (same Nats-Msg-Id), and that one request answers for it.
             raise _not_found(str(seq)) from None
@@ -205,26 +201,20 @@ class DeadLetterStore:
             return await self.js.get_msg(STREAM, seq=seq, subject=next_on, next=True)
 
 
+def _absent(exc: nats.js.errors.APIError) -> bool:
+    """A missing message (or one deleted by a concurrent redrive); a missing stream is not."""
+    if isinstance(exc, nats.js.errors.NotFoundError):
+        return exc.err_code != _STREAM_NOT_FOUND
+    return exc.err_code == NO_MESSAGE_FOUND or (
+        exc.err_code == _DELETE_FAILED and "no message found" in (exc.description or "")
+    )
+
+
 @contextmanager
 def _jetstream(doing: str) -> Iterator[None]:
-    """JetStream failures as API errors; a missing message as :class:`_Missing`."""
-    try:
+    """JetStream failures as API errors; a missing message as :class:`Missing`."""
+    with jetstream_errors(doing, _unavailable, missing=_absent):
         yield
-    except nats.js.errors.NotFoundError as exc:
-        if exc.err_code == _STREAM_NOT_FOUND:
-            raise _unavailable(f"the stream {STREAM} does not exist") from None
-        raise _Missing from None
-    except nats.js.errors.APIError as exc:
-        if exc.err_code == _NO_MESSAGE_FOUND or (
-            exc.err_code == _DELETE_FAILED and "no message found" in (exc.description or "")
-        ):
-            raise _Missing from None
-        log.error("JetStream refused to %s: %s", doing, exc)
-        raise _unavailable(f"JetStream refused to {doing}: {exc.description}") from None
-    except nats.errors.TimeoutError:
-        raise _unavailable(f"JetStream did not answer in time to {doing}") from None
-    except nats.errors.Error as exc:
-        raise _unavailable(f"NATS connection: {exc}") from None
 
 
 # -- dead letters as the API shows them ---------------------------------------------------------

@@ -27,8 +27,9 @@ from omni_contract.tools import (
 
 from omni_gateway.bodies import respond
 from omni_gateway.errors import ApiError
+from omni_gateway.jetstream import Missing
 from omni_gateway.state import GATEWAY
-from omni_gateway.tools import Gone, jetstream_errors, read_entries, tools_unavailable
+from omni_gateway.tools import jetstream_errors, read_entries, tools_unavailable
 
 
 class ServerView(msgspec.Struct, kw_only=True):
@@ -104,7 +105,7 @@ async def _health(request: web.Request, provider: str | None) -> dict[str, list[
                 )
             except TimeoutError:
                 raise tools_unavailable("provider health was not read in time") from None
-    except Gone:
+    except Missing:
         return {}  # no runner has started yet
     by_provider: dict[str, list[ProviderHealth]] = {}
     for view in found:

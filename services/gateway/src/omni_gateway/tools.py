@@ -68,6 +68,7 @@ from omni_runtime.logging import run_id_var
 from omni_runtime.telemetry import inject_headers
 from opentelemetry import trace
 
+from omni_gateway import jetstream
 from omni_gateway.bodies import json_type, read_json_object, respond
 from omni_gateway.errors import ApiError, ErrorDetail
 from omni_gateway.state import EVENT_SOURCE, GATEWAY
@@ -92,7 +93,6 @@ LIST_FILTERS = ("name", "provider", "category", "capability")
 MAX_FILTER = 128
 
 # JetStream API error codes (nats-server's errors.json).
-_NO_MESSAGE_FOUND = 10037
 _NEVER = datetime.min.replace(tzinfo=UTC)
 _FILTER = re.compile(r"[^\s*>]+")
 _TOOL_NAME = re.compile(r"[^\s*>.]+\.[^\s*>.]+")
@@ -216,7 +216,7 @@ class ToolRegistry:
                     raise tools_unavailable(
                         f"the tool registry was not read within {self.timeout_s:g} s"
                     ) from None
-        except Gone:
+        except jetstream.Missing:
             return []  # no bucket: no runner has started yet, so no tools
 
     @staticmethod
@@ -534,7 +534,7 @@ class DirectCall:
         try:
             with jetstream_errors("read the work stream"):
                 await self.js.get_msg(streams.TOOL_WORK.name, seq=seq)
-        except Gone:
+        except jetstream.Missing:
             return False
         return True
 
@@ -593,25 +593,10 @@ def _failure(
     return respond(execution, status=status)
 
 
-class Gone(Exception):
-    """No message at that sequence any more."""
-
-
 @contextmanager
 def jetstream_errors(doing: str) -> Iterator[None]:
-    try:
+    with jetstream.jetstream_errors(doing, tools_unavailable):
         yield
-    except nats.js.errors.NotFoundError:
-        raise Gone from None
-    except nats.js.errors.APIError as exc:
-        if exc.err_code == _NO_MESSAGE_FOUND:
-            raise Gone from None
-        log.error("JetStream refused to %s: %s", doing, exc)
-        raise tools_unavailable(f"JetStream refused to {doing}: {exc.description}") from None
-    except nats.errors.TimeoutError:
-        raise tools_unavailable(f"NATS did not answer in time to {doing}") from None
-    except nats.errors.Error as exc:
-        raise tools_unavailable(f"NATS connection: {exc}") from None
 
 
 def tools_unavailable(reason: str) -> ApiError:
