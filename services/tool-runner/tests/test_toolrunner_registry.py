@@ -33,7 +33,10 @@ async def entries(kv: KeyValue) -> dict[str, ToolRegistration]:
         return {}
     found: dict[str, ToolRegistration] = {}
     for key in keys:
-        entry = await kv.get(key)
+        try:
+            entry = await kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            continue  # aged out between listing the keys and reading this one
         if entry.value:
             found[key] = msgspec.json.decode(entry.value, type=ToolRegistration)
     return found
