@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from omni_contract import events, rpc, streams, subjects, tools
+from omni_contract import declared, events, rpc, streams, subjects, tools
 from omni_contract.envelope import Envelope
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -58,6 +58,7 @@ RPC_ENDPOINTS: list[tuple[str, str, type[Any] | None, type[Any] | None]] = [
 KV_BUCKETS: list[tuple[str, str, type[Any]]] = [
     (tools.TOOL_REGISTRY_BUCKET, "{provider}.{category}.{action}.{runner}", tools.ToolRegistration),
     (tools.PROVIDER_HEALTH_BUCKET, "{provider}.{runner}", tools.ProviderHealth),
+    (declared.DECLARED_TOOLS_BUCKET, "{category}.{action} (the tool name)", declared.StoredDeclaration),
 ]
 
 

@@ -12,7 +12,7 @@ from nats.aio.client import Client as NATS
 from opentelemetry import propagate, trace
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from omni_gateway import deadletters, events, runs, servers, tools, workflows
+from omni_gateway import deadletters, declarations, events, runs, servers, tools, workflows
 from omni_gateway.bodies import respond, too_large
 from omni_gateway.engine import EngineClient
 from omni_gateway.errors import ApiError, error_response
@@ -81,6 +81,12 @@ def build_app(nc: NATS, settings: GatewaySettings, registry: CollectorRegistry) 
             web.post("/deadletters/{id}/redrive", deadletters.redrive_deadletter),
             web.post("/events/{subject}", events.publish_event),
             web.get("/tools", tools.list_tools),
+            # Before /tools/{name}...: "declarations" is not a tool name (tool names have a dot).
+            web.get("/tools/declarations", declarations.list_declarations),
+            web.post("/tools/declarations", declarations.create_declaration),
+            web.get("/tools/declarations/{name}", declarations.get_declaration),
+            web.put("/tools/declarations/{name}", declarations.put_declaration),
+            web.delete("/tools/declarations/{name}", declarations.delete_declaration),
             web.get("/tools/{name}", tools.get_tool),
             web.get("/tools/{name}/{provider}", tools.get_tool_provider),
             web.post("/tools/{category}/{action}/{provider}", tools.execute_tool),

@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 import msgspec.inspect as mi
+from omni_contract.declared import HttpToolDeclaration, StoredDeclaration
 from omni_contract.events import RunStatus
 from omni_contract.rpc import RunEventsReply, RunPage, RunSummary, WorkflowVersions
 
@@ -24,6 +25,7 @@ from omni_gateway.views import (
     DeadLetterPage,
     DeadLetterRedriven,
     DeadLetterView,
+    DeclarationList,
     EventAccepted,
     ExecuteRequest,
     Execution,
@@ -64,6 +66,9 @@ BODY_TYPES: tuple[type[msgspec.Struct], ...] = (
     ToolDetail,
     ToolExecuteRequest,
     ToolExecution,
+    DeclarationList,
+    StoredDeclaration,
+    HttpToolDeclaration,
     ServerList,
     ServerDetail,
     Health,
@@ -530,6 +535,71 @@ def _paths() -> dict[str, Any]:
                 ],
             ),
         },
+        "/tools/declarations": {
+            "get": _op(
+                "listDeclaredTools",
+                "tools",
+                "List the tools declared by configuration (HTTP calls served by tool-runner-integrations)",
+                {"200": _json("The declarations, with where each came from", "DeclarationList")},
+                errors=("ToolsUnavailable",),
+            ),
+            "post": _op(
+                "declareTool",
+                "tools",
+                "Declare a new tool backed by one HTTP call",
+                {"201": _json("The declaration as stored", "StoredDeclaration")},
+                errors=(
+                    "BadRequest",
+                    "PayloadTooLarge",
+                    "InvalidDeclaration",
+                    "AlreadyDeclared",
+                    "ToolsUnavailable",
+                ),
+                description=(
+                    "The integrations runner serves it as (name, integrations) moments later. The "
+                    "request's method, URL, query, headers and body are templates over the call "
+                    "({{ input.owner }}); the credential is named by auth.env, an environment variable "
+                    "of the runner, and never travels in the declaration."
+                ),
+                request_body={
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("HttpToolDeclaration")}},
+                },
+            ),
+        },
+        "/tools/declarations/{name}": {
+            "get": _op(
+                "getDeclaredTool",
+                "tools",
+                "Read one declared tool",
+                {"200": _json("The declaration", "StoredDeclaration")},
+                errors=("NotFound", "ToolsUnavailable"),
+                parameters=[_param_ref("ToolName")],
+            ),
+            "put": _op(
+                "putDeclaredTool",
+                "tools",
+                "Declare a tool, or replace its declaration",
+                {
+                    "200": _json("The declaration replaced the previous one", "StoredDeclaration"),
+                    "201": _json("The tool is newly declared", "StoredDeclaration"),
+                },
+                errors=("BadRequest", "PayloadTooLarge", "InvalidDeclaration", "ToolsUnavailable"),
+                request_body={
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("HttpToolDeclaration")}},
+                },
+                parameters=[_param_ref("ToolName")],
+            ),
+            "delete": _op(
+                "deleteDeclaredTool",
+                "tools",
+                "Withdraw a declared tool",
+                {"204": {"description": "Withdrawn; the runners stop serving it"}},
+                errors=("NotFound", "ToolsUnavailable"),
+                parameters=[_param_ref("ToolName")],
+            ),
+        },
         "/tools/{name}": {
             "get": _op(
                 "getTool",
@@ -836,6 +906,8 @@ _ERRORS: dict[str, tuple[str, str]] = {
         "schema; details name the field",
     ),
     "InvalidWorkflow": ("422", "The definition is invalid; details name the file, step and field"),
+    "InvalidDeclaration": ("422", "The tool declaration is invalid; details name the field ($.request.url)"),
+    "AlreadyDeclared": ("409", "A tool of that name is declared already (PUT replaces it)"),
     "InvalidRequest": ("422", "A required field is missing or unusable; details name it"),
     "IdempotencyMismatch": ("422", "The Idempotency-Key was used before with another request body"),
     "InternalError": ("500", "An unexpected failure (never with internals)"),

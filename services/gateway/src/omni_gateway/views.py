@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
+from omni_contract.declared import StoredDeclaration
 from omni_contract.events import RunEventRecord, RunProgress, RunStatus, Usage
 from omni_contract.rpc import RunSummary, StepSummary, WaitingFor
 from omni_contract.tools import Capability
@@ -154,6 +155,12 @@ class ToolView(msgspec.Struct, kw_only=True):
     reasons: Annotated[list[str], msgspec.Meta(description="Why it is unavailable (empty when available)")]
     replicas: Annotated[int, msgspec.Meta(description="Runner replicas registered for it now")]
     last_heartbeat: datetime | None
+
+
+class DeclarationList(msgspec.Struct, kw_only=True):
+    """The declared tools (``omni_contract.declared``), sorted by name."""
+
+    declarations: list[StoredDeclaration]
 
 
 class ToolList(msgspec.Struct, kw_only=True):

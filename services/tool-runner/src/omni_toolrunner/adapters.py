@@ -9,8 +9,10 @@ from typing import Any
 
 import httpx
 from httpx_aiohttp import AiohttpTransport
+from omni_contract.declared import DECLARED_PROVIDER
 
 from omni_toolrunner.providers import OpenRouterAdapter, ProviderAdapter
+from omni_toolrunner.providers.declared import DeclaredHttpAdapter
 from omni_toolrunner.providers.elevenlabs import DEFAULT_BASE_URL as ELEVENLABS_URL
 from omni_toolrunner.providers.elevenlabs import DEFAULT_MODEL as ELEVENLABS_MODEL
 from omni_toolrunner.providers.elevenlabs import DEFAULT_VOICE_ID as ELEVENLABS_VOICE
@@ -35,8 +37,10 @@ from omni_toolrunner.settings import ToolRunnerSettings
 
 OPENROUTER = "openrouter"
 MOCK = "mock"
-KNOWN_PROVIDERS = (*PROFILES, GEMINI, ELEVENLABS, PERPLEXITY, FIRECRAWL, LOCAL, MOCK)
+KNOWN_PROVIDERS = (*PROFILES, GEMINI, ELEVENLABS, PERPLEXITY, FIRECRAWL, LOCAL, MOCK, DECLARED_PROVIDER)
 NO_CREDENTIALS = frozenset({LOCAL, MOCK})  # providers that need no API key
+# Declared tools each name their own credential (or none); the runner itself needs none.
+PER_TOOL_CREDENTIALS = frozenset({DECLARED_PROVIDER})
 
 ModelOf = Callable[[str, Mapping[str, Any]], str | None]
 """The model a call of ``tool`` with step ``config`` asks for, for the span's ``gen_ai.request.model``."""
@@ -148,6 +152,9 @@ def bind_provider(
         return ProviderBinding(LocalAdapter(), "execute_tool", _fixed(None), None)
     if provider == MOCK:
         return ProviderBinding(MockAdapter.from_env(env), "execute_tool", _fixed(None), None)
+    if provider == DECLARED_PROVIDER:
+        declared = DeclaredHttpAdapter(client, environ=env, allowed_secrets=settings.declared_secrets)
+        return ProviderBinding(declared, "execute_tool", _fixed(None), None)
     raise ValueError(f"no adapter for provider {provider!r} (known: {', '.join(KNOWN_PROVIDERS)})")
 
 

@@ -16,22 +16,32 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from pathlib import Path
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BadRequestError
 from nats.js.kv import KeyValue
 from omni_contract import streams, subjects
+from omni_contract.declared import HttpToolDeclaration
 from omni_contract.tools import ProviderHealth
 from omni_runtime import nats as omni_nats
 from omni_runtime.service import ServiceContext
 from opentelemetry.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
-from omni_toolrunner.adapters import NO_CREDENTIALS, ProviderBinding, bind_provider, http_client
+from omni_toolrunner.adapters import (
+    NO_CREDENTIALS,
+    PER_TOOL_CREDENTIALS,
+    ProviderBinding,
+    bind_provider,
+    http_client,
+)
 from omni_toolrunner.catalogue import spec_for
 from omni_toolrunner.circuit import CIRCUITS_BUCKET, CircuitBreaker
+from omni_toolrunner.declarations import DeclarationWatcher, declarations_bucket, publish_files
 from omni_toolrunner.metrics import RunnerMetrics
+from omni_toolrunner.providers.declared import DeclaredHttpAdapter
 from omni_toolrunner.registry import ToolAnnouncer, health_bucket, registry_bucket
 from omni_toolrunner.results import RESULTS_BUCKET, KvResultStore, ResultStore
 from omni_toolrunner.runner import InvokeRunner
@@ -86,7 +96,9 @@ class ToolRunnerApp:
             store = KvResultStore(await self._results_bucket(js))
         sub = await omni_nats.pull_subscription(js, self.consumer)
         circuit = None
-        if self.settings.provider not in NO_CREDENTIALS:  # local tools have no far side to trip
+        # Local tools have no far side to trip; declared tools each have their own far side, and one
+        # integration's outage must not refuse calls to the others.
+        if self.settings.provider not in NO_CREDENTIALS | PER_TOOL_CREDENTIALS:
             circuit = CircuitBreaker(
                 await omni_nats.ensure_key_value(
                     js, CIRCUITS_BUCKET, ttl_s=None, description="Circuit breaker state per provider"
@@ -204,6 +216,9 @@ def make_body(
             health=(await health_bucket(ctx.js), app.provider_health(provider.missing_credentials)),
         )
         await announcer.start()
+        if isinstance(provider.adapter, DeclaredHttpAdapter):
+            watcher = await serve_declarations(ctx.js, provider.adapter, announcer, settings.declarations_dir)
+            ctx.stack.push_async_callback(watcher.stop)
         try:
             await ctx.stopping.wait()
         except asyncio.CancelledError:
@@ -213,6 +228,27 @@ def make_body(
         await app.stop(settings.shutdown_grace_s)
 
     return body
+
+
+async def serve_declarations(
+    js: JetStreamContext, adapter: DeclaredHttpAdapter, announcer: ToolAnnouncer, directory: Path | None
+) -> DeclarationWatcher:
+    """Write the shipped declarations, then serve whatever the bucket declares, following its changes."""
+    kv = await declarations_bucket(js)
+    if directory is not None:
+        written = await publish_files(kv, directory)
+        log.info("declared tools from %s: %d written to the bucket", directory, written)
+
+    async def apply(declarations: list[HttpToolDeclaration]) -> None:
+        adapter.replace(declarations)
+        reasons = {
+            d.name: reason for d in declarations if (reason := adapter.unavailable_reason(d)) is not None
+        }
+        await announcer.replace([d.spec() for d in declarations], reasons)
+
+    watcher = DeclarationWatcher(kv, apply)
+    await watcher.start()
+    return watcher
 
 
 def _provider_ready(provider: ProviderBinding) -> Callable[[], Awaitable[str | None]]:

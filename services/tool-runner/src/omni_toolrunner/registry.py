@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
 import msgspec
@@ -62,6 +62,7 @@ class ToolAnnouncer:
         unavailable_reason: str | None = None,
         heartbeat_s: float = HEARTBEAT_S,
         health: tuple[KeyValue, Callable[[], ProviderHealth]] | None = None,
+        reasons: Mapping[str, str] | None = None,
     ) -> None:
         self.kv = kv
         # Where this replica's view of its provider goes, and how to take it (``GET /servers``).
@@ -69,6 +70,8 @@ class ToolAnnouncer:
         self.specs = list(specs)
         self.runner = runner
         self.reason = unavailable_reason
+        # Per tool, why this replica cannot serve it (declared tools whose secret is missing).
+        self.reasons = dict(reasons or {})
         self.heartbeat_s = heartbeat_s
         self.started_at = datetime.now(UTC)
         self._task: asyncio.Task[None] | None = None
@@ -80,11 +83,12 @@ class ToolAnnouncer:
         """Write (or refresh) one entry per tool; the bucket's TTL drops them if this stops."""
         now = datetime.now(UTC)
         for key, spec in zip(self._keys(), self.specs, strict=True):
+            reason = self.reason or self.reasons.get(spec.name)
             entry = ToolRegistration(
                 spec=spec,
                 runner=self.runner,
-                status=UNAVAILABLE if self.reason else AVAILABLE,
-                reason=self.reason,
+                status=UNAVAILABLE if reason else AVAILABLE,
+                reason=reason,
                 started_at=self.started_at,
                 heartbeat_at=now,
             )
@@ -111,6 +115,18 @@ class ToolAnnouncer:
             UNAVAILABLE if self.reason else AVAILABLE,
             f" ({self.reason})" if self.reason else "",
         )
+
+    async def replace(self, specs: Sequence[ToolSpec], reasons: Mapping[str, str] | None = None) -> None:
+        """Serve ``specs`` from now on: announce them at once and delete the entries of tools dropped."""
+        before = set(self._keys())
+        self.specs = list(specs)
+        self.reasons = dict(reasons or {})
+        for key in before - set(self._keys()):
+            try:
+                await self.kv.delete(key)
+            except Exception as exc:  # noqa: BLE001 - the TTL removes it anyway
+                log.warning("could not withdraw %s from the tool registry: %s", key, exc)
+        await self.announce()
 
     async def withdraw(self) -> None:
         """Stop the heartbeats and delete this replica's entries (an orderly stop)."""

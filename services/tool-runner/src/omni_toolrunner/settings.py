@@ -6,9 +6,14 @@ rest of the world uses for them (``OPENROUTER_API_KEY``, ...), so an existing en
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 from omni_runtime.settings import ServiceSettings
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from omni_toolrunner.providers.declared import DEFAULT_SECRETS
 
 
 class ToolRunnerSettings(ServiceSettings):
@@ -59,6 +64,41 @@ class ToolRunnerSettings(ServiceSettings):
     circuit_cooldown_s: float = Field(
         default=30.0, gt=0, description="How long an open circuit refuses calls before one probe"
     )
+
+    requests_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Calls to the provider per rate window across all replicas (excess work waits, unacknowledged, "
+            "and the rest stays in the stream); default: no limit"
+        ),
+    )
+    tokens_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        description="Tokens the provider may use per rate window across all replicas; default: no limit",
+    )
+    rate_window_s: float = Field(
+        default=60.0, gt=0, le=3600, description="The rate limits' window (a minute unless tests shorten it)"
+    )
+    declarations_dir: Path | None = Field(
+        default=None,
+        description="integrations provider: directory of declared tool files written to the bucket at start",
+    )
+    declared_secrets: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_SECRETS),
+        description=(
+            "integrations provider: the environment variables declared tools may use as credentials "
+            "(comma-separated)"
+        ),
+    )
+
+    @field_validator("declared_secrets", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
 
     openrouter_api_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("OPENROUTER_API_KEY", "openrouter_api_key")

@@ -1,0 +1,161 @@
+"""``/tools/declarations``: tools declared by configuration, registered, read and withdrawn over HTTP.
+
+A declaration (``omni_contract.declared``) describes one HTTP call; the ``integrations`` tool-runner
+serves it as ``(name, integrations)`` moments after it is stored. The gateway checks a declaration
+completely before storing it (its fields, templates, URL, credential, and that its schemas are JSON
+Schemas), so a mistake is a 422 naming the field instead of a tool that fails at its first call.
+Declarations are kept in the JetStream KV bucket ``omni_declared_tools``.
+
+Routes: ``GET /tools/declarations``, ``GET|PUT|DELETE /tools/declarations/{name}`` (PUT creates or
+replaces: 201 or 200), ``POST /tools/declarations`` (creates; 409 when the name is taken).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import jsonschema  # type: ignore[import-untyped]  # ships no type information
+import msgspec
+import nats.js.errors
+from aiohttp import web
+from nats.js.kv import KeyValue
+from omni_contract.declared import (
+    DECLARED_TOOLS_BUCKET,
+    DECLARED_TOOLS_DESCRIPTION,
+    ORIGIN_API,
+    DeclarationError,
+    HttpToolDeclaration,
+    StoredDeclaration,
+    declared_key,
+    decode_declaration,
+)
+from omni_runtime import nats as omni_nats
+
+from omni_gateway.bodies import read_json_object
+from omni_gateway.errors import ApiError, ErrorDetail
+from omni_gateway.state import GATEWAY
+from omni_gateway.tools import jetstream_errors, read_entries
+from omni_gateway.views import DeclarationList
+
+
+async def _bucket(request: web.Request) -> KeyValue:
+    js = request.app[GATEWAY].js
+    with jetstream_errors("open the declared tools bucket"):
+        try:
+            return await js.key_value(DECLARED_TOOLS_BUCKET)
+        except nats.js.errors.BucketNotFoundError:
+            # The first declaration before any integrations runner started: make the bucket it uses.
+            return await omni_nats.ensure_key_value(
+                js, DECLARED_TOOLS_BUCKET, ttl_s=None, description=DECLARED_TOOLS_DESCRIPTION
+            )
+
+
+async def _stored(kv: KeyValue, name: str) -> StoredDeclaration | None:
+    with jetstream_errors("read a declared tool"):
+        try:
+            entry = await kv.get(declared_key(name))
+        except nats.js.errors.KeyNotFoundError:
+            return None
+    if not entry.value:
+        return None
+    return msgspec.json.decode(entry.value, type=StoredDeclaration)
+
+
+def _declaration_of(body: dict[str, Any], name: str | None) -> HttpToolDeclaration:
+    if name is not None:
+        if "name" in body and body["name"] != name:
+            raise ApiError(
+                422,
+                "invalid_declaration",
+                f"the body names {body['name']!r} but the URL names {name!r}",
+                [ErrorDetail(field="$.name", message=f"must be {name!r}, as in the URL")],
+            )
+        body = {**body, "name": name}
+    try:
+        declaration = decode_declaration(body)
+    except DeclarationError as exc:
+        details = [ErrorDetail(field=p.field, message=p.message) for p in exc.problems]
+        raise ApiError(422, "invalid_declaration", f"invalid tool declaration: {exc}", details) from None
+    for field, schema in (
+        ("$.inputSchema", declaration.input_schema),
+        ("$.outputSchema", declaration.output_schema),
+    ):
+        try:
+            jsonschema.validators.validator_for(schema).check_schema(schema)
+        except jsonschema.exceptions.SchemaError as exc:
+            where = field + "".join(f".{part}" for part in exc.absolute_path)
+            raise ApiError(
+                422,
+                "invalid_declaration",
+                f"{field} is not a JSON Schema: {exc.message}",
+                [ErrorDetail(field=where, message=exc.message)],
+            ) from None
+    return declaration
+
+
+async def _save(kv: KeyValue, declaration: HttpToolDeclaration) -> StoredDeclaration:
+    stored = StoredDeclaration(declaration=declaration, origin=ORIGIN_API, updated_at=datetime.now(UTC))
+    with jetstream_errors("store a declared tool"):
+        await kv.put(declared_key(declaration.name), msgspec.json.encode(stored))
+    return stored
+
+
+def _view(stored: StoredDeclaration, status: int = 200) -> web.Response:
+    # Declarations are camelCase already, on the wire and in files; send them as they are stored.
+    return web.Response(status=status, body=msgspec.json.encode(stored), content_type="application/json")
+
+
+async def list_declarations(request: web.Request) -> web.Response:
+    kv = await _bucket(request)
+    with jetstream_errors("read the declared tools"):
+        found = await read_entries(kv, ">", StoredDeclaration, DECLARED_TOOLS_BUCKET)
+    found.sort(key=lambda stored: stored.declaration.name)
+    return web.Response(
+        body=msgspec.json.encode(DeclarationList(declarations=found)), content_type="application/json"
+    )
+
+
+async def get_declaration(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    stored = await _stored(await _bucket(request), name)
+    if stored is None:
+        raise ApiError(404, "not_found", f"no declared tool {name!r}")
+    return _view(stored)
+
+
+async def put_declaration(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    body = await read_json_object(request, request.app[GATEWAY].settings.max_body_bytes)
+    declaration = _declaration_of(body, name)
+    kv = await _bucket(request)
+    existed = await _stored(kv, name) is not None
+    return _view(await _save(kv, declaration), status=200 if existed else 201)
+
+
+async def create_declaration(request: web.Request) -> web.Response:
+    body = await read_json_object(request, request.app[GATEWAY].settings.max_body_bytes)
+    declaration = _declaration_of(body, None)
+    kv = await _bucket(request)
+    stored = StoredDeclaration(declaration=declaration, origin=ORIGIN_API, updated_at=datetime.now(UTC))
+    with jetstream_errors("store a declared tool"):
+        try:
+            await kv.create(declared_key(declaration.name), msgspec.json.encode(stored))
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise ApiError(
+                409,
+                "conflict",
+                f"a tool {declaration.name!r} is already declared; "
+                f"PUT /tools/declarations/{declaration.name} replaces it",
+            ) from None
+    return _view(stored, status=201)
+
+
+async def delete_declaration(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    kv = await _bucket(request)
+    if await _stored(kv, name) is None:
+        raise ApiError(404, "not_found", f"no declared tool {name!r}")
+    with jetstream_errors("delete a declared tool"):
+        await kv.delete(declared_key(name))
+    return web.Response(status=204)
