@@ -60,7 +60,7 @@ Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 AuthScheme = Literal["bearer", "token", "basic", "header", "query", "url"]
 
 
-class AuthSpec(msgspec.Struct, kw_only=True, omit_defaults=True, rename="camel"):
+class AuthSpec(msgspec.Struct, kw_only=True, rename="camel"):
     """The credential: the runner reads ``env`` from its environment and sends it as ``scheme`` says.
 
     ``bearer``/``token``: ``Authorization: Bearer|token <secret>``; ``basic``: the secret is
@@ -73,7 +73,7 @@ class AuthSpec(msgspec.Struct, kw_only=True, omit_defaults=True, rename="camel")
     name: str | None = None
 
 
-class HttpRequestSpec(msgspec.Struct, kw_only=True, omit_defaults=True, rename="camel"):
+class HttpRequestSpec(msgspec.Struct, kw_only=True, rename="camel"):
     method: Method = "GET"
     url: str = ""
     query: dict[str, str] = {}
@@ -82,7 +82,7 @@ class HttpRequestSpec(msgspec.Struct, kw_only=True, omit_defaults=True, rename="
     base_url_env: str | None = None
 
 
-class HttpToolDeclaration(msgspec.Struct, kw_only=True, omit_defaults=True, rename="camel"):
+class HttpToolDeclaration(msgspec.Struct, kw_only=True, rename="camel"):
     """A tool whose one call is the HTTP request described here."""
 
     name: str  # <category>.<action>, e.g. github.create_issue
@@ -117,7 +117,7 @@ class HttpToolDeclaration(msgspec.Struct, kw_only=True, omit_defaults=True, rena
         )
 
 
-class StoredDeclaration(msgspec.Struct, kw_only=True, omit_defaults=True, rename="camel"):
+class StoredDeclaration(msgspec.Struct, kw_only=True, rename="camel"):
     """A declaration as the bucket keeps it: where it came from and when."""
 
     declaration: HttpToolDeclaration
@@ -295,6 +295,9 @@ def as_text(value: Any) -> str:
 
 
 def _path_of(message: str) -> str:
-    """The ``$.field`` a msgspec validation message ends with (``... - at `$.request.method```)."""
+    """The field a msgspec validation message is about: ``... - at `$.request.method```, or the
+    missing field itself for ``Object missing required field `request```."""
     match = re.search(r"at `(\$[^`]*)`", message)
-    return match.group(1) if match else "$"
+    path = match.group(1) if match else "$"
+    missing = re.match(r"Object missing required field `([^`]+)`", message)
+    return f"{path}.{missing.group(1)}" if missing else path

@@ -1,0 +1,112 @@
+"""Tool declarations: what a valid one looks like, each mistake named by its field, and the template rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from omni_contract.declared import (
+    DECLARED_PROVIDER,
+    DeclarationError,
+    decode_declaration,
+    lookup,
+    render,
+)
+
+
+def declaration(**overrides: Any) -> dict[str, Any]:
+    value: dict[str, Any] = {
+        "name": "github.create_issue",
+        "request": {
+            "method": "POST",
+            "url": "https://api.github.com/repos/{{ input.owner }}/{{ input.repo }}/issues",
+            "body": {"title": "{{ input.title }}", "labels": "{{ input.labels }}"},
+        },
+        "auth": {"env": "GITHUB_TOKEN"},
+        "output": {"url": "{{ response.html_url }}", "status": "{{ status }}"},
+    }
+    value.update(overrides)
+    return value
+
+
+def problems(value: dict[str, Any]) -> dict[str, str]:
+    with pytest.raises(DeclarationError) as caught:
+        decode_declaration(value)
+    return {problem.field: problem.message for problem in caught.value.problems}
+
+
+def test_a_valid_declaration_decodes_into_the_registry_spec_of_the_integrations_provider() -> None:
+    decoded = decode_declaration(declaration(description="Open an issue", timeoutMs=15000))
+    spec = decoded.spec()
+    assert (spec.name, spec.provider, spec.category) == ("github.create_issue", DECLARED_PROVIDER, "github")
+    assert spec.requires_auth and spec.timeout_ms == 15000
+    assert decoded.auth is not None and decoded.auth.scheme == "bearer"
+
+
+@pytest.mark.parametrize(
+    ("override", "field", "words"),
+    [
+        ({"name": "CreateIssue"}, "$.name", "<category>.<action>"),
+        ({"name": "github.issues.create"}, "$.name", "<category>.<action>"),
+        ({"request": {"url": "https://{{ input.host }}/x"}}, "$.request.url", "literal http"),
+        ({"request": {"url": "https://api.github.com{{ input.path }}"}}, "$.request.url", "literal http"),
+        ({"request": {"url": "ftp://example.com/x"}}, "$.request.url", "literal http"),
+        (
+            {"request": {"url": "https://x.test/{{ env.GITHUB_TOKEN }}"}},
+            "$.request.url",
+            "unknown root 'env'",
+        ),
+        ({"request": {"url": "https://x.test/{{ input.a + 1 }}"}}, "$.request.url", "is not a path"),
+        (
+            {"request": {"method": "GET", "url": "https://x.test/", "body": {"a": 1}}},
+            "$.request.body",
+            "no body",
+        ),
+        ({"auth": {"env": "github-token"}}, "$.auth.env", "environment variable"),
+        ({"auth": {"env": "KEY", "scheme": "header"}}, "$.auth.name", "needs the header"),
+        ({"auth": {"env": "HOOK", "scheme": "url"}}, "$.request.url", "only a path"),
+        ({"output": {"x": "{{ request.url }}"}}, "$.output.x", "unknown root 'request'"),
+        (
+            {"request": {"url": "https://x.test/", "headers": {"Authorization": "x"}}},
+            "$.request.headers.Authorization",
+            "set by auth",
+        ),
+    ],
+)
+def test_each_mistake_is_named_by_its_field(override: dict[str, Any], field: str, words: str) -> None:
+    found = problems(declaration(**override))
+    assert field in found, found
+    assert words in found[field]
+
+
+def test_a_wrong_type_or_value_names_the_field_msgspec_found() -> None:
+    assert "$.request.method" in problems(declaration(request={"method": "FETCH", "url": "https://x.test/"}))
+    assert "$.timeoutMs" in problems(declaration(timeoutMs=0))
+    assert "$.request" in problems({"name": "a.b"})
+
+
+def test_whole_templates_keep_types_and_absent_values_leave_entries_out() -> None:
+    scope = {"input": {"title": "Bug", "labels": ["a", "b"], "n": 3}}
+    body = {
+        "title": "{{ input.title }}",
+        "labels": "{{ input.labels }}",
+        "assignees": "{{ input.assignees }}",
+        "summary": "#{{ input.n }}: {{ input.title }} {{ input.missing }}",
+        "nested": [{"content": "{{ input.title }}"}],
+        "fixed": 7,
+    }
+    assert render(body, scope) == {
+        "title": "Bug",
+        "labels": ["a", "b"],
+        "summary": "#3: Bug ",
+        "nested": [{"content": "Bug"}],
+        "fixed": 7,
+    }
+
+
+def test_paths_reach_into_lists_and_stop_at_anything_missing() -> None:
+    scope = {"response": {"items": [{"id": 1}, {"id": 2}]}}
+    assert lookup(scope, "response.items[1].id") == 2
+    assert lookup(scope, "response.items[5].id") is None
+    assert lookup(scope, "response.other.id") is None
+    assert lookup(scope, "response.items.id") is None

@@ -1,0 +1,260 @@
+"""``/tools/declarations``: declare a tool over HTTP, see the real integrations runner serve it, call it.
+
+The runner is the real ``tool-runner-integrations`` served in this event loop on a real NATS server;
+the declared tool calls a real HTTP server on 127.0.0.1 (an aiohttp app standing in for a team's
+service), so the whole path is exercised: gateway -> KV bucket -> runner's watch -> registry ->
+direct execution -> HTTP call with the credential -> mapped output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from gateway_fakes import GatewayFactory
+from omni_runtime.service import serve
+from omni_testkit import unique_name, wait_for
+from omni_toolrunner.app import make_body, service_name
+from omni_toolrunner.settings import ToolRunnerSettings
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "s3cret-token"
+
+
+def ticket_declaration(base_url: str, **overrides: Any) -> dict[str, Any]:
+    value: dict[str, Any] = {
+        "description": "Open a ticket in the helpdesk",
+        "timeoutMs": 5000,
+        "inputSchema": {
+            "type": "object",
+            "required": ["queue", "subject"],
+            "properties": {"queue": {"type": "string"}, "subject": {"type": "string", "minLength": 1}},
+        },
+        "request": {
+            "method": "POST",
+            "url": base_url + "/queues/{{ input.queue }}/tickets",
+            "body": {"subject": "{{ input.subject }}", "priority": "{{ input.priority }}"},
+        },
+        "auth": {"env": "HELPDESK_TOKEN", "scheme": "header", "name": "X-Api-Key"},
+        "output": {
+            "ticket": "{{ response.id }}",
+            "link": "{{ response.links.self }}",
+            "code": "{{ status }}",
+        },
+    }
+    value.update(overrides)
+    return value
+
+
+@asynccontextmanager
+async def helpdesk() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+    """A small HTTP service: ``POST /queues/{queue}/tickets`` with ``X-Api-Key``."""
+    received: list[dict[str, Any]] = []
+
+    async def create(request: web.Request) -> web.Response:
+        if request.headers.get("X-Api-Key") != TOKEN:
+            return web.json_response({"message": "bad key"}, status=401)
+        body = await request.json()
+        received.append({"queue": request.match_info["queue"], **body})
+        ticket = f"T-{len(received)}"
+        return web.json_response({"id": ticket, "links": {"self": f"/tickets/{ticket}"}}, status=201)
+
+    app = web.Application()
+    app.router.add_post("/queues/{queue}/tickets", create)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}", received
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
+async def integrations_runner(nats_url: str) -> AsyncIterator[None]:
+    settings = ToolRunnerSettings(
+        nats_url=nats_url,
+        provider="integrations",
+        instance=unique_name("integrations"),
+        ack_wait_s=5.0,
+        shutdown_grace_s=5.0,
+        log_format="console",
+        declared_secrets=["HELPDESK_TOKEN", "MISSING_TOKEN"],
+    )
+    stopping = asyncio.Event()
+    task = asyncio.create_task(
+        serve(
+            service_name("integrations"),
+            settings,
+            make_body(settings),
+            install_signals=False,
+            stopping=stopping,
+        )
+    )
+    try:
+        yield
+    finally:
+        stopping.set()
+        try:
+            await asyncio.wait_for(task, timeout=30)
+        except TimeoutError:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+
+
+async def tool_status(gateway: TestClient[Any, Any], name: str) -> dict[str, Any] | None:
+    response = await gateway.get(f"/tools?name={name}&provider=integrations")
+    tools = (await response.json())["tools"]
+    return tools[0] if tools else None
+
+
+async def test_a_tool_declared_over_http_is_served_called_and_withdrawn(
+    nats_url: str, make_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HELPDESK_TOKEN", TOKEN)
+    gateway = await make_gateway()
+    async with helpdesk() as (base_url, received), integrations_runner(nats_url):
+        created = await gateway.put(
+            "/tools/declarations/helpdesk.open_ticket", json=ticket_declaration(base_url)
+        )
+        assert created.status == 201, await created.text()
+        stored = await created.json()
+        assert stored["origin"] == "api" and stored["declaration"]["name"] == "helpdesk.open_ticket"
+
+        async def served() -> bool:
+            tool = await tool_status(gateway, "helpdesk.open_ticket")
+            return tool is not None and tool["status"] == "available"
+
+        await wait_for(served, timeout=20, message="the runner registered the declared tool")
+        detail = await (await gateway.get("/tools/helpdesk.open_ticket/integrations")).json()
+        assert detail["requiresAuth"] is True
+        assert detail["inputSchema"]["required"] == ["queue", "subject"]
+
+        response = await gateway.post(
+            "/tools/helpdesk/open_ticket/integrations",
+            json={"input": {"queue": "billing/eu", "subject": "Refund"}},
+        )
+        assert response.status == 200, await response.text()
+        body = await response.json()
+        assert body["success"] is True
+        assert body["output"] == {"ticket": "T-1", "link": "/tickets/T-1", "code": 201}
+        # The path value was percent-encoded into one segment; the absent priority was left out.
+        assert received == [{"queue": "billing/eu", "subject": "Refund"}]
+
+        # The schema is enforced before anything is sent.
+        invalid = await gateway.post(
+            "/tools/helpdesk/open_ticket/integrations", json={"input": {"queue": "x"}}
+        )
+        assert invalid.status == 422
+        assert (await invalid.json())["error"]["details"][0]["field"] == "input.subject"
+
+        # A replacement is picked up; the service refusing the credential is a failed call, kind auth.
+        replaced = await gateway.put(
+            "/tools/declarations/helpdesk.open_ticket",
+            json=ticket_declaration(
+                base_url, auth={"env": "HELPDESK_TOKEN", "scheme": "header", "name": "X-Other"}
+            ),
+        )
+        assert replaced.status == 200
+
+        async def refused() -> bool:
+            attempt = await gateway.post(
+                "/tools/helpdesk/open_ticket/integrations", json={"input": {"queue": "q", "subject": "s"}}
+            )
+            return attempt.status == 502 and (await attempt.json())["error"]["kind"] == "auth"
+
+        await wait_for(refused, timeout=20, message="the replaced declaration was served")
+
+        listed = await (await gateway.get("/tools/declarations")).json()
+        assert [d["declaration"]["name"] for d in listed["declarations"]] == ["helpdesk.open_ticket"]
+
+        deleted = await gateway.delete("/tools/declarations/helpdesk.open_ticket")
+        assert deleted.status == 204
+
+        async def withdrawn() -> bool:
+            return await tool_status(gateway, "helpdesk.open_ticket") is None
+
+        await wait_for(withdrawn, timeout=20, message="the deleted declaration left the registry")
+        assert (await gateway.get("/tools/declarations/helpdesk.open_ticket")).status == 404
+
+
+async def test_a_declared_tool_without_its_secret_is_registered_unavailable_with_the_reason(
+    nats_url: str, make_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MISSING_TOKEN", raising=False)
+    gateway = await make_gateway()
+    async with integrations_runner(nats_url):
+        for name, env in (
+            ("helpdesk.no_secret", "MISSING_TOKEN"),
+            ("helpdesk.not_allowed", "OPENROUTER_API_KEY"),
+        ):
+            declared = ticket_declaration("http://127.0.0.1:9", auth={"env": env, "scheme": "bearer"})
+            assert (await gateway.put(f"/tools/declarations/{name}", json=declared)).status == 201
+
+        async def both_listed() -> bool:
+            return all(
+                [
+                    await tool_status(gateway, "helpdesk.no_secret"),
+                    await tool_status(gateway, "helpdesk.not_allowed"),
+                ]
+            )
+
+        await wait_for(both_listed, timeout=20, message="both declared tools were registered")
+        missing = await tool_status(gateway, "helpdesk.no_secret")
+        assert missing is not None
+        assert (missing["status"], missing["reasons"]) == ("unavailable", ["MISSING_TOKEN is not set"])
+        refused = await tool_status(gateway, "helpdesk.not_allowed")
+        assert refused is not None and refused["status"] == "unavailable"
+        assert "OMNI_TOOLRUNNER_DECLARED_SECRETS" in refused["reasons"][0]
+        call = await gateway.post(
+            "/tools/helpdesk/no_secret/integrations", json={"input": {"queue": "q", "subject": "s"}}
+        )
+        assert call.status == 503
+        assert "MISSING_TOKEN is not set" in (await call.json())["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "field"),
+    [
+        ({"request": {"method": "POST", "url": "https://{{ input.host }}/x"}}, 422, "$.request.url"),
+        ({"auth": {"env": "lower-case"}}, 422, "$.auth.env"),
+        ({"inputSchema": {"type": "objekt"}}, 422, "$.inputSchema.type"),
+        ({"timeoutMs": "soon"}, 422, "$.timeoutMs"),
+        ({"name": "other.tool"}, 422, "$.name"),
+        ({"request": None}, 422, "$.request"),
+    ],
+)
+async def test_a_bad_declaration_is_refused_naming_the_field_and_nothing_is_stored(
+    gateway: TestClient[Any, Any], change: dict[str, Any], status: int, field: str
+) -> None:
+    response = await gateway.put(
+        "/tools/declarations/helpdesk.open_ticket", json=ticket_declaration("https://helpdesk.test", **change)
+    )
+    assert response.status == status, await response.text()
+    body = await response.json()
+    assert body["error"]["code"] == "invalid_declaration"
+    assert field in [detail["field"] for detail in body["error"]["details"]], body
+    assert (await gateway.get("/tools/declarations/helpdesk.open_ticket")).status == 404
+
+
+async def test_post_creates_once_and_refuses_a_taken_name(gateway: TestClient[Any, Any]) -> None:
+    declared = {"name": "helpdesk.open_ticket", **ticket_declaration("https://helpdesk.test")}
+    first = await gateway.post("/tools/declarations", json=declared)
+    assert first.status == 201, await first.text()
+    again = await gateway.post("/tools/declarations", json=declared)
+    assert again.status == 409
+    assert "PUT /tools/declarations/helpdesk.open_ticket" in (await again.json())["error"]["message"]
+    malformed = await gateway.post(
+        "/tools/declarations", data=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert malformed.status == 400
+    assert (await gateway.delete("/tools/declarations/helpdesk.nothing")).status == 404
