@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from nats.js import JetStreamContext
@@ -430,3 +431,53 @@ async def test_the_provider_concurrency_limit_holds_across_replicas_and_excess_w
     stats = await simulator_stats(simulator)
     assert stats["calls"] == 8
     assert stats["max_in_flight"] == 2  # two replicas with room for 32 each, yet two at a time
+
+
+async def test_the_shared_rate_limit_spreads_calls_over_windows_and_excess_work_waits(
+    nats_url: str, simulator: RunningSimulator, js: JetStreamContext
+) -> None:
+    results = await open_results(js)
+    window_s = 1.0
+    settings = runner_settings(nats_url, simulator, requests_per_minute=3, rate_window_s=window_s)
+    async with running_runner(settings) as first, running_runner(settings) as second:
+        await asyncio.sleep(window_s - time.time() % window_s + 0.02)  # start as a window opens
+        started = time.monotonic()
+        for _ in range(9):
+            await publish_invoke(js, make_invoke())
+        answered = [read_result(await results.next()) for _ in range(9)]
+        elapsed = time.monotonic() - started
+        waited = sum(
+            runner.metric("omni_toolrunner_rate_limited_total", provider="openrouter", outcome="waited")
+            for runner in (first, second)
+        )
+    assert all(r.success for r in answered), [r.error for r in answered if not r.success]
+    assert (await simulator_stats(simulator))["calls"] == 9
+    # Three per window across both replicas: nine calls need the two windows after the first, and
+    # at least six of them waited (none failed).
+    assert elapsed >= 2 * window_s - 0.1
+    assert waited >= 6
+
+
+async def test_a_rate_limit_wait_longer_than_the_deadline_answers_rate_limited_with_retry_after(
+    nats_url: str, simulator: RunningSimulator, js: JetStreamContext
+) -> None:
+    results = await open_results(js)
+    window_s = 3.0
+    settings = runner_settings(nats_url, simulator, requests_per_minute=1, rate_window_s=window_s)
+    async with running_runner(settings) as runner:
+        # Start just after a window opens, so the next one is more than the deadline away.
+        await asyncio.sleep(window_s - time.time() % window_s + 0.05)
+        await publish_invoke(js, make_invoke(timeout_ms=500))
+        await publish_invoke(js, make_invoke(timeout_ms=500))
+        answered = sorted([read_result(await results.next()) for _ in range(2)], key=lambda r: r.success)
+        refused = runner.metric(
+            "omni_toolrunner_rate_limited_total", provider="openrouter", outcome="refused"
+        )
+    failed, succeeded = answered
+    assert succeeded.success
+    assert failed.error is not None
+    assert (failed.error.kind, failed.error.retryable) == ("rate_limited", True)
+    assert failed.error.retry_after_s is not None
+    assert 1.0 < failed.error.retry_after_s <= window_s
+    assert refused == 1
+    assert (await simulator_stats(simulator))["calls"] == 1

@@ -102,6 +102,7 @@ class ProviderHealth(msgspec.Struct, kw_only=True, omit_defaults=True):
     latency_p95_ms: float | None = None
     last_error: str | None = None
     last_error_at: datetime | None = None
+    throttled: int = 0  # calls held back by the provider's rate limits since the replica started
     updated_at: datetime | None = None
 
 

@@ -42,6 +42,7 @@ from omni_toolrunner.circuit import CIRCUITS_BUCKET, CircuitBreaker
 from omni_toolrunner.declarations import DeclarationWatcher, declarations_bucket, publish_files
 from omni_toolrunner.metrics import RunnerMetrics
 from omni_toolrunner.providers.declared import DeclaredHttpAdapter
+from omni_toolrunner.ratelimit import RateLimiter, rate_limit_bucket
 from omni_toolrunner.registry import ToolAnnouncer, health_bucket, registry_bucket
 from omni_toolrunner.results import RESULTS_BUCKET, KvResultStore, ResultStore
 from omni_toolrunner.runner import InvokeRunner
@@ -107,6 +108,15 @@ class ToolRunnerApp:
                 threshold=self.settings.circuit_threshold,
                 cooldown_s=self.settings.circuit_cooldown_s,
             )
+        limiter = None
+        if self.settings.requests_per_minute or self.settings.tokens_per_minute:
+            limiter = RateLimiter(
+                await rate_limit_bucket(js),
+                self.settings.provider,
+                requests_per_window=self.settings.requests_per_minute,
+                tokens_per_window=self.settings.tokens_per_minute,
+                window_s=self.settings.rate_window_s,
+            )
         self.runner = InvokeRunner(
             js=js,
             provider=provider,
@@ -118,6 +128,7 @@ class ToolRunnerApp:
             instance=self.instance,
             tracer_provider=self.tracer_provider,
             circuit=circuit,
+            limiter=limiter,
         )
         self.runner.start(sub)
         log.info(
@@ -152,7 +163,9 @@ class ToolRunnerApp:
         def take() -> ProviderHealth:
             assert self.runner is not None
             return self.runner.stats.snapshot(
-                circuit=self.runner.circuit_state, unavailable_reason=unavailable_reason
+                circuit=self.runner.circuit_state,
+                unavailable_reason=unavailable_reason,
+                throttled=self.runner.throttled,
             )
 
         return take

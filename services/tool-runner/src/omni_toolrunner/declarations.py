@@ -144,7 +144,7 @@ class DeclarationWatcher:
                     await self._publish()
         finally:
             try:
-                await watcher.stop()
+                await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
             except nats.errors.Error as exc:
                 log.debug("stopping the declarations watch: %s", exc)
 

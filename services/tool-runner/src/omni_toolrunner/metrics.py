@@ -44,6 +44,20 @@ class RunnerMetrics:
             ["provider", "reason"],
             registry=registry,
         )
+        self.throttled = Counter(
+            "omni_toolrunner_rate_limited_total",
+            "Calls held back by the provider's shared rate limits, by outcome (waited: called once the "
+            "window allowed; refused: the wait would outlast the call's deadline)",
+            ["provider", "outcome"],
+            registry=registry,
+        )
+        self.throttle_wait = Histogram(
+            "omni_toolrunner_rate_limit_wait_seconds",
+            "How long calls waited for the provider's rate limits",
+            ["provider"],
+            buckets=CALL_BUCKETS,
+            registry=registry,
+        )
         self.in_flight = Gauge(
             "omni_toolrunner_in_flight",
             "Work messages held by this replica (running or waiting for a slot)",

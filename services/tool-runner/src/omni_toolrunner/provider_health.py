@@ -36,7 +36,9 @@ class ProviderStats:
             self.last_error = f"{error_kind}: {message}" if message else error_kind
             self.last_error_at = datetime.now(UTC)
 
-    def snapshot(self, *, circuit: str = "closed", unavailable_reason: str | None = None) -> ProviderHealth:
+    def snapshot(
+        self, *, circuit: str = "closed", unavailable_reason: str | None = None, throttled: int = 0
+    ) -> ProviderHealth:
         latencies = sorted(latency for latency, _ in self._calls)
         errors = sum(1 for _, failed in self._calls if failed)
         rate = errors / len(self._calls) if self._calls else 0.0
@@ -63,5 +65,6 @@ class ProviderStats:
             else None,
             last_error=self.last_error,
             last_error_at=self.last_error_at,
+            throttled=throttled,
             updated_at=datetime.now(UTC),
         )

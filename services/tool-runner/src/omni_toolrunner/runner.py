@@ -63,6 +63,7 @@ from omni_toolrunner.circuit import CircuitBreaker
 from omni_toolrunner.metrics import OUTCOME_SUCCESS, RunnerMetrics
 from omni_toolrunner.provider_health import ProviderStats
 from omni_toolrunner.providers import ProviderError, ToolCall, ToolOutcome
+from omni_toolrunner.ratelimit import RateLimiter, RateLimitExceeded
 from omni_toolrunner.results import ResultStore
 from omni_toolrunner.settings import ToolRunnerSettings
 
@@ -108,9 +109,11 @@ class InvokeRunner:
         tracer_provider: TracerProvider | None = None,
         circuit: CircuitBreaker | None = None,
         stats: ProviderStats | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self._js = js
         self._circuit = circuit
+        self._limiter = limiter
         self.stats = stats or ProviderStats(settings.provider, instance)
         self._binding = provider
         self._adapter = provider.adapter
@@ -375,22 +378,56 @@ class InvokeRunner:
         except Exception as exc:  # noqa: BLE001 - the next outcome tries again
             log.warning("could not record the outcome in the circuit of %s: %s", self._provider, exc)
 
+    @property
+    def throttled(self) -> int:
+        return self._limiter.throttled if self._limiter is not None else 0
+
+    async def _within_rate(self, timeout_s: float, span: Span) -> ToolError | None:
+        """Wait for the provider's shared rate limits to let one more call through.
+
+        The work stays held (and reported in progress) meanwhile, so it occupies one of this
+        replica's slots and everything behind it waits in the stream. A wait longer than the call's
+        own deadline would only end in the step's timeout: the step gets a retryable
+        ``rate_limited`` error instead, saying when to try again, and its retry policy or provider
+        fallback decides.
+        """
+        if self._limiter is None:
+            return None
+        try:
+            waited = await self._limiter.acquire(max_wait_s=timeout_s)
+        except RateLimitExceeded as exc:
+            self._metrics.throttled.labels(self._provider, "refused").inc()
+            span.set_attribute("omni.rate_limit.refused", True)
+            return ToolError(
+                kind="rate_limited",
+                message=f"{self._provider}: the shared rate limit allows no call before the deadline",
+                retryable=True,
+                retry_after_s=round(exc.retry_after_s, 3),
+            )
+        if waited > 0:
+            self._metrics.throttled.labels(self._provider, "waited").inc()
+            self._metrics.throttle_wait.labels(self._provider).observe(waited)
+            span.set_attribute("omni.rate_limit.waited_s", round(waited, 3))
+        return None
+
     async def _call(self, invoke: ToolInvoke, span: Span) -> ToolResult:
         started_at = utcnow()
         t0 = time.perf_counter()
         outcome: ToolOutcome | None = None
         error: ToolError | None = None
+        timeout_s = invoke.timeout_ms / 1000 if invoke.timeout_ms else self._call_timeout_s
         if invoke.tool not in self._adapter.tools:
             error = ToolError(
                 kind="unknown_tool", message=f"provider {self._provider} does not serve tool {invoke.tool!r}"
             )
-        elif not await self._circuit_allows():
+        elif (throttled := await self._within_rate(timeout_s, span)) is not None:
+            error = throttled
+        elif not await self._circuit_allows():  # after the wait: a half-open probe is then sent at once
             assert self._circuit is not None
             error = ToolError(
                 kind="unavailable", message=f"{self._provider}: {self._circuit.describe()}", retryable=True
             )
         else:
-            timeout_s = invoke.timeout_ms / 1000 if invoke.timeout_ms else self._call_timeout_s
             call = ToolCall(
                 tool=invoke.tool,
                 input=invoke.input,
@@ -425,6 +462,8 @@ class InvokeRunner:
                 None if error is None else error.message,
             )
             await self._circuit_record(error)
+            if self._limiter is not None and outcome is not None and outcome.usage is not None:
+                await self._limiter.record_tokens(outcome.usage.total_tokens)
         duration_ms = (time.perf_counter() - t0) * 1000
         self._metrics.invocations.labels(
             invoke.tool, self._provider, OUTCOME_SUCCESS if error is None else error.kind

@@ -51,6 +51,9 @@ DEFAULT_SECRETS = (
 )
 
 
+USER_AGENT = "omni-integrations/1"
+
+
 class DeclaredHttpAdapter(HttpAdapter):
     """Serves whatever tools are declared; :meth:`replace` swaps the set as declarations change."""
 
@@ -134,6 +137,7 @@ class DeclaredHttpAdapter(HttpAdapter):
             content = json.dumps(render(spec.body, scope), separators=(",", ":")).encode()
             headers.setdefault("Content-Type", "application/json")
         headers.setdefault("Accept", "application/json")
+        headers.setdefault("User-Agent", USER_AGENT)  # GitHub refuses requests without one
         return httpx.Request(spec.method, url, params=params or None, headers=headers, content=content)
 
     def _url(self, declaration: HttpToolDeclaration, scope: dict[str, Any]) -> str:

@@ -39,8 +39,10 @@ def test_a_valid_declaration_decodes_into_the_registry_spec_of_the_integrations_
     decoded = decode_declaration(declaration(description="Open an issue", timeoutMs=15000))
     spec = decoded.spec()
     assert (spec.name, spec.provider, spec.category) == ("github.create_issue", DECLARED_PROVIDER, "github")
-    assert spec.requires_auth and spec.timeout_ms == 15000
-    assert decoded.auth is not None and decoded.auth.scheme == "bearer"
+    assert spec.requires_auth
+    assert spec.timeout_ms == 15000
+    assert decoded.auth is not None
+    assert decoded.auth.scheme == "bearer"
 
 
 @pytest.mark.parametrize(
