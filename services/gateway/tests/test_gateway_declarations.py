@@ -128,7 +128,8 @@ async def test_a_tool_declared_over_http_is_served_called_and_withdrawn(
         )
         assert created.status == 201, await created.text()
         stored = await created.json()
-        assert stored["origin"] == "api" and stored["declaration"]["name"] == "helpdesk.open_ticket"
+        assert stored["origin"] == "api"
+        assert stored["declaration"]["name"] == "helpdesk.open_ticket"
 
         async def served() -> bool:
             tool = await tool_status(gateway, "helpdesk.open_ticket")
@@ -213,7 +214,8 @@ async def test_a_declared_tool_without_its_secret_is_registered_unavailable_with
         assert missing is not None
         assert (missing["status"], missing["reasons"]) == ("unavailable", ["MISSING_TOKEN is not set"])
         refused = await tool_status(gateway, "helpdesk.not_allowed")
-        assert refused is not None and refused["status"] == "unavailable"
+        assert refused is not None
+        assert refused["status"] == "unavailable"
         assert "OMNI_TOOLRUNNER_DECLARED_SECRETS" in refused["reasons"][0]
         call = await gateway.post(
             "/tools/helpdesk/no_secret/integrations", json={"input": {"queue": "q", "subject": "s"}}
