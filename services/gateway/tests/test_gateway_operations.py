@@ -104,6 +104,8 @@ def test_openapi_document_describes_every_route_with_resolvable_refs() -> None:
         "/deadletters/{id}/redrive",
         "/events/{subject}",
         "/tools",
+        "/tools/declarations",
+        "/tools/declarations/{name}",
         "/tools/{name}",
         "/tools/{name}/{provider}",
         "/tools/{category}/{action}/{provider}",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from omni_toolrunner.adapters import KNOWN_PROVIDERS, NO_CREDENTIALS, bind_provider
+from omni_toolrunner.adapters import KNOWN_PROVIDERS, NO_CREDENTIALS, PER_TOOL_CREDENTIALS, bind_provider
 from omni_toolrunner.settings import ToolRunnerSettings
 
 KEY_VARIABLE = {
@@ -21,7 +21,7 @@ KEY_VARIABLE = {
 
 
 def test_every_provider_is_known() -> None:
-    assert set(KNOWN_PROVIDERS) == set(KEY_VARIABLE) | NO_CREDENTIALS
+    assert set(KNOWN_PROVIDERS) == set(KEY_VARIABLE) | NO_CREDENTIALS | PER_TOOL_CREDENTIALS
 
 
 @pytest.mark.parametrize("provider", sorted(KEY_VARIABLE))
