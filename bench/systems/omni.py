@@ -108,6 +108,7 @@ class OmniSystem:
                 engine_replicas=self.engines,
                 runner_replicas=0,
                 local_runner_replicas=self.local_runners,
+                integrations_dir=None,  # only what the scenarios use runs (and is measured)
                 simulate=False,
                 log_dir=env.workdir / "omni-logs",
                 extra_env={"OMNI_LOG_LEVEL": "WARNING"},

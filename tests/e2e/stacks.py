@@ -26,6 +26,7 @@ def make_stack(
             nats_url=nats_url,
             database_url=database_url,
             workflows_dir=ROOT / "workflows",
+            integrations_dir=ROOT / "integrations",
             engine_replicas=engine_replicas,
             runner_replicas=runner_replicas,
             simulate=True,

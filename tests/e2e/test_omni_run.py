@@ -23,7 +23,8 @@ pytestmark = pytest.mark.e2e
 
 
 def omni_run(home: Path, http_port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if k not in {"NATS_URL", "DATABASE_URL", "OPENROUTER_API_KEY"}}
+    unset = {"NATS_URL", "DATABASE_URL", "OPENROUTER_API_KEY", "GITHUB_TOKEN", "ZAPIER_HOOK_URL"}
+    env = {k: v for k, v in os.environ.items() if k not in unset}
     env.update(
         {
             "OMNI_HOME": str(home),
@@ -71,6 +72,17 @@ async def test_omni_run_serves_the_gateway_and_stops_cleanly_on_sigterm(world_tm
             await wait_for(ready, timeout=120, message="gateway ready")
             workflows = (await client.get("/workflows")).json()["workflows"]
             assert "bilingual-coach" in [w["name"] for w in workflows]
+
+            async def declared() -> list[dict[str, object]]:
+                tools = (await client.get("/tools?provider=integrations")).json()["tools"]
+                return tools if len(tools) >= 5 else []
+
+            # The shipped integrations are served, each unavailable until its token is set.
+            tools = {
+                tool["name"]: tool for tool in await wait_for(declared, timeout=30, message="integrations")
+            }
+            assert tools["github.create_issue"]["reasons"] == ["GITHUB_TOKEN is not set"]
+            assert tools["zapier.trigger"]["status"] == "unavailable"
         tree = process_tree(proc.pid)
         assert len(tree) >= 6  # omni, NATS, PostgreSQL, simulator, engine, runner, gateway
         output = await wait_for(lambda: "Press Ctrl-C" in log.read_text() and log.read_text(), timeout=10)

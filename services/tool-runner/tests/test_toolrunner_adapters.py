@@ -10,8 +10,8 @@ from omni_toolrunner.settings import ToolRunnerSettings
 KEY_VARIABLE = {
     "openrouter": "OPENROUTER_API_KEY",
     "deepseek": "DEEPSEEK_API_KEY",
-    "qwen": "DASHSCOPE_API_KEY",
-    "grok": "XAI_API_KEY",
+    "qwen": "QWEN_MAX_API_KEY",
+    "grok": "GROK_API_KEY",
     "minimax": "MINIMAX_API_KEY",
     "gemini": "GEMINI_API_KEY",
     "elevenlabs": "ELEVENLABS_API_KEY",
@@ -56,3 +56,12 @@ async def test_an_unknown_provider_is_refused_naming_the_known_ones() -> None:
     async with httpx.AsyncClient() as client:
         with pytest.raises(ValueError, match=r"known: .*gemini"):
             bind_provider(ToolRunnerSettings(provider="nope"), client, environ={})
+
+
+@pytest.mark.parametrize(("provider", "alias"), [("qwen", "DASHSCOPE_API_KEY"), ("grok", "XAI_API_KEY")])
+async def test_the_providers_own_name_for_the_key_is_accepted_too(provider: str, alias: str) -> None:
+    settings = ToolRunnerSettings(provider=provider, openrouter_api_key=None)
+    async with httpx.AsyncClient() as client:
+        binding = bind_provider(settings, client, environ={alias: "sk-test"})
+        assert binding.missing_credentials is None
+        await binding.aclose()

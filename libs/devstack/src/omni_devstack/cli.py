@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         nats_port=_int_env("OMNI_NATS_PORT", 14222),
         pg_port=_int_env("OMNI_PG_PORT", 15432),
         workflows_dir=Path(args.workflows),
+        integrations_dir=Path(args.integrations),
         engine_replicas=args.engine_replicas,
         runner_replicas=args.runner_replicas,
     )
@@ -81,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run_cmd = commands.add_parser("run", help="start the whole system on this machine")
     run_cmd.add_argument("--workflows", default="workflows", help="directory of workflow files")
+    run_cmd.add_argument(
+        "--integrations", default="integrations", help="directory of declared tool files (HTTP integrations)"
+    )
     run_cmd.add_argument("--engine-replicas", type=int, default=1)
     run_cmd.add_argument("--runner-replicas", type=int, default=1)
     run_cmd.set_defaults(func=run)

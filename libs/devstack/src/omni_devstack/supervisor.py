@@ -44,6 +44,19 @@ class ServiceSpec:
     env: dict[str, str] = field(default_factory=dict)
 
 
+# Providers ``omni run`` starts a runner for when one of their key variables is set.
+KEYED_PROVIDERS: dict[str, tuple[str, ...]] = {
+    "gemini": ("GEMINI_API_KEY",),
+    "deepseek": ("DEEPSEEK_API_KEY",),
+    "qwen": ("QWEN_MAX_API_KEY", "DASHSCOPE_API_KEY"),
+    "grok": ("GROK_API_KEY", "XAI_API_KEY"),
+    "minimax": ("MINIMAX_API_KEY",),
+    "elevenlabs": ("ELEVENLABS_API_KEY",),
+    "perplexity": ("PERPLEXITY_API_KEY",),
+    "firecrawl": ("FIRECRAWL_API_KEY",),
+}
+
+
 @dataclass
 class StackConfig:
     home: Path
@@ -56,6 +69,8 @@ class StackConfig:
     engine_replicas: int = 1
     runner_replicas: int = 1
     local_runner_replicas: int = 1
+    # Declared tools (``integrations/*.yaml``) served by tool-runner-integrations; None: not started.
+    integrations_dir: Path | None = Path("integrations")
     simulate: bool | None = None  # None: simulate when OPENROUTER_API_KEY is unset
     sim_port: int = 0
     log_dir: Path | None = None  # None: service logs go to this process's stderr
@@ -221,6 +236,21 @@ class Stack:
         for i in range(cfg.local_runner_replicas):
             specs.append(
                 ServiceSpec(f"tool-runner-local-{i + 1}", "omni_toolrunner.main", ["--provider", "local"])
+            )
+        # Further providers run when their key is in the environment (OpenRouter always runs).
+        for provider, variables in KEYED_PROVIDERS.items():
+            if any(os.environ.get(name) for name in variables):
+                specs.append(
+                    ServiceSpec(f"tool-runner-{provider}-1", "omni_toolrunner.main", ["--provider", provider])
+                )
+        if cfg.integrations_dir is not None and cfg.integrations_dir.is_dir():
+            specs.append(
+                ServiceSpec(
+                    "tool-runner-integrations-1",
+                    "omni_toolrunner.main",
+                    ["--provider", "integrations"],
+                    {"OMNI_TOOLRUNNER_DECLARATIONS_DIR": str(cfg.integrations_dir.resolve())},
+                )
             )
         specs.append(ServiceSpec("gateway", "omni_gateway.main"))
         return specs

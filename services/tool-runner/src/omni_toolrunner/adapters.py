@@ -83,13 +83,15 @@ class ProviderEnv:
     api_key: str | None  # None: the provider needs no credentials
     base_url: str | None = None
     model: str | None = None
+    key_aliases: tuple[str, ...] = ()  # other names of the key, tried after ``api_key``
 
     def read(self, environ: Mapping[str, str]) -> tuple[str | None, str | None, str | None]:
         def get(name: str | None) -> str | None:
             value = environ.get(name, "").strip() if name else ""
             return value or None
 
-        return get(self.api_key), get(self.base_url), get(self.model)
+        key = next((found for name in (self.api_key, *self.key_aliases) if (found := get(name))), None)
+        return key, get(self.base_url), get(self.model)
 
 
 # Providers with their own adapter (the OpenAI-compatible ones take theirs from their profiles).
@@ -119,9 +121,9 @@ def bind_provider(
         return ProviderBinding(adapter, "chat", adapter.model_for, _missing("OPENROUTER_API_KEY", key))
     if provider in PROFILES:
         profile = PROFILES[provider]
-        key, base_url, model = ProviderEnv(profile.api_key_env, profile.base_url_env, profile.model_env).read(
-            env
-        )
+        key, base_url, model = ProviderEnv(
+            profile.api_key_env, profile.base_url_env, profile.model_env, profile.api_key_aliases
+        ).read(env)
         compatible = adapter_for(provider, key, base_url, client, default_model=model)
         return ProviderBinding(compatible, "chat", compatible.model_for, _missing(profile.api_key_env, key))
     if provider in OWN_ENV:

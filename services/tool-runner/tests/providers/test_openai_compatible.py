@@ -159,12 +159,12 @@ def test_profiles_carry_each_providers_documented_endpoint_key_and_tools() -> No
         ),
         "qwen": (
             "https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
-            "DASHSCOPE_API_KEY",
+            "QWEN_MAX_API_KEY",
             text_only,
             StructuredOutput.JSON_OBJECT,
             False,
         ),
-        "grok": ("https://api.x.ai/v1", "XAI_API_KEY", text_only, StructuredOutput.JSON_SCHEMA, False),
+        "grok": ("https://api.x.ai/v1", "GROK_API_KEY", text_only, StructuredOutput.JSON_SCHEMA, False),
         "minimax": (
             "https://api.minimax.io/v1",
             "MINIMAX_API_KEY",

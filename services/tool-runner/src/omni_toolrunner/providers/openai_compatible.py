@@ -120,7 +120,7 @@ class ProviderProfile:
     name: str
     label: str
     base_url: str
-    api_key_env: str
+    api_key_env: str  # the name the product documents (the seed's), tried first
     base_url_env: str
     model_env: str
     default_model: str
@@ -138,6 +138,7 @@ class ProviderProfile:
     temperature_range: tuple[float, float] = (0.0, 2.0)
     extra_body: Mapping[str, Any] = field(default_factory=dict)
     default_voice: str = "alloy"
+    api_key_aliases: tuple[str, ...] = ()  # the provider's own name for the key, also accepted
     docs: tuple[str, ...] = ()
 
     def resolve_model(self, model: str) -> str:
@@ -208,7 +209,8 @@ QWEN = ProviderProfile(
     label="Qwen",
     # International (Singapore) endpoint; Beijing is https://dashscope.aliyuncs.com/compatible-mode/v1.
     base_url="https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
-    api_key_env="DASHSCOPE_API_KEY",
+    api_key_env="QWEN_MAX_API_KEY",
+    api_key_aliases=("DASHSCOPE_API_KEY",),
     base_url_env="DASHSCOPE_BASE_URL",
     model_env="QWEN_MODEL",
     default_model="qwen-plus",
@@ -234,7 +236,8 @@ GROK = ProviderProfile(
     name="grok",
     label="xAI",
     base_url="https://api.x.ai/v1",
-    api_key_env="XAI_API_KEY",
+    api_key_env="GROK_API_KEY",
+    api_key_aliases=("XAI_API_KEY",),
     base_url_env="XAI_BASE_URL",
     model_env="XAI_MODEL",
     default_model="grok-4-1-fast-non-reasoning",
