@@ -47,6 +47,7 @@ class ServerView(msgspec.Struct, kw_only=True):
     latency_p95_ms: float | None
     last_error: str | None
     last_error_at: datetime | None
+    throttled: int  # calls held back by the provider's rate limits (all replicas, since they started)
     updated_at: datetime | None
 
 
@@ -87,6 +88,7 @@ def merge(name: str, views: list[ProviderHealth]) -> ServerDetail:
         latency_p95_ms=max(p95s) if p95s else None,
         last_error=last.last_error if last else None,
         last_error_at=last.last_error_at if last else None,
+        throttled=sum(view.throttled for view in views),
         updated_at=max((view.updated_at for view in views if view.updated_at), default=None),
         runners=sorted(views, key=lambda view: view.runner),
     )
