@@ -115,6 +115,8 @@ async def test_github_failures_keep_their_kind_and_message(
 
     invalid = await failure_of(adapter, call("github.create_issue", {**issue, "title": ""}))
     assert (invalid.kind, invalid.status) == (ProviderErrorKind.BAD_REQUEST, 422)
+    assert invalid.message.startswith("Validation Failed: ")
+    assert "title" in invalid.message
 
     fake.fail_next(Fault(status=429, headers={"Retry-After": "7"}), integration="github")
     limited = await failure_of(adapter, call("github.create_issue", issue))

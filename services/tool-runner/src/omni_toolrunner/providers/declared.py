@@ -218,21 +218,31 @@ def _body(response: httpx.Response) -> Any:
 
 
 def _message(body: Any) -> str | None:
-    """The human message of an error body, in the shapes these APIs use."""
+    """The human message of an error body, in the shapes these APIs use (with the first detail of
+    a list of errors, such as GitHub's ``Validation Failed`` and the field it is about)."""
     if isinstance(body, str):
         return shorten(body.strip()) or None
     if not isinstance(body, dict):
         return None
+    detail = _first_error(body.get("errors"))
     for key in ("message", "error_description"):
         if isinstance(body.get(key), str):
-            return str(body[key])
+            return f"{body[key]}: {detail}" if detail and detail != body[key] else str(body[key])
     error = body.get("error")
     if isinstance(error, dict) and isinstance(error.get("message"), str):
         return str(error["message"])
     if isinstance(error, str):
         return error
-    errors = body.get("errors")
-    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
-        first = errors[0]
-        return str(first.get("message") or first.get("code") or first)
-    return None
+    return detail
+
+
+def _first_error(errors: Any) -> str | None:
+    if not isinstance(errors, list) or not errors:
+        return None
+    first = errors[0]
+    if not isinstance(first, dict):
+        return str(first)
+    if first.get("message"):
+        return str(first["message"])
+    parts = [str(first[key]) for key in ("field", "code") if first.get(key)]
+    return " ".join(parts) or None
