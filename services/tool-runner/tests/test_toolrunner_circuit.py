@@ -9,7 +9,7 @@ import nats
 import pytest
 from nats.js.kv import KeyValue
 from omni_runtime import nats as omni_nats
-from omni_toolrunner.circuit import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from omni_toolrunner.circuit import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, CircuitSet
 
 pytestmark = pytest.mark.integration
 
@@ -75,3 +75,25 @@ async def test_a_failed_probe_opens_it_again(kv: KeyValue) -> None:
     assert a.circuit.state == OPEN
     assert "probe failed" in (a.circuit.reason or "")
     assert not await a.allow()
+
+
+async def test_declared_integrations_trip_their_own_circuits_shared_by_replicas(kv: KeyValue) -> None:
+    a = CircuitSet(kv, "integrations", per_category=True, threshold=2, cooldown_s=30)
+    b = CircuitSet(kv, "integrations", per_category=True, threshold=2, cooldown_s=30)
+    github = a.for_tool("github.create_issue")
+    assert github is a.for_tool("github.get_issue")  # one circuit per integration, not per tool
+    for _ in range(2):
+        assert await github.allow()
+        await github.record("server")
+    assert a.state == OPEN
+    # The other replica refuses GitHub too, and still calls Notion.
+    assert not await b.for_tool("github.get_issue").allow()
+    assert await b.for_tool("notion.create_page").allow()
+    assert b.state == OPEN
+    assert (await kv.get("integrations.github")).value
+    with pytest.raises(nats.js.errors.KeyNotFoundError):
+        await kv.get("integrations.notion")
+    # A provider's runner keeps the one circuit whatever the tool.
+    single = CircuitSet(kv, "gemini")
+    assert single.for_tool("mt.translate") is single.for_tool("tts.speak")
+    assert single.state == CLOSED

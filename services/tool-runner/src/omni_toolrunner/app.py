@@ -38,7 +38,7 @@ from omni_toolrunner.adapters import (
     http_client,
 )
 from omni_toolrunner.catalogue import spec_for
-from omni_toolrunner.circuit import CIRCUITS_BUCKET, CircuitBreaker
+from omni_toolrunner.circuit import CIRCUITS_BUCKET, CircuitSet
 from omni_toolrunner.declarations import DeclarationWatcher, declarations_bucket, publish_files
 from omni_toolrunner.metrics import RunnerMetrics
 from omni_toolrunner.providers.declared import DeclaredHttpAdapter
@@ -96,15 +96,15 @@ class ToolRunnerApp:
         if store is None:
             store = KvResultStore(await self._results_bucket(js))
         sub = await omni_nats.pull_subscription(js, self.consumer)
-        circuit = None
-        # Local tools have no far side to trip; declared tools each have their own far side, and one
-        # integration's outage must not refuse calls to the others.
-        if self.settings.provider not in NO_CREDENTIALS | PER_TOOL_CREDENTIALS:
-            circuit = CircuitBreaker(
+        circuits = None
+        if self.settings.provider not in NO_CREDENTIALS:  # local tools have no far side to trip
+            circuits = CircuitSet(
                 await omni_nats.ensure_key_value(
                     js, CIRCUITS_BUCKET, ttl_s=None, description="Circuit breaker state per provider"
                 ),
                 self.settings.provider,
+                # Declared tools each call their own service: one circuit per integration.
+                per_category=self.settings.provider in PER_TOOL_CREDENTIALS,
                 threshold=self.settings.circuit_threshold,
                 cooldown_s=self.settings.circuit_cooldown_s,
             )
@@ -127,7 +127,7 @@ class ToolRunnerApp:
             source=service_name(self.settings.provider),
             instance=self.instance,
             tracer_provider=self.tracer_provider,
-            circuit=circuit,
+            circuits=circuits,
             limiter=limiter,
         )
         self.runner.start(sub)

@@ -9,7 +9,11 @@
 - **half-open**: only the probe is let through. Its success closes the circuit, its failure
   opens it again; a probe that never reports back loses its hold after ``probe_s``.
 
-The shared state is one KV entry per provider, changed only with compare-and-set on its
+Declared tools (the ``integrations`` provider) each call a service of their own, so there the
+circuits are per integration (the tool's category: ``integrations.github``): GitHub failing does not
+refuse calls to Notion. :class:`CircuitSet` keeps a runner's circuits.
+
+The shared state is one KV entry per provider (or integration), changed only with compare-and-set on its
 revision, so two replicas never both open it or both take the probe. Replicas read it at most
 once per ``refresh_s`` while it is closed, so a healthy provider costs no KV traffic per call
 and an opened circuit reaches every replica within ``refresh_s``.
@@ -148,3 +152,41 @@ class CircuitBreaker:
         return f"circuit {self.circuit.state}{since}" + (
             f": {self.circuit.reason}" if self.circuit.reason else ""
         )
+
+
+_STATE_ORDER = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
+
+
+class CircuitSet:
+    """A runner's circuits: one for its provider, or one per integration (``per_category``)."""
+
+    def __init__(
+        self,
+        kv: KeyValue,
+        provider: str,
+        *,
+        per_category: bool = False,
+        threshold: int = 5,
+        cooldown_s: float = 30.0,
+    ) -> None:
+        self.kv = kv
+        self.provider = provider
+        self.per_category = per_category
+        self.threshold = threshold
+        self.cooldown_s = cooldown_s
+        self._circuits: dict[str, CircuitBreaker] = {}
+
+    def for_tool(self, tool: str) -> CircuitBreaker:
+        key = f"{self.provider}.{tool.partition('.')[0]}" if self.per_category else self.provider
+        circuit = self._circuits.get(key)
+        if circuit is None:
+            circuit = self._circuits[key] = CircuitBreaker(
+                self.kv, key, threshold=self.threshold, cooldown_s=self.cooldown_s
+            )
+        return circuit
+
+    @property
+    def state(self) -> str:
+        """The worst state this replica knows of (for its provider's health)."""
+        states = [circuit.circuit.state for circuit in self._circuits.values()]
+        return max(states, key=lambda state: _STATE_ORDER.get(state, 0), default=CLOSED)

@@ -59,7 +59,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 
 from omni_toolrunner.adapters import ProviderBinding
-from omni_toolrunner.circuit import CircuitBreaker
+from omni_toolrunner.circuit import CircuitBreaker, CircuitSet
 from omni_toolrunner.metrics import OUTCOME_SUCCESS, RunnerMetrics
 from omni_toolrunner.provider_health import ProviderStats
 from omni_toolrunner.providers import ProviderError, ToolCall, ToolOutcome
@@ -107,12 +107,12 @@ class InvokeRunner:
         source: str,
         instance: str,
         tracer_provider: TracerProvider | None = None,
-        circuit: CircuitBreaker | None = None,
+        circuits: CircuitSet | None = None,
         stats: ProviderStats | None = None,
         limiter: RateLimiter | None = None,
     ) -> None:
         self._js = js
-        self._circuit = circuit
+        self._circuits = circuits
         self._limiter = limiter
         self.stats = stats or ProviderStats(settings.provider, instance)
         self._binding = provider
@@ -359,22 +359,22 @@ class InvokeRunner:
 
     @property
     def circuit_state(self) -> str:
-        return self._circuit.circuit.state if self._circuit is not None else "closed"
+        return self._circuits.state if self._circuits is not None else "closed"
 
-    async def _circuit_allows(self) -> bool:
-        if self._circuit is None:
+    async def _circuit_allows(self, circuit: CircuitBreaker | None) -> bool:
+        if circuit is None:
             return True
         try:
-            return await self._circuit.allow()
+            return await circuit.allow()
         except Exception as exc:  # noqa: BLE001 - the shared state is unreachable: fail open
             log.warning("circuit state of %s unreadable (%s); calling anyway", self._provider, exc)
             return True
 
-    async def _circuit_record(self, error: ToolError | None) -> None:
-        if self._circuit is None:
+    async def _circuit_record(self, circuit: CircuitBreaker | None, error: ToolError | None) -> None:
+        if circuit is None:
             return
         try:
-            await self._circuit.record(None if error is None else error.kind)
+            await circuit.record(None if error is None else error.kind)
         except Exception as exc:  # noqa: BLE001 - the next outcome tries again
             log.warning("could not record the outcome in the circuit of %s: %s", self._provider, exc)
 
@@ -416,16 +416,17 @@ class InvokeRunner:
         outcome: ToolOutcome | None = None
         error: ToolError | None = None
         timeout_s = invoke.timeout_ms / 1000 if invoke.timeout_ms else self._call_timeout_s
+        circuit = self._circuits.for_tool(invoke.tool) if self._circuits is not None else None
         if invoke.tool not in self._adapter.tools:
             error = ToolError(
                 kind="unknown_tool", message=f"provider {self._provider} does not serve tool {invoke.tool!r}"
             )
         elif (throttled := await self._within_rate(timeout_s, span)) is not None:
             error = throttled
-        elif not await self._circuit_allows():  # after the wait: a half-open probe is then sent at once
-            assert self._circuit is not None
+        elif not await self._circuit_allows(circuit):  # after the wait: a half-open probe goes at once
+            assert circuit is not None
             error = ToolError(
-                kind="unavailable", message=f"{self._provider}: {self._circuit.describe()}", retryable=True
+                kind="unavailable", message=f"{circuit.provider}: {circuit.describe()}", retryable=True
             )
         else:
             call = ToolCall(
@@ -461,7 +462,7 @@ class InvokeRunner:
                 None if error is None else error.kind,
                 None if error is None else error.message,
             )
-            await self._circuit_record(error)
+            await self._circuit_record(circuit, error)
             if self._limiter is not None and outcome is not None and outcome.usage is not None:
                 await self._limiter.record_tokens(outcome.usage.total_tokens)
         duration_ms = (time.perf_counter() - t0) * 1000
