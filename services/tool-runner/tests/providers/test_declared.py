@@ -4,6 +4,7 @@ HTTP: what is sent (path, credential, headers, body), what comes back, and each 
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from integrations_fake import (
     IntegrationsFake,
     serving,
 )
+from omni_contract.declared import decode_declaration
 from omni_toolrunner.declarations import load_files
 from omni_toolrunner.providers import ProviderError, ProviderErrorKind, ToolCall
 from omni_toolrunner.providers.declared import DeclaredHttpAdapter
@@ -236,3 +238,18 @@ async def test_a_path_value_is_required_and_encoded_as_one_segment(
     # Sent as ..%2F..%2Fadmin (the fake records the decoded path); unencoded, the dot segments would
     # have been resolved away and the request would have left /repos.
     assert fake.requests_to("github")[-1].path == "/github/repos/../../admin/r/issues/1"
+
+
+async def test_a_service_that_cannot_be_reached_is_unavailable_and_retryable(
+    http_client: httpx.AsyncClient,
+) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound but not listening: connections are refused
+        adapter = DeclaredHttpAdapter(http_client, environ={})
+        adapter.replace(
+            [decode_declaration({"name": "status.check", "request": {"url": f"http://127.0.0.1:{port}/x"}})]
+        )
+        failure = await failure_of(adapter, call("status.check", {}))
+    assert (failure.kind, failure.retryable) == (ProviderErrorKind.UNAVAILABLE, True)
+    assert f"127.0.0.1:{port}" in failure.message

@@ -14,6 +14,7 @@ declaration naming any other variable is served as unavailable, with that reason
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -169,8 +170,10 @@ class DeclaredHttpAdapter(HttpAdapter):
     ) -> httpx.Response:
         prepared.extensions["timeout"] = httpx.Timeout(timeout_s).as_dict()
         try:
-            return await self._client.send(prepared)
-        except httpx.TimeoutException as exc:
+            # The deadline bounds the whole exchange, not each phase: it is the step's.
+            async with asyncio.timeout(timeout_s):
+                return await self._client.send(prepared)
+        except (TimeoutError, httpx.TimeoutException) as exc:
             raise ProviderError(
                 ProviderErrorKind.TIMEOUT, f"{declaration.name} did not answer within {timeout_s:g}s"
             ) from exc
