@@ -9,6 +9,7 @@ from omni_contract.declared import (
     DECLARED_PROVIDER,
     DeclarationError,
     decode_declaration,
+    integration_limits,
     lookup,
     render,
 )
@@ -112,3 +113,15 @@ def test_paths_reach_into_lists_and_stop_at_anything_missing() -> None:
     assert lookup(scope, "response.items[5].id") is None
     assert lookup(scope, "response.other.id") is None
     assert lookup(scope, "response.items.id") is None
+
+
+def test_an_integrations_limit_is_the_smallest_its_tools_declare() -> None:
+    tools = [
+        decode_declaration(declaration(name="github.create_issue", rateLimit={"requestsPerMinute": 80})),
+        decode_declaration(
+            declaration(name="github.get_issue", rateLimit={"requestsPerMinute": 60, "tokensPerMinute": 9})
+        ),
+        decode_declaration(declaration(name="notion.create_page")),
+    ]
+    assert integration_limits(tools) == {"github": (60, 9)}
+    assert "$.rateLimit.requestsPerMinute" in problems(declaration(rateLimit={"requestsPerMinute": 0}))

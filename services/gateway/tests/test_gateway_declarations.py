@@ -9,6 +9,7 @@ direct execution -> HTTP call with the credential -> mapped output.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any
@@ -79,7 +80,7 @@ async def helpdesk() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
 
 
 @asynccontextmanager
-async def integrations_runner(nats_url: str) -> AsyncIterator[None]:
+async def integrations_runner(nats_url: str, **overrides: Any) -> AsyncIterator[None]:
     settings = ToolRunnerSettings(
         nats_url=nats_url,
         provider="integrations",
@@ -88,6 +89,7 @@ async def integrations_runner(nats_url: str) -> AsyncIterator[None]:
         shutdown_grace_s=5.0,
         log_format="console",
         declared_secrets=["HELPDESK_TOKEN", "MISSING_TOKEN"],
+        **overrides,
     )
     stopping = asyncio.Event()
     task = asyncio.create_task(
@@ -260,3 +262,33 @@ async def test_post_creates_once_and_refuses_a_taken_name(gateway: TestClient[An
     )
     assert malformed.status == 400
     assert (await gateway.delete("/tools/declarations/helpdesk.nothing")).status == 404
+
+
+async def test_a_declared_rate_limit_is_shared_by_the_integrations_tools_and_refuses_past_the_deadline(
+    nats_url: str, make_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HELPDESK_TOKEN", TOKEN)
+    gateway = await make_gateway()
+    window_s = 6.0
+    async with helpdesk() as (base_url, received), integrations_runner(nats_url, rate_window_s=window_s):
+        # Two tools of one integration: the smaller limit (1 per window) holds for both.
+        for name, limit in (("helpdesk.open_ticket", 1), ("helpdesk.open_urgent", 5)):
+            declared = ticket_declaration(base_url, timeoutMs=1000, rateLimit={"requestsPerMinute": limit})
+            assert (await gateway.put(f"/tools/declarations/{name}", json=declared)).status == 201
+
+        async def served() -> bool:
+            tools = [await tool_status(gateway, n) for n in ("helpdesk.open_ticket", "helpdesk.open_urgent")]
+            return all(tool is not None and tool["status"] == "available" for tool in tools)
+
+        await wait_for(served, timeout=20, message="both declared tools registered")
+        # Just after a window opens, so the next one is further away than the 1 s deadline.
+        await asyncio.sleep(window_s - time.time() % window_s + 0.05)
+        ticket = {"input": {"queue": "q", "subject": "s"}}
+        first = await gateway.post("/tools/helpdesk/open_ticket/integrations", json=ticket)
+        second = await gateway.post("/tools/helpdesk/open_urgent/integrations", json=ticket)
+        assert first.status == 200, await first.text()
+        assert second.status == 502, await second.text()
+        error = (await second.json())["error"]
+        assert error["kind"] == "rate_limited"
+        assert "integrations.helpdesk" in error["message"]
+    assert len(received) == 1

@@ -17,6 +17,8 @@ A declaration says:
 - ``auth``: where the secret comes from (``env``, an environment variable of the runner, never the
   declaration itself) and how it is sent (``bearer``, ``token``, ``basic``, a named ``header`` or
   ``query`` parameter, or ``url`` when the secret *is* the address, as a Zapier hook's is).
+- ``rateLimit``: the service's quota (requests and tokens per minute), shared by the runner's
+  replicas and by every tool of the same integration (category).
 - ``output``: the step output, as templates over the answer: ``{{ response.html_url }}`` (the JSON
   body), ``{{ status }}``, ``{{ headers.etag }}``, ``{{ input.title }}``. Without it the output is
   ``{status, body}``.
@@ -73,6 +75,14 @@ class AuthSpec(msgspec.Struct, kw_only=True, rename="camel"):
     name: str | None = None
 
 
+class RateLimitSpec(msgspec.Struct, kw_only=True, rename="camel"):
+    """The integration's own quota, shared by every replica of the integrations runner. Tools of one
+    integration (the name's first part: ``github``) share one limit: the smallest they declare."""
+
+    requests_per_minute: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    tokens_per_minute: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+
 class HttpRequestSpec(msgspec.Struct, kw_only=True, rename="camel"):
     method: Method = "GET"
     url: str = ""
@@ -98,6 +108,7 @@ class HttpToolDeclaration(msgspec.Struct, kw_only=True, rename="camel"):
     request: HttpRequestSpec
     auth: AuthSpec | None = None
     output: dict[str, Any] | None = None
+    rate_limit: RateLimitSpec | None = None
 
     def spec(self) -> ToolSpec:
         """The registry's description of this tool as the ``integrations`` runner serves it."""
@@ -301,3 +312,23 @@ def _path_of(message: str) -> str:
     path = match.group(1) if match else "$"
     missing = re.match(r"Object missing required field `([^`]+)`", message)
     return f"{path}.{missing.group(1)}" if missing else path
+
+
+def integration_limits(declarations: list[HttpToolDeclaration]) -> dict[str, tuple[int | None, int | None]]:
+    """Per integration (the tool name's first part), the smallest requests and tokens per minute its
+    declarations state."""
+    limits: dict[str, tuple[int | None, int | None]] = {}
+    for declaration in declarations:
+        if declaration.rate_limit is None:
+            continue
+        category = declaration.name.partition(".")[0]
+        requests, tokens = limits.get(category, (None, None))
+        limits[category] = (
+            _smallest(requests, declaration.rate_limit.requests_per_minute),
+            _smallest(tokens, declaration.rate_limit.tokens_per_minute),
+        )
+    return limits
+
+
+def _smallest(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)

@@ -23,7 +23,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BadRequestError
 from nats.js.kv import KeyValue
 from omni_contract import streams, subjects
-from omni_contract.declared import HttpToolDeclaration
+from omni_contract.declared import HttpToolDeclaration, integration_limits
 from omni_contract.tools import ProviderHealth
 from omni_runtime import nats as omni_nats
 from omni_runtime.service import ServiceContext
@@ -42,7 +42,7 @@ from omni_toolrunner.circuit import CIRCUITS_BUCKET, CircuitSet
 from omni_toolrunner.declarations import DeclarationWatcher, declarations_bucket, publish_files
 from omni_toolrunner.metrics import RunnerMetrics
 from omni_toolrunner.providers.declared import DeclaredHttpAdapter
-from omni_toolrunner.ratelimit import RateLimiter, rate_limit_bucket
+from omni_toolrunner.ratelimit import RateLimitSet, rate_limit_bucket
 from omni_toolrunner.registry import ToolAnnouncer, health_bucket, registry_bucket
 from omni_toolrunner.results import RESULTS_BUCKET, KvResultStore, ResultStore
 from omni_toolrunner.runner import InvokeRunner
@@ -108,9 +108,10 @@ class ToolRunnerApp:
                 threshold=self.settings.circuit_threshold,
                 cooldown_s=self.settings.circuit_cooldown_s,
             )
-        limiter = None
-        if self.settings.requests_per_minute or self.settings.tokens_per_minute:
-            limiter = RateLimiter(
+        limits = None
+        declared = self.settings.provider in PER_TOOL_CREDENTIALS  # declarations may state their own
+        if self.settings.requests_per_minute or self.settings.tokens_per_minute or declared:
+            limits = RateLimitSet(
                 await rate_limit_bucket(js),
                 self.settings.provider,
                 requests_per_window=self.settings.requests_per_minute,
@@ -128,7 +129,7 @@ class ToolRunnerApp:
             instance=self.instance,
             tracer_provider=self.tracer_provider,
             circuits=circuits,
-            limiter=limiter,
+            limits=limits,
         )
         self.runner.start(sub)
         log.info(
@@ -230,7 +231,10 @@ def make_body(
         )
         await announcer.start()
         if isinstance(provider.adapter, DeclaredHttpAdapter):
-            watcher = await serve_declarations(ctx.js, provider.adapter, announcer, settings.declarations_dir)
+            assert app.runner is not None
+            watcher = await serve_declarations(
+                ctx.js, provider.adapter, announcer, settings.declarations_dir, app.runner.limits
+            )
             ctx.stack.push_async_callback(watcher.stop)
         try:
             await ctx.stopping.wait()
@@ -244,7 +248,11 @@ def make_body(
 
 
 async def serve_declarations(
-    js: JetStreamContext, adapter: DeclaredHttpAdapter, announcer: ToolAnnouncer, directory: Path | None
+    js: JetStreamContext,
+    adapter: DeclaredHttpAdapter,
+    announcer: ToolAnnouncer,
+    directory: Path | None,
+    limits: RateLimitSet | None = None,
 ) -> DeclarationWatcher:
     """Write the shipped declarations, then serve whatever the bucket declares, following its changes."""
     kv = await declarations_bucket(js)
@@ -253,6 +261,8 @@ async def serve_declarations(
         log.info("declared tools from %s: %d written to the bucket", directory, written)
 
     async def apply(declarations: list[HttpToolDeclaration]) -> None:
+        if limits is not None:
+            limits.set_integration_limits(integration_limits(declarations))
         adapter.replace(declarations)
         reasons = {
             d.name: reason for d in declarations if (reason := adapter.unavailable_reason(d)) is not None

@@ -40,7 +40,7 @@ import math
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Final
 
 from nats.errors import Error as NatsError
@@ -321,3 +321,71 @@ class RateLimiter:
         if self._unreachable:
             log.info("rate limits of %s readable again", self.provider)
             self._unreachable = False
+
+
+class RateLimitSet:
+    """A runner's rate limiters: its provider's (from its settings) and, for declared tools, one per
+    integration (the tool name's category, keyed ``<provider>.<category>``), whose limit is the
+    smallest that the integration's declarations state. A call waits for every limiter that applies.
+    """
+
+    def __init__(
+        self,
+        kv: KeyValue,
+        provider: str,
+        *,
+        requests_per_window: int | None = None,
+        tokens_per_window: int | None = None,
+        window_s: float = 60.0,
+    ) -> None:
+        self.kv = kv
+        self.provider = provider
+        self.window_s = window_s
+        self.provider_limiter = (
+            RateLimiter(
+                kv,
+                provider,
+                requests_per_window=requests_per_window,
+                tokens_per_window=tokens_per_window,
+                window_s=window_s,
+            )
+            if requests_per_window or tokens_per_window
+            else None
+        )
+        self._integrations: dict[str, RateLimiter] = {}
+        self._retired_throttled = 0  # counts of limiters replaced since start
+
+    def set_integration_limits(self, limits: Mapping[str, tuple[int | None, int | None]]) -> None:
+        """``category -> (requests, tokens)`` per window; a limiter whose limits are unchanged is kept
+        (with its lease), the others are replaced or dropped."""
+        current: dict[str, RateLimiter] = {}
+        for category, (requests, tokens) in limits.items():
+            if not requests and not tokens:
+                continue
+            kept = self._integrations.get(category)
+            if kept is not None and (kept.requests_per_window, kept.tokens_per_window) == (requests, tokens):
+                current[category] = kept
+                continue
+            current[category] = RateLimiter(
+                self.kv,
+                f"{self.provider}.{category}",
+                requests_per_window=requests,
+                tokens_per_window=tokens,
+                window_s=self.window_s,
+            )
+        for category, limiter in self._integrations.items():
+            if current.get(category) is not limiter:
+                self._retired_throttled += limiter.throttled
+        self._integrations = current
+
+    def for_tool(self, tool: str) -> list[RateLimiter]:
+        found = [self.provider_limiter] if self.provider_limiter is not None else []
+        integration = self._integrations.get(tool.partition(".")[0])
+        if integration is not None:
+            found.append(integration)
+        return found
+
+    @property
+    def throttled(self) -> int:
+        limiters = [self.provider_limiter, *self._integrations.values()]
+        return self._retired_throttled + sum(limiter.throttled for limiter in limiters if limiter is not None)

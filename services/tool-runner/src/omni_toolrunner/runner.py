@@ -63,7 +63,7 @@ from omni_toolrunner.circuit import CircuitBreaker, CircuitSet
 from omni_toolrunner.metrics import OUTCOME_SUCCESS, RunnerMetrics
 from omni_toolrunner.provider_health import ProviderStats
 from omni_toolrunner.providers import ProviderError, ToolCall, ToolOutcome
-from omni_toolrunner.ratelimit import RateLimiter, RateLimitExceeded
+from omni_toolrunner.ratelimit import RateLimiter, RateLimitExceeded, RateLimitSet
 from omni_toolrunner.results import ResultStore
 from omni_toolrunner.settings import ToolRunnerSettings
 
@@ -109,11 +109,11 @@ class InvokeRunner:
         tracer_provider: TracerProvider | None = None,
         circuits: CircuitSet | None = None,
         stats: ProviderStats | None = None,
-        limiter: RateLimiter | None = None,
+        limits: RateLimitSet | None = None,
     ) -> None:
         self._js = js
         self._circuits = circuits
-        self._limiter = limiter
+        self.limits = limits
         self.stats = stats or ProviderStats(settings.provider, instance)
         self._binding = provider
         self._adapter = provider.adapter
@@ -380,10 +380,12 @@ class InvokeRunner:
 
     @property
     def throttled(self) -> int:
-        return self._limiter.throttled if self._limiter is not None else 0
+        return self.limits.throttled if self.limits is not None else 0
 
-    async def _within_rate(self, timeout_s: float, span: Span) -> ToolError | None:
-        """Wait for the provider's shared rate limits to let one more call through.
+    async def _within_rate(
+        self, limiters: list[RateLimiter], timeout_s: float, span: Span
+    ) -> ToolError | None:
+        """Wait for the shared rate limits that apply to this call to let one more through.
 
         The work stays held (and reported in progress) meanwhile, so it occupies one of this
         replica's slots and everything behind it waits in the stream. A wait longer than the call's
@@ -391,19 +393,19 @@ class InvokeRunner:
         ``rate_limited`` error instead, saying when to try again, and its retry policy or provider
         fallback decides.
         """
-        if self._limiter is None:
-            return None
-        try:
-            waited = await self._limiter.acquire(max_wait_s=timeout_s)
-        except RateLimitExceeded as exc:
-            self._metrics.throttled.labels(self._provider, "refused").inc()
-            span.set_attribute("omni.rate_limit.refused", True)
-            return ToolError(
-                kind="rate_limited",
-                message=f"{self._provider}: the shared rate limit allows no call before the deadline",
-                retryable=True,
-                retry_after_s=round(exc.retry_after_s, 3),
-            )
+        waited = 0.0
+        for limiter in limiters:
+            try:
+                waited += await limiter.acquire(max_wait_s=max(0.0, timeout_s - waited))
+            except RateLimitExceeded as exc:
+                self._metrics.throttled.labels(self._provider, "refused").inc()
+                span.set_attribute("omni.rate_limit.refused", limiter.provider)
+                return ToolError(
+                    kind="rate_limited",
+                    message=f"{limiter.provider}: the shared rate limit allows no call before the deadline",
+                    retryable=True,
+                    retry_after_s=round(exc.retry_after_s, 3),
+                )
         if waited > 0:
             self._metrics.throttled.labels(self._provider, "waited").inc()
             self._metrics.throttle_wait.labels(self._provider).observe(waited)
@@ -417,11 +419,12 @@ class InvokeRunner:
         error: ToolError | None = None
         timeout_s = invoke.timeout_ms / 1000 if invoke.timeout_ms else self._call_timeout_s
         circuit = self._circuits.for_tool(invoke.tool) if self._circuits is not None else None
+        limiters = self.limits.for_tool(invoke.tool) if self.limits is not None else []
         if invoke.tool not in self._adapter.tools:
             error = ToolError(
                 kind="unknown_tool", message=f"provider {self._provider} does not serve tool {invoke.tool!r}"
             )
-        elif (throttled := await self._within_rate(timeout_s, span)) is not None:
+        elif limiters and (throttled := await self._within_rate(limiters, timeout_s, span)) is not None:
             error = throttled
         elif not await self._circuit_allows(circuit):  # after the wait: a half-open probe goes at once
             assert circuit is not None
@@ -463,8 +466,9 @@ class InvokeRunner:
                 None if error is None else error.message,
             )
             await self._circuit_record(circuit, error)
-            if self._limiter is not None and outcome is not None and outcome.usage is not None:
-                await self._limiter.record_tokens(outcome.usage.total_tokens)
+            if outcome is not None and outcome.usage is not None:
+                for limiter in limiters:
+                    await limiter.record_tokens(outcome.usage.total_tokens)
         duration_ms = (time.perf_counter() - t0) * 1000
         self._metrics.invocations.labels(
             invoke.tool, self._provider, OUTCOME_SUCCESS if error is None else error.kind
