@@ -384,8 +384,9 @@ class InvokeRunner:
 
     async def _within_rate(
         self, limiters: list[RateLimiter], timeout_s: float, span: Span
-    ) -> ToolError | None:
-        """Wait for the shared rate limits that apply to this call to let one more through.
+    ) -> tuple[ToolError | None, float]:
+        """Wait for the shared rate limits that apply to this call to let one more through; return
+        the error to answer with (or None) and the seconds waited.
 
         The work stays held (and reported in progress) meanwhile, so it occupies one of this
         replica's slots and everything behind it waits in the stream. A wait longer than the call's
@@ -400,17 +401,18 @@ class InvokeRunner:
             except RateLimitExceeded as exc:
                 self._metrics.throttled.labels(self._provider, "refused").inc()
                 span.set_attribute("omni.rate_limit.refused", limiter.provider)
-                return ToolError(
+                refused = ToolError(
                     kind="rate_limited",
                     message=f"{limiter.provider}: the shared rate limit allows no call before the deadline",
                     retryable=True,
                     retry_after_s=round(exc.retry_after_s, 3),
                 )
+                return refused, waited
         if waited > 0:
             self._metrics.throttled.labels(self._provider, "waited").inc()
             self._metrics.throttle_wait.labels(self._provider).observe(waited)
             span.set_attribute("omni.rate_limit.waited_s", round(waited, 3))
-        return None
+        return None, waited
 
     async def _call(self, invoke: ToolInvoke, span: Span) -> ToolResult:
         started_at = utcnow()
@@ -420,11 +422,15 @@ class InvokeRunner:
         timeout_s = invoke.timeout_ms / 1000 if invoke.timeout_ms else self._call_timeout_s
         circuit = self._circuits.for_tool(invoke.tool) if self._circuits is not None else None
         limiters = self.limits.for_tool(invoke.tool) if self.limits is not None else []
+        throttled: ToolError | None = None
+        if limiters and invoke.tool in self._adapter.tools:
+            throttled, waited = await self._within_rate(limiters, timeout_s, span)
+            timeout_s = max(timeout_s - waited, 0.001)  # the wait used part of the step's deadline
         if invoke.tool not in self._adapter.tools:
             error = ToolError(
                 kind="unknown_tool", message=f"provider {self._provider} does not serve tool {invoke.tool!r}"
             )
-        elif limiters and (throttled := await self._within_rate(limiters, timeout_s, span)) is not None:
+        elif throttled is not None:
             error = throttled
         elif not await self._circuit_allows(circuit):  # after the wait: a half-open probe goes at once
             assert circuit is not None
