@@ -41,7 +41,9 @@ from omni_toolrunner.catalogue import spec_for
 from omni_toolrunner.circuit import CIRCUITS_BUCKET, CircuitSet
 from omni_toolrunner.declarations import DeclarationWatcher, declarations_bucket, publish_files
 from omni_toolrunner.metrics import RunnerMetrics
+from omni_toolrunner.mock_rules import MockRulesWatcher, mock_rules_bucket
 from omni_toolrunner.providers.declared import DeclaredHttpAdapter
+from omni_toolrunner.providers.mock import MockAdapter
 from omni_toolrunner.ratelimit import RateLimitSet, rate_limit_bucket
 from omni_toolrunner.registry import ToolAnnouncer, health_bucket, registry_bucket
 from omni_toolrunner.results import RESULTS_BUCKET, KvResultStore, ResultStore
@@ -230,6 +232,18 @@ def make_body(
             health=(await health_bucket(ctx.js), app.provider_health(provider.missing_credentials)),
         )
         await announcer.start()
+        if isinstance(provider.adapter, MockAdapter):
+            mock = provider.adapter
+
+            async def announce_mock_tools() -> None:
+                specs = [
+                    spec_for(tool, settings.provider, requires_auth=False) for tool in sorted(mock.tools)
+                ]
+                await announcer.replace(specs)
+
+            rules_watcher = MockRulesWatcher(await mock_rules_bucket(ctx.js), mock, announce_mock_tools)
+            await rules_watcher.start()
+            ctx.stack.push_async_callback(rules_watcher.stop)
         if isinstance(provider.adapter, DeclaredHttpAdapter):
             assert app.runner is not None
             watcher = await serve_declarations(

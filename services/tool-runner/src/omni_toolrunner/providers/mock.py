@@ -17,7 +17,9 @@ A delay longer than the call's ``timeout_s`` ends in a ``timeout`` error at ``ti
 adapter's client deadline would.
 
 Rules are loaded at start from the JSON or YAML file named by ``OMNI_MOCK_RULES`` (a list of rules,
-or ``{"rules": [...], "strict": true}``) and replaced at run time with :meth:`MockAdapter.configure`.
+or ``{"rules": [...], "strict": true}``) and replaced at run time with :meth:`MockAdapter.configure`:
+a running mock runner follows the key ``rules`` of the KV bucket ``omni_mock_rules``
+(``omni_toolrunner.mock_rules``), so a test or an operator reconfigures every replica at once.
 An invalid rule is refused with its index and field, e.g. ``rules[2].delay_ms: Expected `int >= 0```.
 """
 
@@ -177,14 +179,16 @@ def load_rules(path: str | os.PathLike[str]) -> MockRules:
         data = file.read_bytes()
     except OSError as exc:
         raise MockRulesError(f"{file}: cannot read mock rules: {exc.strerror or exc}") from exc
+    return decode_rules(data, str(file), yaml=file.suffix.lower() != ".json")
+
+
+def decode_rules(data: bytes, source: str, *, yaml: bool = False) -> MockRules:
+    """Rules from JSON (or YAML) text: a list of rules, or ``{"rules": [...], "strict": ...}``."""
     kind = list[MockRule] | MockRules
     try:
-        if file.suffix.lower() == ".json":
-            decoded = msgspec.json.decode(data, type=kind)
-        else:
-            decoded = msgspec.yaml.decode(data, type=kind)
+        decoded = msgspec.yaml.decode(data, type=kind) if yaml else msgspec.json.decode(data, type=kind)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise _rules_error(str(file), exc) from exc
+        raise _rules_error(source, exc) from exc
     return decoded if isinstance(decoded, MockRules) else MockRules(rules=decoded)
 
 
@@ -229,6 +233,11 @@ class MockAdapter:
     def tools(self) -> frozenset[str]:
         named = {live.rule.tool for live in self._rules if not _GLOB.search(live.rule.tool)}
         return self._base_tools | named
+
+    @property
+    def rules(self) -> list[MockRule]:
+        """The rules in force, in order."""
+        return [live.rule for live in self._rules]
 
     def configure(self, rules: Iterable[MockRule | Mapping[str, Any]], *, strict: bool | None = None) -> None:
         """Replace the rules and forget every count and remembered answer; all or nothing."""

@@ -1,0 +1,93 @@
+"""The mock provider's rules, changed at run time through the KV bucket ``omni_mock_rules``.
+
+Every replica of ``tool-runner-mock`` watches the key :data:`MOCK_RULES_KEY`. A put replaces the
+replica's rules (``{"rules": [...], "strict": bool}`` or a bare list, as in a rules file; counts and
+remembered answers start afresh); rules that do not validate are logged with the rule index and
+field and the rules in force stay. A delete goes back to the rules the replica started with
+(``OMNI_MOCK_RULES``). Tools that new rules name are announced in the registry at once.
+
+From a shell: ``nats kv put omni_mock_rules rules '[{"tool": "mt.translate", "output": {...}}]'``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import nats.errors
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+from omni_runtime import nats as omni_nats
+
+from omni_toolrunner.providers.mock import MockAdapter, MockRule, MockRulesError, decode_rules
+
+log = logging.getLogger(__name__)
+
+MOCK_RULES_BUCKET: Final = "omni_mock_rules"
+MOCK_RULES_KEY: Final = "rules"
+_DELETES = ("DEL", "PURGE")
+
+
+async def mock_rules_bucket(js: JetStreamContext) -> KeyValue:
+    return await omni_nats.ensure_key_value(
+        js, MOCK_RULES_BUCKET, ttl_s=None, description="The mock provider's rules, followed by its runners"
+    )
+
+
+class MockRulesWatcher:
+    """Applies the bucket's rules to ``adapter``; ``changed`` runs after each change (re-announce)."""
+
+    def __init__(self, kv: KeyValue, adapter: MockAdapter, changed: Callable[[], Awaitable[None]]) -> None:
+        self._kv = kv
+        self._adapter = adapter
+        self._changed = changed
+        # What a delete goes back to: the rules the replica started with.
+        self._initial: tuple[list[MockRule], bool] = (adapter.rules, adapter.strict)
+        self._task: asyncio.Task[None] | None = None
+        self.ready = asyncio.Event()
+
+    async def start(self) -> None:
+        watcher = await self._kv.watch(MOCK_RULES_KEY)
+        self._task = asyncio.create_task(self._follow(watcher), name="mock-rules-watch")
+        await self.ready.wait()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    self.ready.set()
+                    continue
+                if self._apply(entry):
+                    try:
+                        await self._changed()
+                    except Exception:
+                        log.exception("announcing the mock's tools after new rules failed")
+                self.ready.set()
+        finally:
+            try:
+                await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
+            except nats.errors.Error as exc:
+                log.debug("stopping the mock rules watch: %s", exc)
+
+    def _apply(self, entry: KeyValue.Entry) -> bool:
+        if entry.operation in _DELETES or not entry.value:
+            rules, strict = self._initial
+            self._adapter.configure(rules, strict=strict)
+            log.info("mock rules deleted: back to the %d rules the runner started with", len(rules))
+            return True
+        try:
+            loaded = decode_rules(entry.value, f"{MOCK_RULES_BUCKET}/{MOCK_RULES_KEY}")
+            self._adapter.configure(loaded.rules, strict=loaded.strict)
+        except MockRulesError as exc:
+            log.error("mock rules refused, the rules in force stay: %s", exc)
+            return False
+        log.info("mock rules replaced: %d rules%s", len(loaded.rules), " (strict)" if loaded.strict else "")
+        return True
