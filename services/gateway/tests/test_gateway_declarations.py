@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -292,3 +293,25 @@ async def test_a_declared_rate_limit_is_shared_by_the_integrations_tools_and_ref
         assert error["kind"] == "rate_limited"
         assert "integrations.helpdesk" in error["message"]
     assert len(received) == 1
+
+
+SHIPPED_ASANA = (Path(__file__).resolve().parents[3] / "integrations" / "asana.create_task.yaml").read_bytes()
+
+
+async def test_a_declaration_may_be_sent_as_yaml_as_the_shipped_files_are(
+    gateway: TestClient[Any, Any],
+) -> None:
+    yaml_type = {"Content-Type": "application/yaml"}
+    created = await gateway.put(
+        "/tools/declarations/asana.create_task", data=SHIPPED_ASANA, headers=yaml_type
+    )
+    assert created.status == 201, await created.text()
+    stored = await created.json()
+    assert stored["declaration"]["auth"]["env"] == "ASANA_TOKEN"
+    assert stored["declaration"]["rateLimit"]["requestsPerMinute"] == 150
+    broken = await gateway.post("/tools/declarations", data=b"name: [unclosed", headers=yaml_type)
+    assert broken.status == 400
+    assert (await broken.json())["error"]["details"][0]["field"] == "body"
+    listed = await gateway.post("/tools/declarations", data=b"- a\n- b\n", headers=yaml_type)
+    assert listed.status == 400
+    assert "mapping" in (await listed.json())["error"]["message"]

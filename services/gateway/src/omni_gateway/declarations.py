@@ -7,7 +7,8 @@ Schemas), so a mistake is a 422 naming the field instead of a tool that fails at
 Declarations are kept in the JetStream KV bucket ``omni_declared_tools``.
 
 Routes: ``GET /tools/declarations``, ``GET|PUT|DELETE /tools/declarations/{name}`` (PUT creates or
-replaces: 201 or 200), ``POST /tools/declarations`` (creates; 409 when the name is taken).
+replaces: 201 or 200), ``POST /tools/declarations`` (creates; 409 when the name is taken). A
+declaration is sent as JSON, or as YAML with a YAML content type (``application/yaml``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from omni_contract.declared import (
 )
 from omni_runtime import nats as omni_nats
 
-from omni_gateway.bodies import read_json_object
+from omni_gateway.bodies import json_type, read_json_object, read_text
 from omni_gateway.errors import ApiError, ErrorDetail
 from omni_gateway.state import GATEWAY
 from omni_gateway.tools import jetstream_errors, read_entries
@@ -124,9 +125,26 @@ async def get_declaration(request: web.Request) -> web.Response:
     return _view(stored)
 
 
+_YAML_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"})
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    """The declaration as a JSON object, or as YAML (the form of the files in ``integrations/``)."""
+    limit = request.app[GATEWAY].settings.max_body_bytes
+    if request.content_type not in _YAML_TYPES:
+        return await read_json_object(request, limit)
+    try:
+        value = msgspec.yaml.decode(await read_text(request, limit))
+    except msgspec.DecodeError as exc:
+        raise ApiError.bad_request("body", f"malformed YAML: {exc}") from None
+    if not isinstance(value, dict):
+        raise ApiError.bad_request("body", f"body must be a YAML mapping, not {json_type(value)}")
+    return value
+
+
 async def put_declaration(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    body = await read_json_object(request, request.app[GATEWAY].settings.max_body_bytes)
+    body = await _body(request)
     declaration = _declaration_of(body, name)
     kv = await _bucket(request)
     existed = await _stored(kv, name) is not None
@@ -134,7 +152,7 @@ async def put_declaration(request: web.Request) -> web.Response:
 
 
 async def create_declaration(request: web.Request) -> web.Response:
-    body = await read_json_object(request, request.app[GATEWAY].settings.max_body_bytes)
+    body = await _body(request)
     declaration = _declaration_of(body, None)
     kv = await _bucket(request)
     stored = StoredDeclaration(declaration=declaration, origin=ORIGIN_API, updated_at=datetime.now(UTC))

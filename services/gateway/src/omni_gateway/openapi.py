@@ -563,7 +563,10 @@ def _paths() -> dict[str, Any]:
                 ),
                 request_body={
                     "required": True,
-                    "content": {"application/json": {"schema": _ref("HttpToolDeclaration")}},
+                    "content": {
+                        "application/json": {"schema": _ref("HttpToolDeclaration")},
+                        "application/yaml": {"schema": _ref("HttpToolDeclaration")},
+                    },
                 },
             ),
         },
@@ -587,7 +590,10 @@ def _paths() -> dict[str, Any]:
                 errors=("BadRequest", "PayloadTooLarge", "InvalidDeclaration", "ToolsUnavailable"),
                 request_body={
                     "required": True,
-                    "content": {"application/json": {"schema": _ref("HttpToolDeclaration")}},
+                    "content": {
+                        "application/json": {"schema": _ref("HttpToolDeclaration")},
+                        "application/yaml": {"schema": _ref("HttpToolDeclaration")},
+                    },
                 },
                 parameters=[_param_ref("ToolName")],
             ),
