@@ -453,9 +453,10 @@ async def test_the_shared_rate_limit_spreads_calls_over_windows_and_excess_work_
     assert all(r.success for r in answered), [r.error for r in answered if not r.success]
     assert (await simulator_stats(simulator))["calls"] == 9
     # Three per window across both replicas: nine calls need the two windows after the first, and
-    # at least six of them waited (none failed).
+    # the calls beyond the first window's three waited for theirs (none failed). (A call that only
+    # arrives once its window is open does not wait, so a slow start may count fewer than six.)
     assert elapsed >= 2 * window_s - 0.1
-    assert waited >= 6
+    assert waited >= 3
 
 
 async def test_a_rate_limit_wait_longer_than_the_deadline_answers_rate_limited_with_retry_after(
