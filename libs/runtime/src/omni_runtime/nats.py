@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
 import nats
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -127,3 +129,69 @@ async def ensure_key_value(
     except BadRequestError as exc:
         log.warning("KV bucket %s exists with another configuration (%s); using it as is", bucket, exc)
         return await js.key_value(bucket)
+
+
+KV_DELETES = ("DEL", "PURGE")
+"""``KeyValue.Entry.operation`` of a deleted key (a delete marker, or a purge)."""
+
+
+class KeyFollower:
+    """Follows some keys of a KV bucket for as long as it runs, through one ordered consumer.
+
+    ``take(entry)`` is called for every put and delete (deletes have ``operation`` in
+    :data:`KV_DELETES`) and says whether it changed anything; ``settled()`` is called once the
+    bucket's contents at the start have all been taken, and after every change taken while nothing
+    more is pending, so that a burst of changes is acted on once. :meth:`start` returns after the
+    first ``settled()``.
+    """
+
+    def __init__(
+        self,
+        kv: KeyValue,
+        keys: str,
+        take: Callable[[KeyValue.Entry], bool],
+        settled: Callable[[], Awaitable[None]],
+        *,
+        name: str,
+    ) -> None:
+        self._kv = kv
+        self._keys = keys
+        self._take = take
+        self._settled = settled
+        self._name = name
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    async def start(self) -> None:
+        watcher = await self._kv.watch(self._keys)
+        self._task = asyncio.create_task(self._follow(watcher), name=self._name)
+        await self._ready.wait()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
+        try:
+            async for entry in watcher:
+                if entry is None:  # the end of what the bucket held when the watch began
+                    await self._settle()
+                    self._ready.set()
+                    continue
+                changed = self._take(entry)
+                # During the first replay, settle once at its end rather than per key.
+                if changed and self._ready.is_set() and entry.delta == 0:
+                    await self._settle()
+        finally:
+            try:
+                await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
+            except nats.errors.Error as exc:
+                log.debug("stopping %s: %s", self._name, exc)
+
+    async def _settle(self) -> None:
+        try:
+            await self._settled()
+        except Exception:
+            log.exception("%s: acting on the bucket's change failed", self._name)

@@ -13,14 +13,12 @@ replica, and a deleted one disappears from ``GET /tools``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
-import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
@@ -38,8 +36,6 @@ from omni_contract.declared import (
 from omni_runtime import nats as omni_nats
 
 log = logging.getLogger(__name__)
-
-_KV_DELETES = ("DEL", "PURGE")
 
 
 async def declarations_bucket(js: JetStreamContext) -> KeyValue:
@@ -109,60 +105,33 @@ class DeclarationWatcher:
     """Follows the bucket and calls ``apply`` with the whole current set after each change."""
 
     def __init__(self, kv: KeyValue, apply: Apply) -> None:
-        self._kv = kv
         self._apply = apply
         self._current: dict[str, HttpToolDeclaration] = {}
-        self._task: asyncio.Task[None] | None = None
-        self.ready = asyncio.Event()
-
-    @property
-    def current(self) -> dict[str, HttpToolDeclaration]:
-        return dict(self._current)
+        self._follower = omni_nats.KeyFollower(
+            kv, ">", self._take, self._publish, name="declared-tools-watch"
+        )
 
     async def start(self) -> None:
         """Start watching; returns once the bucket's present contents have been applied."""
-        watcher = await self._kv.watchall()
-        self._task = asyncio.create_task(self._follow(watcher), name="declared-tools-watch")
-        await self.ready.wait()
+        await self._follower.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._follower.stop()
 
-    async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
-        try:
-            async for entry in watcher:
-                if entry is None:  # the end of what the bucket held when the watch began
-                    await self._publish()
-                    self.ready.set()
-                    continue
-                self._take(entry)
-                # During the initial replay, apply once at its end instead of per key.
-                if self.ready.is_set() and entry.delta == 0:
-                    await self._publish()
-        finally:
-            try:
-                await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
-            except nats.errors.Error as exc:
-                log.debug("stopping the declarations watch: %s", exc)
-
-    def _take(self, entry: KeyValue.Entry) -> None:
-        if entry.operation in _KV_DELETES or not entry.value:
-            if self._current.pop(entry.key, None) is not None:
-                log.info("declared tool %s withdrawn", entry.key)
-            return
+    def _take(self, entry: KeyValue.Entry) -> bool:
+        if entry.operation in omni_nats.KV_DELETES or not entry.value:
+            if self._current.pop(entry.key, None) is None:
+                return False
+            log.info("declared tool %s withdrawn", entry.key)
+            return True
         try:
             stored = msgspec.json.decode(entry.value, type=StoredDeclaration)
         except msgspec.DecodeError as exc:
             log.error("declared tool %s is unreadable in the bucket (%s); ignored", entry.key, exc)
-            return
+            return False
         self._current[stored.declaration.name] = stored.declaration
         log.info("declared tool %s (%s) loaded", stored.declaration.name, stored.origin)
+        return True
 
     async def _publish(self) -> None:
-        try:
-            await self._apply(sorted(self._current.values(), key=lambda d: d.name))
-        except Exception:
-            log.exception("applying the declared tools failed")
+        await self._apply(sorted(self._current.values(), key=lambda d: d.name))

@@ -11,12 +11,10 @@ From a shell: ``nats kv put omni_mock_rules rules '[{"tool": "mt.translate", "ou
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-import nats.errors
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from omni_runtime import nats as omni_nats
@@ -27,7 +25,6 @@ log = logging.getLogger(__name__)
 
 MOCK_RULES_BUCKET: Final = "omni_mock_rules"
 MOCK_RULES_KEY: Final = "rules"
-_DELETES = ("DEL", "PURGE")
 
 
 async def mock_rules_bucket(js: JetStreamContext) -> KeyValue:
@@ -40,45 +37,21 @@ class MockRulesWatcher:
     """Applies the bucket's rules to ``adapter``; ``changed`` runs after each change (re-announce)."""
 
     def __init__(self, kv: KeyValue, adapter: MockAdapter, changed: Callable[[], Awaitable[None]]) -> None:
-        self._kv = kv
         self._adapter = adapter
-        self._changed = changed
         # What a delete goes back to: the rules the replica started with.
         self._initial: tuple[list[MockRule], bool] = (adapter.rules, adapter.strict)
-        self._task: asyncio.Task[None] | None = None
-        self.ready = asyncio.Event()
+        self._follower = omni_nats.KeyFollower(
+            kv, MOCK_RULES_KEY, self._apply, changed, name="mock-rules-watch"
+        )
 
     async def start(self) -> None:
-        watcher = await self._kv.watch(MOCK_RULES_KEY)
-        self._task = asyncio.create_task(self._follow(watcher), name="mock-rules-watch")
-        await self.ready.wait()
+        await self._follower.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-
-    async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    self.ready.set()
-                    continue
-                if self._apply(entry):
-                    try:
-                        await self._changed()
-                    except Exception:
-                        log.exception("announcing the mock's tools after new rules failed")
-                self.ready.set()
-        finally:
-            try:
-                await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
-            except nats.errors.Error as exc:
-                log.debug("stopping the mock rules watch: %s", exc)
+        await self._follower.stop()
 
     def _apply(self, entry: KeyValue.Entry) -> bool:
-        if entry.operation in _DELETES or not entry.value:
+        if entry.operation in omni_nats.KV_DELETES or not entry.value:
             rules, strict = self._initial
             self._adapter.configure(rules, strict=strict)
             log.info("mock rules deleted: back to the %d rules the runner started with", len(rules))

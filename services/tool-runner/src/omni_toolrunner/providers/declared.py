@@ -14,7 +14,6 @@ declaration naming any other variable is served as unavailable, with that reason
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
@@ -35,7 +34,7 @@ from omni_contract.declared import (
 
 from omni_toolrunner.providers.base import ProviderError, ProviderErrorKind, ToolCall, ToolOutcome
 from omni_toolrunner.providers.http_client import HttpAdapter, failures_logged
-from omni_toolrunner.providers.http_errors import classify_status, retry_after, shorten
+from omni_toolrunner.providers.http_errors import classify_status, retry_after, send, shorten
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +106,8 @@ class DeclaredHttpAdapter(HttpAdapter):
             if reason is not None:
                 raise ProviderError(ProviderErrorKind.UNAVAILABLE, reason, retryable=False)
             prepared = self._prepare(declaration, request)
-            response = await self._send(declaration, prepared, request.timeout_s)
+            who = f"{declaration.name} ({prepared.url.netloc.decode()})"
+            response = await send(self._client, prepared, provider=who, timeout_s=request.timeout_s)
             return _outcome(declaration, request, response)
 
     # -- building the request ---------------------------------------------------------------------
@@ -165,25 +165,6 @@ class DeclaredHttpAdapter(HttpAdapter):
                 return base.rstrip("/") + rest
         return path
 
-    async def _send(
-        self, declaration: HttpToolDeclaration, prepared: httpx.Request, timeout_s: float
-    ) -> httpx.Response:
-        prepared.extensions["timeout"] = httpx.Timeout(timeout_s).as_dict()
-        try:
-            # The deadline bounds the whole exchange, not each phase: it is the step's.
-            async with asyncio.timeout(timeout_s):
-                return await self._client.send(prepared)
-        except (TimeoutError, httpx.TimeoutException) as exc:
-            raise ProviderError(
-                ProviderErrorKind.TIMEOUT, f"{declaration.name} did not answer within {timeout_s:g}s"
-            ) from exc
-        except httpx.TransportError as exc:
-            raise ProviderError(
-                ProviderErrorKind.UNAVAILABLE,
-                f"cannot reach {urlsplit(str(prepared.url)).netloc}: {exc!r}",
-                retryable=True,
-            ) from exc
-
 
 def _outcome(declaration: HttpToolDeclaration, call: ToolCall, response: httpx.Response) -> ToolOutcome:
     body = _body(response)
@@ -204,10 +185,7 @@ def _outcome(declaration: HttpToolDeclaration, call: ToolCall, response: httpx.R
         "status": response.status_code,
         "headers": {name.lower(): value for name, value in response.headers.items()},
     }
-    output = render(declaration.output, scope)
-    if not isinstance(output, dict):  # pragma: no cover - the declaration's output is an object
-        raise ProviderError(ProviderErrorKind.MALFORMED_RESPONSE, "the output mapping did not give an object")
-    return ToolOutcome(output=output)
+    return ToolOutcome(output=render(declaration.output, scope))  # an object renders as an object
 
 
 def _body(response: httpx.Response) -> Any:

@@ -39,21 +39,30 @@ async def post_json(
     timeout_s: float,
     params: Mapping[str, str] | None = None,
 ) -> httpx.Response:
-    """POST ``body`` as JSON and return the whole response, whatever its status.
+    """POST ``body`` as JSON and return the whole response, whatever its status (see :func:`send`)."""
+    request = client.build_request(
+        "POST",
+        url,
+        content=msgspec.json.encode(body),
+        params=params,
+        headers={"Content-Type": "application/json", **headers},
+    )
+    return await send(client, request, provider=provider, timeout_s=timeout_s)
+
+
+async def send(
+    client: httpx.AsyncClient, request: httpx.Request, *, provider: str, timeout_s: float
+) -> httpx.Response:
+    """Send ``request`` and return the whole response, whatever its status.
 
     ``timeout_s`` bounds the entire exchange (connect, upload, waiting, download), not each phase,
     because it is the step's deadline. Timeouts become ``timeout``; a host that cannot be reached or
-    drops the connection becomes a retryable ``unavailable``.
+    drops the connection becomes a retryable ``unavailable``. ``provider`` names who did not answer.
     """
+    request.extensions["timeout"] = httpx.Timeout(timeout_s).as_dict()
     try:
         async with asyncio.timeout(timeout_s):
-            return await client.post(
-                url,
-                content=msgspec.json.encode(body),
-                params=params,
-                headers={"Content-Type": "application/json", **headers},
-                timeout=httpx.Timeout(timeout_s),
-            )
+            return await client.send(request)
     except (TimeoutError, httpx.TimeoutException) as exc:
         raise ProviderError(
             ProviderErrorKind.TIMEOUT, f"{provider} did not answer within {timeout_s:g}s"
