@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp import web
-from omni_testkit import wait_for
+from omni_testkit import serving_app, wait_for
 
 from .stacks import make_stack
 
@@ -58,15 +58,8 @@ async def catch_hook() -> AsyncIterator[tuple[str, list[Any]]]:
 
     app = web.Application()
     app.router.add_post("/hooks/catch/{account}/{hook}/", catch)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}/hooks/catch/123/abc/", received
-    finally:
-        await runner.cleanup()
+    async with serving_app(app) as base_url:
+        yield f"{base_url}/hooks/catch/123/abc/", received
 
 
 async def test_a_workflow_step_calls_a_declared_integration(

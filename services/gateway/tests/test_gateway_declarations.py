@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +19,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from gateway_fakes import GatewayFactory
-from omni_runtime.service import serve
-from omni_testkit import unique_name, wait_for
-from omni_toolrunner.app import make_body, service_name
-from omni_toolrunner.settings import ToolRunnerSettings
+from gateway_runners import serving_runner
+from omni_testkit import serving_app, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -69,49 +67,13 @@ async def helpdesk() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
 
     app = web.Application()
     app.router.add_post("/queues/{queue}/tickets", create)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}", received
-    finally:
-        await runner.cleanup()
+    async with serving_app(app) as base_url:
+        yield base_url, received
 
 
-@asynccontextmanager
-async def integrations_runner(nats_url: str, **overrides: Any) -> AsyncIterator[None]:
-    settings = ToolRunnerSettings(
-        nats_url=nats_url,
-        provider="integrations",
-        instance=unique_name("integrations"),
-        ack_wait_s=5.0,
-        shutdown_grace_s=5.0,
-        log_format="console",
-        declared_secrets=["HELPDESK_TOKEN", "MISSING_TOKEN"],
-        **overrides,
-    )
-    stopping = asyncio.Event()
-    task = asyncio.create_task(
-        serve(
-            service_name("integrations"),
-            settings,
-            make_body(settings),
-            install_signals=False,
-            stopping=stopping,
-        )
-    )
-    try:
-        yield
-    finally:
-        stopping.set()
-        try:
-            await asyncio.wait_for(task, timeout=30)
-        except TimeoutError:
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
+def integrations_runner(nats_url: str, **overrides: Any) -> AbstractAsyncContextManager[None]:
+    secrets = ["HELPDESK_TOKEN", "MISSING_TOKEN"]
+    return serving_runner(nats_url, "integrations", declared_secrets=secrets, **overrides)
 
 
 async def tool_status(gateway: TestClient[Any, Any], name: str) -> dict[str, Any] | None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import msgspec
 import pytest
 from aiohttp.test_utils import TestClient
 from gateway_fakes import GatewayFactory
+from gateway_runners import serving_runner
 from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 from omni_contract import streams, subjects
@@ -31,11 +31,8 @@ from omni_contract.tools import (
     registry_key,
 )
 from omni_runtime.nats import ensure_key_value
-from omni_runtime.service import serve
 from omni_testkit import unique_name, wait_for
-from omni_toolrunner.app import make_body, service_name
 from omni_toolrunner.providers.mock import MOCK_RULES_ENV
-from omni_toolrunner.settings import ToolRunnerSettings
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 TEXT_INPUT = {
@@ -364,33 +361,6 @@ MOCK_RULES = [
 ]
 
 
-@asynccontextmanager
-async def running_runner(nats_url: str) -> AsyncIterator[None]:
-    """The real tool-runner of the ``mock`` provider, served in this event loop."""
-    settings = ToolRunnerSettings(
-        nats_url=nats_url,
-        provider="mock",
-        instance=unique_name("runner"),
-        ack_wait_s=5.0,
-        shutdown_grace_s=5.0,
-        log_format="console",
-    )
-    stopping = asyncio.Event()
-    task = asyncio.create_task(
-        serve(service_name("mock"), settings, make_body(settings), install_signals=False, stopping=stopping)
-    )
-    try:
-        yield
-    finally:
-        stopping.set()
-        try:
-            await asyncio.wait_for(task, timeout=30)
-        except TimeoutError:
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
-
-
 @pytest.fixture
 async def runner_gateway(
     nats_url: str, nc: NATS, make_gateway: GatewayFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -399,7 +369,7 @@ async def runner_gateway(
     rules_file.write_text(json.dumps(MOCK_RULES))
     monkeypatch.setenv(MOCK_RULES_ENV, str(rules_file))
     gateway = await make_gateway()
-    async with running_runner(nats_url):
+    async with serving_runner(nats_url, "mock"):
 
         async def registered() -> bool:
             response = await gateway.get("/tools?name=mt.translate&provider=mock")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from omni_testkit import serving_app
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,7 @@ class FakeProvider:
     """One provider's HTTP API, as far as its adapter uses it."""
 
     route: str = "/"
+    methods: str = "POST"  # what the route answers ("*": every method)
 
     def __init__(self, api_key: str) -> None:
         self.api_key = api_key
@@ -108,15 +110,7 @@ class FakeProvider:
 async def serving(fake: FakeProvider) -> AsyncIterator[str]:
     """Serve ``fake`` on a free port for the block; yields its base URL."""
     app = web.Application()
-    app.router.add_post(fake.route, fake._handle)
-    # Requests still sleeping out an injected delay are cut short: tests do not wait for them.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.2)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = next(int(address[1]) for address in runner.addresses if isinstance(address, tuple))
-        fake.base_url = f"http://127.0.0.1:{port}"
-        yield fake.base_url
-    finally:
-        await runner.cleanup()
+    app.router.add_route(fake.methods, fake.route, fake._handle)
+    async with serving_app(app) as base_url:
+        fake.base_url = base_url
+        yield base_url

@@ -26,8 +26,7 @@ has none; ``integration=`` aims a fault at one integration. Every request is rec
 (as :class:`Call`, a :class:`http_fake.Recorded` with the method and integration), and what was created
 is kept: ``issues[(owner, repo)]``, ``pages``, ``tasks``, ``hooks_received``.
 
-Serve it with this module's :func:`serving` (every method on every path): ``http_fake.serving`` only
-routes POST, so it would serve all but the GET endpoints.
+Serve it with ``http_fake.serving``: it answers every method on every path.
 """
 
 from __future__ import annotations
@@ -36,8 +35,7 @@ import asyncio
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -166,8 +164,8 @@ def _dashed(notion_id: str) -> str:
 class IntegrationsFake(FakeProvider):
     """GitHub issues, Notion pages, Asana tasks and a Zapier catch hook behind one server."""
 
-    # For http_fake.serving, which routes POST only; this module's serving routes every method.
     route = "/{path:.*}"
+    methods = "*"  # GET endpoints too
 
     def __init__(
         self,
@@ -713,24 +711,3 @@ class IntegrationsFake(FakeProvider):
         return web.json_response(
             {"attempt": attempt, "id": str(uuid.uuid4()), "request_id": attempt, "status": "success"}
         )
-
-
-@asynccontextmanager
-async def serving(fake: IntegrationsFake) -> AsyncIterator[str]:
-    """Serve ``fake`` on a free port for the block, every method on every path; yields its base URL.
-
-    ``http_fake.serving`` with the GET endpoints too (it routes one POST path per fake).
-    """
-    app = web.Application()
-    app.router.add_route("*", fake.route, fake._handle)
-    # Requests still sleeping out an injected delay are cut short: tests do not wait for them.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.2)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = next(int(address[1]) for address in runner.addresses if isinstance(address, tuple))
-        fake.base_url = f"http://127.0.0.1:{port}"
-        yield fake.base_url
-    finally:
-        await runner.cleanup()

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from http_fake import Fault
+from http_fake import Fault, serving
 from integrations_fake import (
     ASANA_TOKEN,
     ASANA_WORKSPACE,
@@ -19,7 +19,6 @@ from integrations_fake import (
     NOTION_TOKEN,
     NOTION_VERSION,
     IntegrationsFake,
-    serving,
 )
 from omni_contract.declared import decode_declaration
 from omni_toolrunner.declarations import load_files

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
-from http_fake import Fault
+from http_fake import Fault, serving
 from integrations_fake import (
     ASANA_TOKEN,
     GITHUB_TOKEN,
@@ -16,7 +16,6 @@ from integrations_fake import (
     NOTION_VERSION,
     Call,
     IntegrationsFake,
-    serving,
 )
 
 DATABASE = "8f3c1d2e4b5a49c7a1e2f3d4c5b6a7e8"

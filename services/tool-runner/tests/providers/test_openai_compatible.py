@@ -15,12 +15,14 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 from aiohttp import web
 from omni_simulator import RunningSimulator, SimulatorState, build_app
 from omni_simulator.answers import answer_for_schema, read_prompt
+from omni_testkit import serving_app
 from omni_toolrunner.providers import OpenRouterAdapter, ProviderAdapter, ProviderError, ProviderErrorKind
 from omni_toolrunner.providers.openai_compatible import (
     DEEPSEEK,
@@ -96,15 +98,10 @@ async def dialect_simulator(profile: str) -> AsyncIterator[RunningSimulator]:
     state = SimulatorState()
     app = build_app(state)
     app.middlewares.append(_speak_dialect(profile))
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = next(int(address[1]) for address in runner.addresses if isinstance(address, tuple))
+    async with serving_app(app, shutdown_timeout=0.5) as base_url:
+        port = urlsplit(base_url).port
+        assert port is not None
         yield RunningSimulator(host="127.0.0.1", port=port, state=state)
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture(params=FAMILY)
