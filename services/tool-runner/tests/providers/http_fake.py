@@ -94,9 +94,12 @@ class FakeProvider:
                 return self._fault_response(fault)
         return await self.answer(request, body)
 
-    def _fault_response(self, fault: Fault) -> web.Response:
+    def _fault_response(self, fault: Fault, error_body: Any = None) -> web.Response:
+        """The fault's answer: its own body, else ``error_body``, else the provider's error body."""
         assert fault.status is not None
-        body = fault.body if fault.body is not None else self.error_body(fault.status)
+        body = fault.body
+        if body is None:
+            body = error_body if error_body is not None else self.error_body(fault.status)
         if isinstance(body, str):
             body = body.encode()
         if not isinstance(body, bytes):

@@ -351,26 +351,14 @@ class IntegrationsFake(FakeProvider):
         if fault is not None:
             await asyncio.sleep(fault.delay_s)
             if fault.status is not None:
-                return self._fault_response(fault, integration=integration)
+                assert fault.status is not None
+                return self._fault_response(fault, self.error_body(fault.status, integration=integration))
         if body is _INVALID_JSON and integration != "zapier":
             return self._invalid_json(integration)
         if body is _INVALID_JSON:
             body = raw.decode(errors="replace")  # a catch hook takes any body
         handler, params = found
         return await handler(request, body, params)
-
-    def _fault_response(self, fault: Fault, *, integration: str = "github") -> web.Response:
-        assert fault.status is not None
-        body = fault.body
-        if body is None:
-            body = self.error_body(fault.status, integration=integration)
-        if isinstance(body, str):
-            body = body.encode()
-        if not isinstance(body, bytes):
-            body = json.dumps(body).encode()
-        return web.Response(
-            status=fault.status, body=body, headers={"Content-Type": fault.content_type, **fault.headers}
-        )
 
     def _next_fault(self, integration: str) -> Fault | None:
         for i, (target, fault) in enumerate(self._queued):
