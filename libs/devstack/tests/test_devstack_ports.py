@@ -20,3 +20,9 @@ def test_port_in_use_error_names_port_and_setting() -> None:
     error = PortInUseError("NATS", "127.0.0.1", 4321, "OMNI_NATS_PORT")
     assert "127.0.0.1:4321" in str(error)
     assert "OMNI_NATS_PORT" in str(error)
+
+
+def test_free_port_is_below_the_ephemeral_range_so_no_bind_to_port_0_can_take_it() -> None:
+    floor = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])  # noqa: SIM115
+    ports = {free_port() for _ in range(20)}
+    assert all(10_000 <= port < floor for port in ports)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,8 @@ from omni_testkit import unique_name, wait_for
 from omni_toolrunner.app import make_body, service_name
 from omni_toolrunner.settings import ToolRunnerSettings
 from opentelemetry.trace import TracerProvider
+
+log = logging.getLogger(__name__)
 
 PROVIDER = "openrouter"
 API_KEY = "sk-or-test-key"
@@ -66,9 +69,7 @@ class RunningRunner:
 
     async def kill(self) -> None:
         """End the service task at once: no graceful shutdown, nothing more acknowledged."""
-        self.task.cancel()
-        with suppress(asyncio.CancelledError):
-            await self.task
+        await _cancelled(self.task)
 
 
 @asynccontextmanager
@@ -108,12 +109,23 @@ async def running_runner(
     finally:
         if not task.done():
             stopping.set()
-            try:
-                await asyncio.wait_for(task, timeout=30)
-            except TimeoutError:
-                task.cancel()
-                with suppress(asyncio.CancelledError):
-                    await task
+            await asyncio.wait({task}, timeout=30)
+            if task.done():
+                task.result()  # a stop that failed fails the test
+            else:
+                await _cancelled(task)
+
+
+async def _cancelled(task: asyncio.Task[None], grace_s: float = 10.0) -> None:
+    """Cancel ``task`` and give it ``grace_s`` to unwind. A crashed process waits for nothing, so
+    neither does this beyond the grace; and a cancellation of the caller itself goes through
+    (``suppress(CancelledError)`` around ``await task`` would swallow it)."""
+    if task.done():
+        return
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=grace_s)
+    if not done:
+        log.warning("runner task still unwinding %.0fs after it was cancelled; left behind", grace_s)
 
 
 def make_invoke(

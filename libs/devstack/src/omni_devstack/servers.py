@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -102,16 +103,39 @@ class PortInUseError(ServerStartError):
 # Ports
 
 
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST_PORT = 10_000
+
+
+def _ephemeral_floor() -> int:
+    """The first port the kernel hands out for ``bind(0)`` and outgoing connections."""
+    try:
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768  # Linux's default
+
+
 def free_port(host: str = LOOPBACK) -> int:
     """Return a TCP port on ``host`` that nothing listens on right now.
 
-    Another process may take it before the caller binds it; servers that can pick their own
-    port (``NatsServer``) do so instead of relying on this.
+    The port is picked below the kernel's ephemeral range, so no ``bind(0)`` (a service's health
+    server, a test fake) and no outgoing connection can be given it between now and the moment
+    the caller binds it. Only a process that binds that very port number can still take it;
+    servers that can pick their own port (``NatsServer``) do so instead of relying on this.
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    floor = _ephemeral_floor()
+    candidates = random.sample(range(_LOWEST_PORT, floor), k=min(64, floor - _LOWEST_PORT))
+    for port in candidates:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # all taken: let the kernel pick
         sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
 
 
 def port_in_use(port: int, host: str = LOOPBACK) -> bool:
