@@ -38,6 +38,18 @@ def test_a_reader_accepts_a_payload_with_fields_it_does_not_know() -> None:
     assert progress.seq == 1
 
 
+def test_an_encoded_envelope_always_names_its_cloudevents_specversion() -> None:
+    # Readers (the engine's trigger consumer) tell a CloudEvent from a bare payload by this field.
+    body = msgspec.json.decode(encode_envelope(new_envelope("app.x", "omni.gateway", {"a": 1})))
+    assert body["specversion"] == "1.0"
+
+
+def test_an_envelope_written_without_specversion_is_read_as_version_1_0() -> None:
+    env = decode_envelope(b'{"id":"1","type":"t","source":"s","time":"2026-01-01T00:00:00Z"}')
+    assert env.specversion == "1.0"
+    assert msgspec.json.decode(encode_envelope(env))["specversion"] == "1.0"
+
+
 def test_envelope_without_required_attributes_is_rejected() -> None:
     with pytest.raises(msgspec.ValidationError, match="id"):
         decode_envelope(b'{"type":"x","source":"y","time":"2026-01-01T00:00:00Z"}')

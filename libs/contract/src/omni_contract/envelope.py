@@ -34,11 +34,17 @@ class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     source: str
     time: datetime
     data: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"null"))
-    specversion: str = SPEC_VERSION
+    # Always written: the empty default only lets envelopes that lack it be read (and filled in),
+    # while ``omit_defaults`` would drop a default of "1.0", and readers tell a CloudEvent by it.
+    specversion: str = ""
     datacontenttype: str = "application/json"
     correlation_id: str | None = None
     causation_id: str | None = None
     subject: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.specversion:
+            self.specversion = SPEC_VERSION
 
 
 _encoder = msgspec.json.Encoder()
