@@ -1,4 +1,5 @@
-"""GET /servers and /servers/{name} against real NATS: provider health written by runner replicas."""
+"""GET /servers and /servers/{name} against real NATS: every provider Omni knows, with the health
+written by its runner replicas, or why it has none."""
 
 from __future__ import annotations
 
@@ -9,10 +10,20 @@ import msgspec
 import pytest
 from aiohttp.test_utils import TestClient
 from nats.aio.client import Client as NATS
+from omni_contract.providers import PROVIDER_KEYS
 from omni_contract.tools import PROVIDER_HEALTH_BUCKET, REGISTRATION_TTL_S, ProviderHealth, health_key
 from omni_runtime.nats import ensure_key_value
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def no_provider_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway reads the providers' key variables from its environment: none set here."""
+    for names in PROVIDER_KEYS.values():
+        for name in names:
+            monkeypatch.delenv(name, raising=False)
+
 
 T0 = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
 
@@ -25,10 +36,37 @@ async def publish(nc: NATS, **fields: Any) -> None:
     await kv.put(health_key(view.provider, view.runner), msgspec.json.encode(view))
 
 
-async def test_without_any_runner_there_are_no_servers(gateway: TestClient[Any, Any]) -> None:
+async def test_without_any_runner_every_known_provider_is_listed_with_why_it_is_not_serving(
+    gateway: TestClient[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DEEPSEEK_API_KEY", "sk-test")
     response = await gateway.get("/servers")
     assert response.status == 200
-    assert await response.json() == {"servers": []}
+    servers = {s["name"]: s for s in (await response.json())["servers"]}
+    assert sorted(servers) == sorted(PROVIDER_KEYS)
+    gemini = servers["gemini"]
+    assert (gemini["status"], gemini["missingVariable"], gemini["replicas"]) == (
+        "unconfigured",
+        "GEMINI_API_KEY",
+        0,
+    )
+    assert gemini["reasons"] == ["GEMINI_API_KEY is not set"]
+    # Its key is set, so its runner should be there: down. A provider needing no key is down too.
+    assert (servers["deepseek"]["status"], servers["deepseek"]["missingVariable"]) == ("down", None)
+    assert servers["local"]["status"] == "down"
+    assert servers["deepseek"]["reasons"] == ["no runner of deepseek is live"]
+
+
+async def test_a_known_provider_without_runners_is_answered_not_404(gateway: TestClient[Any, Any]) -> None:
+    response = await gateway.get("/servers/gemini")
+    assert response.status == 200
+    body = await response.json()
+    assert (body["name"], body["status"], body["missingVariable"], body["runners"]) == (
+        "gemini",
+        "unconfigured",
+        "GEMINI_API_KEY",
+        [],
+    )
 
 
 async def test_replicas_are_merged_per_provider(gateway: TestClient[Any, Any], nc: NATS) -> None:
@@ -53,7 +91,7 @@ async def test_replicas_are_merged_per_provider(gateway: TestClient[Any, Any], n
     )
     body = await (await gateway.get("/servers")).json()
     servers = {s["name"]: s for s in body["servers"]}
-    assert list(servers) == ["deepseek", "gemini"]
+    assert list(servers) == sorted(servers)
     gemini = servers["gemini"]
     assert (gemini["status"], gemini["replicas"], gemini["calls"], gemini["errors"]) == (
         "degraded",
@@ -65,8 +103,36 @@ async def test_replicas_are_merged_per_provider(gateway: TestClient[Any, Any], n
     assert gemini["latencyP50Ms"] == 200.0
     assert gemini["lastError"] == "server: upstream 503"
     assert "runners" not in gemini
-    assert servers["deepseek"]["status"] == "unavailable"
-    assert servers["deepseek"]["reasons"] == ["DEEPSEEK_API_KEY is not set"]
+    # A live replica that cannot call its provider for want of the key: unconfigured, naming it.
+    deepseek = servers["deepseek"]
+    assert (deepseek["status"], deepseek["missingVariable"], deepseek["replicas"]) == (
+        "unconfigured",
+        "DEEPSEEK_API_KEY",
+        1,
+    )
+    assert deepseek["reasons"] == ["DEEPSEEK_API_KEY is not set"]
+
+
+async def test_a_provider_whose_replicas_all_fail_otherwise_is_down(
+    gateway: TestClient[Any, Any], nc: NATS
+) -> None:
+    await publish(
+        nc, provider="grok", runner="a", status="unavailable", reason="the provider refused the key"
+    )
+    body = await (await gateway.get("/servers/grok")).json()
+    assert (body["status"], body["missingVariable"], body["reasons"]) == (
+        "down",
+        None,
+        ["the provider refused the key"],
+    )
+
+
+async def test_a_provider_omni_does_not_list_appears_while_its_runner_is_live(
+    gateway: TestClient[Any, Any], nc: NATS
+) -> None:
+    await publish(nc, provider="mock", runner="a", status="healthy")
+    servers = {s["name"]: s for s in (await (await gateway.get("/servers")).json())["servers"]}
+    assert servers["mock"]["status"] == "healthy"
 
 
 async def test_one_server_with_its_runners_and_an_open_circuit(
@@ -79,7 +145,7 @@ async def test_one_server_with_its_runners_and_an_open_circuit(
     response = await gateway.get("/servers/openrouter")
     assert response.status == 200
     body = await response.json()
-    assert (body["status"], body["circuit"]) == ("circuit_open", "open")
+    assert (body["status"], body["circuit"]) == ("open", "open")
     assert [r["runner"] for r in body["runners"]] == ["a", "b"]
 
 

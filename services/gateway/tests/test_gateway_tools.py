@@ -255,7 +255,7 @@ async def test_an_unreadable_entry_is_skipped(gateway: TestClient[Any, Any], cat
 
 
 # -- direct execution: refused before anything is sent ------------------------------------------
-async def test_no_registered_replica_is_503_saying_so(
+async def test_a_known_provider_without_a_live_runner_is_503_saying_so(
     gateway: TestClient[Any, Any], registry: KeyValue
 ) -> None:
     response = await gateway.post("/tools/mt/translate/grok", json={"input": {"text": "hi"}})
@@ -264,7 +264,26 @@ async def test_no_registered_replica_is_503_saying_so(
     assert body["success"] is False
     assert body["error"]["code"] == "tool_unavailable"
     assert body["error"]["kind"] == "unavailable"
-    assert "no tool-runner has registered mt.translate at grok" in body["error"]["message"]
+    assert "no tool-runner of grok is live to serve mt.translate" in body["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "said"),
+    [
+        # The provider's runners are live and do not serve it.
+        ("/tools/no/such/openrouter", "the runners of 'openrouter' serve no tool 'no.such'"),
+        # No provider of that name exists, whatever the tool.
+        ("/tools/mt/translate/nowhere", "Omni knows no such provider"),
+    ],
+)
+async def test_a_tool_that_exists_nowhere_is_404_not_503(
+    gateway: TestClient[Any, Any], catalogue: KeyValue, path: str, said: str
+) -> None:
+    response = await gateway.post(path, json={"input": {"text": "hi"}})
+    assert response.status == 404
+    error = (await response.json())["error"]
+    assert error["code"] == "not_found"
+    assert said in error["message"]
 
 
 async def test_only_unavailable_replicas_is_503_with_their_reason(

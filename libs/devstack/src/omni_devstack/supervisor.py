@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from omni_contract.providers import ALWAYS_STARTED, PROVIDER_KEYS
+
 from omni_devstack.servers import (
     NatsServer,
     PortInUseError,
@@ -45,15 +47,11 @@ class ServiceSpec:
 
 
 # Providers ``omni run`` starts a runner for when one of their key variables is set.
+# (The list is omni_contract.providers', which the gateway's GET /servers reports on too.)
 KEYED_PROVIDERS: dict[str, tuple[str, ...]] = {
-    "gemini": ("GEMINI_API_KEY",),
-    "deepseek": ("DEEPSEEK_API_KEY",),
-    "qwen": ("QWEN_MAX_API_KEY", "DASHSCOPE_API_KEY"),
-    "grok": ("GROK_API_KEY", "XAI_API_KEY"),
-    "minimax": ("MINIMAX_API_KEY",),
-    "elevenlabs": ("ELEVENLABS_API_KEY",),
-    "perplexity": ("PERPLEXITY_API_KEY",),
-    "firecrawl": ("FIRECRAWL_API_KEY",),
+    provider: variables
+    for provider, variables in PROVIDER_KEYS.items()
+    if variables and provider not in ALWAYS_STARTED
 }
 
 

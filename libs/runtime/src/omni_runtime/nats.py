@@ -134,6 +134,37 @@ async def ensure_key_value(
 KV_DELETES = ("DEL", "PURGE")
 """``KeyValue.Entry.operation`` of a deleted key (a delete marker, or a purge)."""
 
+WATCH_INACTIVE_S = 30.0
+"""How long the server keeps a watch's consumer once nobody reads it: only a backstop for a watch
+whose :func:`stop_watch` did not reach the server (nats-py's own default is 5 minutes)."""
+
+
+async def watch(kv: KeyValue, keys: str, *, ignore_deletes: bool = False) -> KeyValue.KeyWatcher:
+    """A watch of ``keys`` (one ordered consumer on the bucket's stream); end it with
+    :func:`stop_watch`, which also deletes its consumer."""
+    return await kv.watch(keys, ignore_deletes=ignore_deletes, inactive_threshold=WATCH_INACTIVE_S)
+
+
+async def stop_watch(watcher: KeyValue.KeyWatcher) -> None:
+    """Stop ``watcher`` and delete its consumer on the server.
+
+    nats-py's ``KeyWatcher.stop()`` only unsubscribes: the ordered consumer stays on the server
+    until its inactivity threshold passes, so a watch per request piled up consumers until the
+    server's limit refused every new one. Errors are logged, not raised: the threshold still
+    removes a consumer whose deletion failed.
+    """
+    sub = watcher._sub  # nats-py keeps the subscription (and its consumer's name) here
+    try:
+        await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
+    except nats.errors.Error as exc:
+        log.debug("stopping a KV watch: %s", exc)
+    if sub is None:
+        return
+    try:
+        await sub._js.delete_consumer(sub._stream, sub._consumer)
+    except (nats.errors.Error, TimeoutError) as exc:
+        log.debug("deleting the consumer %s of a KV watch: %s", sub._consumer, exc)
+
 
 class KeyFollower:
     """Follows some keys of a KV bucket for as long as it runs, through one ordered consumer.
@@ -163,7 +194,7 @@ class KeyFollower:
         self._ready = asyncio.Event()
 
     async def start(self) -> None:
-        watcher = await self._kv.watch(self._keys)
+        watcher = await watch(self._kv, self._keys)
         self._task = asyncio.create_task(self._follow(watcher), name=self._name)
         await self._ready.wait()
 
@@ -185,10 +216,7 @@ class KeyFollower:
                 if changed and self._ready.is_set() and entry.delta == 0:
                     await self._settle()
         finally:
-            try:
-                await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
-            except nats.errors.Error as exc:
-                log.debug("stopping %s: %s", self._name, exc)
+            await stop_watch(watcher)
 
     async def _settle(self) -> None:
         try:

@@ -1,20 +1,31 @@
-"""``GET /servers`` and ``GET /servers/{name}``: each provider's health, as its runners see it.
+"""``GET /servers`` and ``GET /servers/{name}``: every provider Omni knows, and its health as its
+runners see it.
 
 Every tool-runner replica publishes its view of its provider with its registry heartbeats
 (``omni_contract.tools.ProviderHealth`` in the KV bucket ``omni_providers``, expiring with the
-replica). A provider's status merges its replicas' views: ``circuit_open`` when its (shared)
-circuit is open, ``unavailable`` when no replica can call it, ``degraded`` when some recent calls
-failed, ``healthy`` otherwise.
+replica). The list is every provider of ``omni_contract.providers`` plus any other with a live
+replica (the tests' ``mock``). A provider's ``status``:
+
+* with live replicas, merged over their views: ``open`` when its (shared) circuit is open,
+  ``unconfigured`` when no replica can call it for want of its key (``missingVariable`` names
+  it), ``down`` when no replica can call it for another reason, ``degraded`` when some recent calls
+  failed, ``healthy`` otherwise;
+* with none: ``unconfigured`` (naming ``missingVariable``) when the provider needs a key that the
+  gateway's environment does not set either, else ``down`` (its runner should be running and is
+  not).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
+from collections.abc import Mapping
 from datetime import datetime
 
 import msgspec
 from aiohttp import web
+from omni_contract.providers import PROVIDER_KEYS, configured, key_variables
 from omni_contract.tools import (
     CIRCUIT_OPEN,
     DEGRADED,
@@ -36,8 +47,9 @@ class ServerView(msgspec.Struct, kw_only=True):
     """One provider, merged over the runner replicas serving it."""
 
     name: str
-    status: str  # healthy | degraded | unavailable | circuit_open
+    status: str  # healthy | degraded | open | down | unconfigured
     reasons: list[str]
+    missing_variable: str | None  # the unset key variable of an unconfigured provider
     circuit: str
     replicas: int
     calls: int  # recent calls over all replicas
@@ -59,12 +71,30 @@ class ServerDetail(ServerView, kw_only=True):
     runners: list[ProviderHealth]
 
 
-def merge(name: str, views: list[ProviderHealth]) -> ServerDetail:
+# The statuses of GET /servers.
+OPEN = "open"
+DOWN = "down"
+UNCONFIGURED = "unconfigured"
+STATUSES = (HEALTHY, DEGRADED, OPEN, DOWN, UNCONFIGURED)
+
+
+def merge(name: str, views: list[ProviderHealth], environ: Mapping[str, str]) -> ServerDetail:
+    """``name``'s status over its live replicas' ``views`` (none: from the environment alone)."""
     statuses = {view.status for view in views}
-    if CIRCUIT_OPEN in statuses:
-        status = CIRCUIT_OPEN
+    reasons = sorted({view.reason for view in views if view.reason})
+    missing: str | None = None
+    if not views:
+        if configured(name, environ):
+            status = DOWN
+            reasons = [f"no runner of {name} is live"]
+        else:
+            status, missing = UNCONFIGURED, key_variables(name)[0]
+            reasons = [f"{missing} is not set"]
+    elif CIRCUIT_OPEN in statuses:
+        status = OPEN
     elif statuses == {UNAVAILABLE}:
-        status = UNAVAILABLE
+        missing = _missing_key(name, reasons)
+        status = UNCONFIGURED if missing else DOWN
     elif DEGRADED in statuses:
         status = DEGRADED
     else:
@@ -78,7 +108,8 @@ def merge(name: str, views: list[ProviderHealth]) -> ServerDetail:
     return ServerDetail(
         name=name,
         status=status,
-        reasons=sorted({view.reason for view in views if view.reason}),
+        reasons=reasons,
+        missing_variable=missing,
         circuit=next((view.circuit for view in views if view.circuit != "closed"), "closed"),
         replicas=len(views),
         calls=calls,
@@ -92,6 +123,11 @@ def merge(name: str, views: list[ProviderHealth]) -> ServerDetail:
         updated_at=max((view.updated_at for view in views if view.updated_at), default=None),
         runners=sorted(views, key=lambda view: view.runner),
     )
+
+
+def _missing_key(name: str, reasons: list[str]) -> str | None:
+    """The key variable the replicas' reasons name, when they cannot call ``name`` for want of it."""
+    return next((var for var in key_variables(name) if any(var in reason for reason in reasons)), None)
 
 
 async def _health(request: web.Request, provider: str | None) -> dict[str, list[ProviderHealth]]:
@@ -120,14 +156,16 @@ async def list_servers(request: web.Request) -> web.Response:
     if request.query:
         name = sorted(request.query)[0]
         raise ApiError.bad_request(name, f"unknown query parameter {name!r}: /servers takes none")
-    merged = [merge(name, views) for name, views in sorted((await _health(request, None)).items())]
+    live = await _health(request, None)
+    names = sorted(set(PROVIDER_KEYS) | set(live))
+    merged = [merge(name, live.get(name, []), os.environ) for name in names]
     views = [ServerView(**{f: getattr(m, f) for f in ServerView.__struct_fields__}) for m in merged]
     return respond(ServerList(servers=views))
 
 
 async def get_server(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    views = (await _health(request, name)).get(name)
-    if not views:
-        raise ApiError(404, "not_found", f"no runner of provider {name!r} is live")
-    return respond(merge(name, views))
+    views = (await _health(request, name)).get(name, [])
+    if not views and name not in PROVIDER_KEYS:
+        raise ApiError(404, "not_found", f"Omni knows no provider {name!r} and no runner of it is live")
+    return respond(merge(name, views, os.environ))

@@ -56,6 +56,7 @@ from omni_contract.envelope import (
     payload_of,
 )
 from omni_contract.events import TOOL_INVOKE_V1, TOOL_RESULT_V1, ToolError, ToolInvoke, ToolResult
+from omni_contract.providers import PROVIDER_KEYS
 from omni_contract.tools import (
     AVAILABLE,
     DIRECT_RUN_PREFIX,
@@ -64,6 +65,7 @@ from omni_contract.tools import (
     ToolRegistration,
     key_token,
 )
+from omni_runtime import nats as omni_nats
 from omni_runtime.logging import run_id_var
 from omni_runtime.telemetry import inject_headers
 from opentelemetry import trace
@@ -236,7 +238,7 @@ async def read_entries(kv: KeyValue, pattern: str, type_: type[T], bucket: str) 
     Reading ends at the entry that says nothing is pending after it (``delta == 0``), or when no
     entry follows the watcher's initial marker within ``_QUIET_S``.
     """
-    watcher = await kv.watch(pattern, ignore_deletes=True)
+    watcher = await omni_nats.watch(kv, pattern, ignore_deletes=True)
     found: list[T] = []
     marker = False
     try:
@@ -257,7 +259,7 @@ async def read_entries(kv: KeyValue, pattern: str, type_: type[T], bucket: str) 
             if entry.delta == 0:
                 break
     finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
+        await omni_nats.stop_watch(watcher)  # and its consumer, which would outlive it otherwise
     return found
 
 
@@ -318,11 +320,10 @@ async def execute_tool(request: web.Request) -> web.Response:
     if context is not None and not isinstance(context, dict):
         raise ApiError.bad_request("context", f"context must be a JSON object, not {json_type(context)}")
 
-    found = await ToolRegistry(gateway.js, gateway.settings.rpc_timeout_s).tools(name=tool, provider=provider)
+    registry = ToolRegistry(gateway.js, gateway.settings.rpc_timeout_s)
+    found = await registry.tools(name=tool, provider=provider)
     if not found:
-        return _failure(
-            tool, provider, _UNAVAILABLE, "unavailable", f"no tool-runner has registered {tool} at {provider}"
-        )
+        return await _unregistered(registry, tool, provider)
     registered = found[0]
     if not registered.available:
         why = "; ".join(registered.reasons())
@@ -362,6 +363,25 @@ async def execute_tool(request: web.Request) -> web.Response:
             retryable=True,
         )
     return _answer(result)
+
+
+async def _unregistered(registry: ToolRegistry, tool: str, provider: str) -> web.Response:
+    """No live replica has registered ``tool`` at ``provider``. When the provider is one Omni knows
+    and none of its runners is live, the tool may well be served once one is back: 503. Otherwise
+    (its live runners do not serve the tool, or Omni has no such provider) the tool is not there: 404.
+    """
+    provider_live = bool(await registry.tools(provider=provider))
+    if not provider_live and provider in PROVIDER_KEYS:
+        return _failure(
+            tool,
+            provider,
+            _UNAVAILABLE,
+            "unavailable",
+            f"no tool-runner of {provider} is live to serve {tool}",
+        )
+    if provider_live:
+        raise ApiError(404, "not_found", f"the runners of {provider!r} serve no tool {tool!r}")
+    raise ApiError(404, "not_found", f"no tool {tool!r} at {provider!r}: Omni knows no such provider")
 
 
 def _filter_value(request: web.Request, name: str) -> str | None:
