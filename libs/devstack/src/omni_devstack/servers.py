@@ -233,11 +233,31 @@ def _nats_server_binary() -> Path:
 class _ServerProcess(abc.ABC):
     """A server process that is started and stopped, also as a (sync or async) context manager."""
 
+    _proc: subprocess.Popen[bytes] | None
+
     @abc.abstractmethod
     def start(self) -> Self: ...
 
     @abc.abstractmethod
     def stop(self) -> None: ...
+
+    @abc.abstractmethod
+    def _pin_ports(self) -> None:
+        """Ask the next start for the ports in use now (a port picked by the server included)."""
+
+    def exit_code(self) -> int | None:
+        """The exit status of a server that ended without :meth:`stop` (a crash, a kill -9), else
+        None. Asking reaps the ended process, so no zombie is left to hold its lock files."""
+        return self._proc.poll() if self._proc is not None else None
+
+    def restart(self) -> Self:
+        """Start the server again, on the ports and data it had, so its clients' URL stays valid.
+
+        Used after a crash (:meth:`exit_code` is not None); a running server is stopped first.
+        """
+        self._pin_ports()
+        self.stop()
+        return self.start()
 
     def __enter__(self) -> Self:
         return self.start()
@@ -381,6 +401,12 @@ class NatsServer(_ServerProcess):
             self.log_path,
         )
         return self
+
+    def _pin_ports(self) -> None:
+        if self._port is not None:
+            self._requested_port = self._port
+        if self._monitoring_port is not None:
+            self._requested_monitoring_port = self._monitoring_port
 
     def stop(self) -> None:
         """Stop the server: SIGTERM (it flushes JetStream and exits), SIGKILL after ``stop_timeout``."""
@@ -765,6 +791,7 @@ class PostgresServer(_DatabaseAdmin, _ServerProcess):
         self._prepare_data_dir()
         if not (self.pgdata / "PG_VERSION").exists():
             self._initdb(bin_dir)
+        self._clear_stale_lock()
         # A port chosen here may be taken before the server binds it; then try another.
         attempts = 1 if self._requested_port else 3
         for attempt in range(1, attempts + 1):
@@ -779,6 +806,10 @@ class PostgresServer(_DatabaseAdmin, _ServerProcess):
                 return self
         raise AssertionError("unreachable")
 
+    def _pin_ports(self) -> None:
+        if self._port is not None:
+            self._requested_port = self._port
+
     def stop(self) -> None:
         """Stop the server: SIGINT (fast shutdown), then SIGQUIT, then SIGKILL, each after a bound."""
         proc, self._proc = self._proc, None
@@ -791,6 +822,38 @@ class PostgresServer(_DatabaseAdmin, _ServerProcess):
             self._private_socket_dir = None
 
     # -- internals
+
+    def _clear_stale_lock(self) -> None:
+        """Remove ``postmaster.pid`` when the process it names is not a server of this cluster.
+
+        PostgreSQL itself takes over a lock whose process is gone (after checking that no server
+        process still uses the old shared memory), but refuses while that process id exists: a
+        zombie (a crashed postmaster not yet reaped by its parent) or, after a reboot or in a
+        container, an unrelated program that was given the same id. The lock is left alone while
+        any process still works in this cluster's directory (a postmaster, or backends of a
+        killed one that have not noticed yet): PostgreSQL's own interlock then decides.
+        """
+        lock = self.pgdata / "postmaster.pid"
+        try:
+            pid = int(lock.read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            return
+        state = _process_state(pid)
+        if state is None or pid == os.getpid():
+            return  # gone (PostgreSQL takes the lock over), or ours (PostgreSQL knows to ignore it)
+        pgdata = self.pgdata.resolve()
+        if state != "Z" and _process_cwd(pid) == pgdata:
+            return  # a live server on this cluster: PostgreSQL refuses to start, and says why
+        if _processes_in(pgdata):
+            return
+        what = "a zombie" if state == "Z" else "another program"
+        logger.warning(
+            "removing the stale %s: process %d is %s, not a server of this cluster",
+            lock,
+            pid,
+            what,
+        )
+        lock.unlink(missing_ok=True)
 
     def _popen_identity(self) -> dict[str, Any]:
         if self._who is None:
@@ -967,6 +1030,33 @@ class PostgresServer(_DatabaseAdmin, _ServerProcess):
         if 'lock file "postmaster.pid" already exists' in tail:
             message += f"; another PostgreSQL still runs on {self.pgdata}: stop it first"
         return ServerStartError(_with_log(message, self.log_path, log_offset))
+
+
+def _process_state(pid: int) -> str | None:
+    """The state letter of process ``pid`` (``Z`` for a zombie), None when there is none."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _process_cwd(pid: int) -> Path | None:
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return None
+
+
+def _processes_in(directory: Path) -> list[int]:
+    """Live processes whose working directory is ``directory`` (PostgreSQL's processes work in
+    their cluster's directory)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            pid = int(entry.name)
+            if _process_cwd(pid) == directory and _process_state(pid) not in (None, "Z"):
+                found.append(pid)
+    return found
 
 
 def postgres_can_use(data_dir: Path) -> bool:

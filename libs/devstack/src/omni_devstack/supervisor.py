@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,6 +35,11 @@ log = logging.getLogger(__name__)
 
 DATABASE = "omni"
 STOP_TIMEOUT_S = 8.0
+# An embedded server that exits on its own is started again at once, then after waits doubling
+# from the first to the longest, until it runs again.
+RESTART_FIRST_S = 0.5
+RESTART_LONGEST_S = 10.0
+WATCH_INTERVAL_S = 0.2
 
 
 @dataclass
@@ -134,6 +140,55 @@ class ServiceProcess:
             self._log = None
 
 
+class _Watched:
+    """An embedded server the stack restarts when it exits on its own."""
+
+    def __init__(self, label: str, server: NatsServer | PostgresServer) -> None:
+        self.label = label
+        self.server = server
+        self.restarts = 0
+        self.down_since: float | None = None
+        self.attempts = 0
+        self.next_try = 0.0
+        self.delay = RESTART_FIRST_S
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if self.down_since is None:
+            code = self.server.exit_code()
+            if code is None:
+                return
+            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+            log.warning("%s %s; restarting it", self.label, how)
+            self.down_since, self.attempts, self.next_try, self.delay = now, 0, now, RESTART_FIRST_S
+        if now < self.next_try:
+            return
+        self.attempts += 1
+        try:
+            self.server.restart()
+        except (ServerStartError, OSError) as exc:
+            first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            log.warning(
+                "%s did not start again (try %d): %s; next try in %.1fs (log: %s)",
+                self.label,
+                self.attempts,
+                first_line,
+                self.delay,
+                self.server.log_path,
+            )
+            self.next_try = time.monotonic() + self.delay
+            self.delay = min(RESTART_LONGEST_S, self.delay * 2)
+            return
+        self.restarts += 1
+        log.warning(
+            "%s is running again, %.1fs after it went down (try %d)",
+            self.label,
+            time.monotonic() - self.down_since,
+            self.attempts,
+        )
+        self.down_since = None
+
+
 class Stack:
     def __init__(self, config: StackConfig) -> None:
         self.config = config
@@ -144,6 +199,9 @@ class Stack:
         self.sim_url: str | None = None
         self.processes: dict[str, ServiceProcess] = {}
         self.simulated = False
+        self._watched: list[_Watched] = []
+        self._watcher: threading.Thread | None = None
+        self._stop_watching = threading.Event()
 
     @property
     def gateway_url(self) -> str:
@@ -157,6 +215,7 @@ class Stack:
             raise PortInUseError("the gateway", "127.0.0.1", cfg.http_port, "OMNI_HTTP_PORT")
         try:
             self._start_servers()
+            self._watch_servers()
             self._start_services()
             self.wait_ready(ready_timeout)
         except BaseException:
@@ -172,6 +231,32 @@ class Stack:
             self.postgres = PostgresServer(self._pg_dir(), port=cfg.pg_port).start()
             self.postgres.ensure_database(DATABASE)
             self.database_url = self.postgres.dsn(DATABASE)
+
+    def _watch_servers(self) -> None:
+        """Restart the embedded NATS and PostgreSQL, with back-off, whenever one exits on its own
+        (a crash, an out-of-memory kill, a kill -9); the services reconnect to the same URLs.
+        Servers named by ``NATS_URL`` / ``DATABASE_URL`` are someone else's to run."""
+        if self.nats is not None:
+            self._watched.append(_Watched("NATS", self.nats))
+        if self.postgres is not None:
+            self._watched.append(_Watched("PostgreSQL", self.postgres))
+        if not self._watched:
+            return
+        self._stop_watching.clear()
+        self._watcher = threading.Thread(target=self._watch, name="omni-server-watch", daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        while not self._stop_watching.wait(WATCH_INTERVAL_S):
+            for watched in self._watched:
+                try:
+                    watched.check()
+                except Exception:  # the watcher must outlive whatever one check meets
+                    log.exception("watching %s failed", watched.label)
+
+    def restarts(self) -> dict[str, int]:
+        """How many times each embedded server was restarted after exiting on its own."""
+        return {w.label: w.restarts for w in self._watched}
 
     def _pg_dir(self) -> Path:
         wanted = self.config.home / "postgres"
@@ -289,6 +374,10 @@ class Stack:
         order = sorted(
             self.processes.values(), key=lambda p: (p.name != "gateway", p.name == "provider-simulator")
         )
+        self._stop_watching.set()
+        if self._watcher is not None:
+            self._watcher.join()  # a restart in progress finishes first; the servers stop below
+            self._watcher = None
         for process in order:
             process.signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT_S
