@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # Paths that only exist on the machine the project was first written on. (The patterns are written so
 # that this file does not match them itself.)
 OUTSIDE = {
-    "a sibling directory '../shared'": re.compile(r"\.\./shared\b"),
-    "an absolute path under /work": re.compile(r"(?<![\w.-])/wor[k]/"),
+    "a path into a sibling directory 'shared'": re.compile(r"\.\./shared\b"),
+    "an absolute path of the authors' machine": re.compile(r"(?<![\w.-])/wor[k]/"),
 }
 # [text](target) and [text](target "title"); images too.
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
