@@ -132,7 +132,7 @@ CASES = [
     ("wrong_type", "slow", "steps[0].config", "expected a mapping, got integer 12000", 10),
     ("duplicate_step", "echo", "steps[1].name", "duplicate step name 'echo' (also steps[0])", 10),
     ("invalid_step_name", "Speech-To-Text", "steps[0].name", "invalid step name 'Speech-To-Text'", 7),
-    ("invalid_workflow_name", None, "name", "invalid workflow name 'Bilingual Coach'", 2),
+    ("invalid_workflow_id", None, "id", "invalid workflow id 'Bilingual Coach'", 3),
     ("invalid_tool", "transcribe", "steps[0].tool", "expected <category>.<action>", 8),
     ("invalid_provider", "echo", "steps[0].provider", "invalid provider name ''", 9),
     ("bad_trigger_event", None, "trigger.event", "invalid trigger event 'coach.session.start'", 5),

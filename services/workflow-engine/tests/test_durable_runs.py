@@ -356,7 +356,7 @@ async def test_new_version_leaves_running_runs_on_theirs(harness: Harness) -> No
             "versions",
             "  - name: a\n    tool: util.echo\n    provider: p\n"
             "  - name: b\n    tool: util.echo\n    provider: p\n",
-        )
+        ).replace("version: '1'", "version: '2'")  # a version is immutable: new content, new version
     )
     release.set()
     run = await harness.finished(run_id)

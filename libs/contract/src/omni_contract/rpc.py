@@ -21,9 +21,14 @@ class FieldProblem(msgspec.Struct, kw_only=True, omit_defaults=True):
     step: str | None = None
 
 
+# The largest workflow definition the engine accepts, as text and as stored JSON: well under what
+# one NATS message carries (1 MiB by default), so a definition always fits in a request and a reply.
+MAX_DEFINITION_BYTES = 256 * 1024
+
+
 class RpcError(msgspec.Struct, kw_only=True, omit_defaults=True):
     # not_found | invalid_payload | invalid_workflow | bad_request | conflict | idempotency_mismatch
-    # | internal
+    # | version_exists | id_taken | internal
     code: str
     message: str
     details: list[FieldProblem] = []
@@ -35,6 +40,10 @@ ERROR_HTTP_STATUS: dict[str, int] = {
     "invalid_workflow": 422,
     "bad_request": 400,
     "conflict": 409,
+    # A workflow version is immutable: the same id and version with other content.
+    "version_exists": 409,
+    # A workflow's address (the slug of its name) is that of another workflow, named differently.
+    "id_taken": 409,
     # The same Idempotency-Key with a different request body (IETF draft
     # "The Idempotency-Key HTTP Header Field", section 2.7: 422 Unprocessable Content).
     "idempotency_mismatch": 422,
@@ -74,8 +83,13 @@ class GetRequest(msgspec.Struct, kw_only=True):
 
 
 class RegisterWorkflowRequest(msgspec.Struct, kw_only=True):
-    source: str  # YAML or JSON text of one definition
+    source: str  # YAML or JSON text of one definition, at most MAX_DEFINITION_BYTES
     filename: str = "<api>"
+
+
+# The key a workflows.register result carries besides the definition: false when the same id,
+# version and content were registered before (nothing changed), true for a new version.
+REGISTER_CREATED_KEY = "created"
 
 
 class ListRunsRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -164,11 +178,12 @@ class RerunRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
 class WorkflowVersion(msgspec.Struct, kw_only=True, omit_defaults=True):
     hash: str
     version: str
+    name: str = ""  # the display name of this version
     origin: str
     created_at: datetime
     current: bool  # the version new runs start with
 
 
 class WorkflowVersions(msgspec.Struct, kw_only=True):
-    name: str
+    name: str  # the workflow's id (its address), as asked for
     versions: list[WorkflowVersion]  # newest first

@@ -1,7 +1,8 @@
 """The workflow engine, as the gateway sees it: typed request/reply calls over NATS.
 
 Every reply is an ``RpcReply``. An ``error`` in it becomes an :class:`ApiError` with the HTTP
-status of its code; no answer within the timeout (or nobody listening) becomes a 503.
+status of its code; no answer within the timeout (or nobody listening), and the engine's
+``unavailable`` (its database cannot be reached), become a 503 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from omni_contract.rpc import (
 from omni_runtime.telemetry import inject_headers
 from opentelemetry import trace
 
-from omni_gateway.errors import ApiError, engine_unavailable
+from omni_gateway.errors import ApiError, engine_unavailable, service_unavailable
 from omni_gateway.metrics import GatewayMetrics
 from omni_gateway.views import WorkflowList
 
@@ -44,6 +45,8 @@ tracer = trace.get_tracer("omni_gateway.engine")
 T = TypeVar("T")
 
 _EMPTY_REQUEST: dict[str, Any] = {}
+# The engine's error code for "my database cannot be reached right now".
+UNAVAILABLE = "unavailable"
 _reply_decoder = msgspec.json.Decoder(RpcReply)
 
 
@@ -90,6 +93,10 @@ class EngineClient:
             log.error("unreadable reply from %s: %s", subject, exc)
             raise bad_reply(subject) from None
         if reply.error is not None:
+            if reply.error.code == UNAVAILABLE:
+                # The engine is up but its database is not (a transient outage): try again shortly.
+                log.warning("engine unavailable on %s: %s", subject, reply.error.message)
+                raise service_unavailable(reply.error.message)
             if ERROR_HTTP_STATUS.get(reply.error.code, 500) >= 500:
                 # The engine's own failure text may carry internals; it goes to the log, not the caller.
                 log.error("engine failed on %s: %s: %s", subject, reply.error.code, reply.error.message)

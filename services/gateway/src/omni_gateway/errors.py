@@ -59,8 +59,24 @@ class ApiError(Exception):
         return error_response(self.status, self.code, self.message, self.details, self.headers)
 
 
+# Seconds a client is asked to wait (``Retry-After``) when the engine, its database or NATS is away
+# for now: an embedded server that died is back within a few seconds under ``omni run``.
+RETRY_AFTER_S = 5
+
+
 def engine_unavailable(reason: str) -> ApiError:
-    return ApiError(503, "engine_unavailable", f"workflow engine unavailable: {reason}")
+    """503 with ``Retry-After``: nobody answers for the engine (NATS unreachable, no instance)."""
+    return ApiError(
+        503,
+        "engine_unavailable",
+        f"workflow engine unavailable: {reason}",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
+def service_unavailable(message: str) -> ApiError:
+    """503 with ``Retry-After``: the engine answered that its database cannot be reached now."""
+    return ApiError(503, "unavailable", message, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 def error_response(

@@ -19,8 +19,15 @@ from omni_contract.events import RunEventRecord, RunStatus, StepStatus
 from omni_runtime.telemetry import extract_context
 from opentelemetry import trace
 
+from omni_engine.consumers import is_transient
 from omni_engine.definition import WorkflowDefinition, definition_to_dict
-from omni_engine.definitions import Definitions, InvalidDefinition
+from omni_engine.definitions import (
+    DefinitionConflict,
+    Definitions,
+    InvalidDefinition,
+    StoredDefinitionInvalid,
+    problems_of,
+)
 from omni_engine.engine import Engine, EngineError
 from omni_engine.state import RunState, TaskState, as_datetime, compensation_address, item_address
 from omni_engine.store import Store
@@ -28,10 +35,35 @@ from omni_engine.store import Store
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("omni.workflow-engine")
 T = TypeVar("T")
+# The answer while the database cannot be reached (code "unavailable": the gateway's 503).
+UNAVAILABLE = "the workflow engine cannot reach its database right now; try again shortly"
 
 
 def workflow_doc(defn: WorkflowDefinition) -> dict[str, Any]:
-    return {**definition_to_dict(defn), "hash": defn.content_hash}
+    """A definition as the API shows it: its ``id`` (the address: ``id:`` or the slug of the
+    name) and display ``name`` first, the definition, and its content ``hash``."""
+    return {"id": defn.id, **definition_to_dict(defn), "hash": defn.content_hash}
+
+
+def workflow_summary(defn: WorkflowDefinition) -> dict[str, Any]:
+    """A definition without its steps and payload fields: what a list too large for one reply
+    shows (``GET /workflows/{id}`` has the rest)."""
+    return {
+        "id": defn.id,
+        "name": defn.display_name,
+        "description": defn.description,
+        "version": defn.version,
+        "trigger": {"event": defn.trigger.event},
+        "steps": [],
+        "hash": defn.content_hash,
+        "summary": True,
+    }
+
+
+# What an error reply keeps when it would not fit in one NATS message (a definition with many
+# long problems): the first details, each message cut.
+_FIT_DETAILS = 20
+_FIT_MESSAGE = 300
 
 
 def waiting_for(state: RunState) -> list[rpc.WaitingFor]:
@@ -183,19 +215,71 @@ class EngineApi:
                     reply = rpc.RpcReply(
                         error=rpc.RpcError(code="invalid_workflow", message=str(exc), details=exc.problems)
                     )
-                except Exception:
-                    log.exception("engine rpc %s failed", req.subject)
-                    reply = rpc.RpcReply(error=rpc.RpcError(code="internal", message="internal error"))
-                await req.respond(encode(reply))
+                except DefinitionConflict as exc:
+                    reply = rpc.RpcReply(
+                        error=rpc.RpcError(code=exc.code, message=exc.message, details=[exc.problem])
+                    )
+                except StoredDefinitionInvalid as exc:
+                    reply = rpc.RpcReply(
+                        error=rpc.RpcError(code="conflict", message=str(exc), details=problems_of(exc.errors))
+                    )
+                except Exception as exc:
+                    if is_transient(exc):  # the database (or NATS) is unreachable: ask to try again
+                        log.warning("engine rpc %s: %s: %s", req.subject, type(exc).__name__, exc)
+                        reply = rpc.RpcReply(error=rpc.RpcError(code="unavailable", message=UNAVAILABLE))
+                    else:
+                        log.exception("engine rpc %s failed", req.subject)
+                        reply = rpc.RpcReply(error=rpc.RpcError(code="internal", message="internal error"))
+                await req.respond(self._fit(req.subject, reply))
 
         return handle
 
+    def _fit(self, subject: str, reply: rpc.RpcReply) -> bytes:
+        """``reply`` encoded, cut to fit in one NATS message. An answer that does not fit cannot be
+        sent at all: the NATS client refuses it, and the caller gets an empty error reply that it
+        cannot read (the gateway's 502 "unreadable reply ... truncated")."""
+        data = encode(reply)
+        if len(data) <= self.max_reply_bytes - 1024 or reply.error is None:
+            return data
+        error = reply.error
+        log.warning("engine rpc %s: error reply of %d bytes cut to fit one message", subject, len(data))
+        details = [
+            rpc.FieldProblem(
+                field=_cut(d.field, _FIT_MESSAGE),
+                message=_cut(d.message, _FIT_MESSAGE),
+                file=None if d.file is None else _cut(d.file, _FIT_MESSAGE),
+                step=None if d.step is None else _cut(d.step, _FIT_MESSAGE),
+            )
+            for d in error.details[:_FIT_DETAILS]
+        ]
+        message = _cut(error.message, _FIT_MESSAGE)
+        if len(error.details) > _FIT_DETAILS:
+            message += f" ({len(error.details)} problems; the first {_FIT_DETAILS} are listed)"
+        return encode(rpc.RpcReply(error=rpc.RpcError(code=error.code, message=message, details=details)))
+
     async def workflows_list(self, _: None) -> dict[str, Any]:
-        defs = await self.definitions.all_current()
-        return {
-            "workflows": [workflow_doc(d) for d in defs],
-            "errors": [e.to_dict() for e in self.definitions.load_errors],
-        }
+        """Every workflow's current version. Never fails because of one stored definition: one
+        that no longer loads is listed under ``errors``; when the whole list would not fit in one
+        reply, each workflow is shown as a summary (``"summary": true``, no steps)."""
+        defs, stored_errors = await self.definitions.all_current()
+        errors = [e.to_dict() for e in [*self.definitions.load_errors, *stored_errors]]
+        listing: dict[str, Any] = {"workflows": [workflow_doc(d) for d in defs], "errors": errors}
+        budget = self.max_reply_bytes - 4096
+        if len(encode(listing)) <= budget:
+            return listing
+        summaries = [workflow_summary(d) for d in defs]
+        message = (
+            "the definitions do not fit in one answer: each is listed without its steps "
+            "(summary: true); GET /workflows/{id} reads one whole"
+        )
+        errors.append({"file": "<list>", "step": None, "field": None, "message": message, "line": None})
+        listing["workflows"] = summaries
+        size = len(encode(listing))
+        while summaries and size > budget:  # thousands of workflows: list those that fit
+            size -= len(encode(summaries.pop())) + 1
+        if len(summaries) < len(defs):
+            errors[-1]["message"] += f"; {len(defs) - len(summaries)} more are not listed"
+        return listing
 
     async def workflows_get(self, req: rpc.GetRequest) -> dict[str, Any]:
         defn = await self.definitions.current(req.name)
@@ -204,7 +288,8 @@ class EngineApi:
         return workflow_doc(defn)
 
     async def workflows_register(self, req: rpc.RegisterWorkflowRequest) -> dict[str, Any]:
-        return workflow_doc(await self.definitions.register(req.source, req.filename))
+        defn, created = await self.definitions.register(req.source, req.filename)
+        return {**workflow_doc(defn), rpc.REGISTER_CREATED_KEY: created}
 
     async def runs_start(self, req: rpc.StartRunRequest) -> rpc.StartRunReply:
         state = await self.engine.start_run(
@@ -261,3 +346,7 @@ def _start_reply(state: RunState) -> rpc.StartRunReply:
     return rpc.StartRunReply(
         run_id=state.run_id, workflow=state.workflow, version=state.version, status=state.status
     )
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"

@@ -4,7 +4,8 @@ A message is acknowledged only after what it caused is committed in PostgreSQL, 
 before that makes JetStream redeliver it; handlers are idempotent (runs started from a trigger
 are keyed by the event, results by run/step/attempt). A message that can never be processed
 goes to the dead-letter stream with the reason and is acknowledged; a transient failure
-(database unreachable) is negatively acknowledged with a delay and retried.
+(database or NATS unreachable) keeps the message in hand and retries it with a capped back-off for
+as long as the outage lasts, without counting it as a failed delivery.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 import msgspec
+import nats.errors
+import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import FetchTimeoutError
@@ -148,7 +152,94 @@ class ResultHandler:
             run_id_var.reset(token)
 
 
-TRANSIENT = (asyncpg.PostgresConnectionError, OSError, asyncpg.InterfaceError, TimeoutError)
+# What means "the database or NATS cannot be reached right now": such a failure is retried for as
+# long as it lasts and never counts towards dead-lettering.
+TRANSIENT: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,  # refused by the server, lost, or gone (ConnectionDoesNotExist)
+    asyncpg.CannotConnectNowError,  # the server is starting, recovering from a crash, or stopping
+    asyncpg.AdminShutdownError,  # the server was stopped under the connection
+    asyncpg.CrashShutdownError,  # another server process crashed: every session is ended
+    asyncpg.TooManyConnectionsError,
+    asyncpg.InterfaceError,  # the client's side of a closed connection or pool
+    OSError,  # connection refused or reset; also nats.errors.TimeoutError
+    TimeoutError,  # connecting, or acquiring a pooled connection, took too long
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.StaleConnectionError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.NoRespondersError,  # JetStream is not up (yet)
+    nats.js.errors.ServiceUnavailableError,
+)
+# A message that met a transient failure is tried again after FIRST, then twice as long each time,
+# at most CAP: runs resume within CAP of the infrastructure's return.
+TRANSIENT_RETRY_FIRST_S = 0.25
+TRANSIENT_RETRY_CAP_S = 5.0
+# While an outage lasts, each consumer says so once, then again every WARN_EVERY.
+TRANSIENT_WARN_EVERY_S = 30.0
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc``, or what caused it, means the infrastructure is away for now."""
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 8:
+        if isinstance(current, TRANSIENT):
+            return True
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return False
+
+
+class _Outage:
+    """One consumer's view of an outage: a warning when it starts and one every
+    ``TRANSIENT_WARN_EVERY_S`` while it lasts (not one per message), and a line when it is over."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.since: float | None = None
+        self.failures = 0
+        self._next_warning = 0.0
+
+    def failed(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        self.failures += 1
+        if self.since is None:
+            self.since = now
+        if now >= self._next_warning:
+            self._next_warning = now + TRANSIENT_WARN_EVERY_S
+            log.warning(
+                "%s: database or NATS unreachable (%s: %s); keeping the messages and retrying "
+                "(%d failed tries so far)",
+                self.name,
+                type(exc).__name__,
+                exc,
+                self.failures,
+            )
+
+    def recovered(self) -> None:
+        if self.since is not None:
+            log.info("%s: processing again after %.1fs of outage", self.name, time.monotonic() - self.since)
+            self.since = None
+            self.failures = 0
+            self._next_warning = 0.0
+
+
+_outages: dict[str, _Outage] = {}
+
+
+def _outage(name: str) -> _Outage:
+    found = _outages.get(name)
+    if found is None:
+        found = _outages[name] = _Outage(name)
+    return found
+
+
+async def _settle(action: Awaitable[None]) -> None:
+    """Ack or nak; when NATS is away the message is simply delivered again after its ack wait."""
+    try:
+        await action
+    except TRANSIENT as exc:
+        log.debug("could not settle a message (it will be delivered again): %s", exc)
 
 
 async def consume(
@@ -175,35 +266,54 @@ async def consume(
 
     async def one(msg: Msg) -> None:
         ctx = extract_context(msg.headers)
+        outage = _outage(name)
         with tracer.start_as_current_span(f"{name} {msg.subject}", context=ctx):
-            try:
-                await handler(msg)
-            except Unprocessable as problem:
-                await dead_letter(js, msg, problem)
-            except TRANSIENT as exc:
-                # The database or NATS is away: keep the message, however long that lasts.
-                delay = min(30.0, 0.5 * 2 ** min(_delivered(msg), 6))
-                log.warning("%s: transient failure, will retry in %.1fs: %s", name, delay, exc)
-                await msg.nak(delay=delay)
+            delay = TRANSIENT_RETRY_FIRST_S
+            while True:
+                try:
+                    try:
+                        await handler(msg)
+                    except Unprocessable as problem:
+                        await dead_letter(js, msg, problem)
+                    except Exception as exc:
+                        if is_transient(exc):
+                            raise
+                        delivered = _delivered(msg)
+                        if delivered < max_failures:
+                            log.exception(
+                                "%s: failed to process %s (delivery %d); will retry",
+                                name,
+                                msg.subject,
+                                delivered,
+                            )
+                            await _settle(msg.nak(delay=2.0))
+                            return
+                        # Work that keeps failing is kept with the reason instead of retried forever.
+                        await dead_letter(
+                            js,
+                            msg,
+                            Unprocessable(
+                                f"{name}.exhausted",
+                                f"failed {delivered} times; last error: {type(exc).__name__}: {exc}",
+                            ),
+                        )
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
+                    # The database or NATS is away: keep the message in hand (the batch reports it
+                    # in progress) and try again, however long that lasts; it is never counted as
+                    # a failed delivery, so it is never dead-lettered for it.
+                    outage.failed(exc)
+                    if stopping.is_set():
+                        await _settle(msg.nak())  # handed back: whoever runs next takes it
+                        return
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stopping.wait(), timeout=delay)
+                    delay = min(TRANSIENT_RETRY_CAP_S, delay * 2)
+                    continue
+                outage.recovered()
+                await _settle(msg.ack())
                 return
-            except Exception as exc:
-                delivered = _delivered(msg)
-                if delivered < max_failures:
-                    log.exception(
-                        "%s: failed to process %s (delivery %d); will retry", name, msg.subject, delivered
-                    )
-                    await msg.nak(delay=2.0)
-                    return
-                # Work that keeps failing is kept with the reason instead of retried forever.
-                await dead_letter(
-                    js,
-                    msg,
-                    Unprocessable(
-                        f"{name}.exhausted",
-                        f"failed {delivered} times; last error: {type(exc).__name__}: {exc}",
-                    ),
-                )
-            await msg.ack()
 
     while not stopping.is_set():
         try:

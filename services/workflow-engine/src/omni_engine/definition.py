@@ -2,9 +2,12 @@
 
 One file holds one workflow::
 
-    name: bilingual-coach              # [a-z0-9][a-z0-9-_.]*, used in URLs
+    name: Bilingual Coach              # display name: free text (printable, at most 200 characters)
+    id: bilingual-coach                # optional address, [a-z0-9][a-z0-9-_.]*, used in URLs;
+                                       # without it, the slug of the name (see ``workflow_slug``)
     description: ...
-    version: 1.0.0                     # a string; quote it if YAML would read it as a number
+    version: 1.0.0                     # a string; quote it if YAML would read it as a number.
+                                       # A version is immutable once registered.
     trigger:
       event: app.coach.session.start   # NATS subject under app.
       payload:                         # field: type, "?" after the name marks it optional
@@ -41,6 +44,11 @@ Field types are ``string``, ``number``, ``integer``, ``boolean``, ``object``, ``
 A payload field may also be written in long form: ``userId: {type: string, required: true,
 description: ...}``.
 
+Limits (``MAX_STEPS``, ``MAX_DEFINITION_BYTES`` of the text and of the stored JSON, ``MAX_DEPTH`` of
+nesting, the lengths of ``name``, ``id``, ``version`` and ``description``) are checked here, before
+anything is stored, so every stored definition fits in one RPC reply. Messages echo at most a short
+prefix of what they quote, and at most ``MAX_ERRORS`` problems are reported per definition.
+
 Loading never stops at the first problem when it can go on: YAML syntax, structure (unknown or
 missing keys, wrong types, bad names) and, once the structure is sound, meaning (duplicate steps,
 templates naming unknown payload fields, unknown or later steps, undeclared outputs) are each
@@ -60,6 +68,7 @@ import json
 import re
 import types
 import typing
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -67,6 +76,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeAlias, get_args, get_origin
 
 import yaml
+from omni_contract.rpc import MAX_DEFINITION_BYTES
 from omni_contract.subjects import APP_PREFIX
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
@@ -85,7 +95,9 @@ FIELD_TYPES: tuple[str, ...] = get_args(FieldType)
 # Types a template path may go below (``${steps.x.output.grammar.errors}``).
 _CONTAINER_TYPES = frozenset({"object", "array", "any"})
 
-WORKFLOW_NAME_RE = re.compile(r"[a-z0-9][a-z0-9\-_.]{0,127}")
+# A workflow's address (its ``id``, or the slug of its name): what URLs, runs and triggers key by.
+WORKFLOW_ID_RE = re.compile(r"[a-z0-9][a-z0-9\-_.]{0,127}")
+MAX_ID_LENGTH = 128
 STEP_NAME_RE = re.compile(r"[a-z_][a-z0-9_]{0,63}")
 FIELD_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 TOOL_RE = re.compile(r"[a-z][a-z0-9_-]*\.[a-z][a-z0-9_-]*")
@@ -96,7 +108,17 @@ _CONDITION_STEP_RE = re.compile(r"\bsteps\.([a-z_][a-z0-9_]*)")
 _RETENTION_RE = re.compile(r"(\d+)([smhdw])")
 _RETENTION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
-MAX_FILE_BYTES = 1 << 20
+# Limits, checked before a definition is stored (a stored definition must fit in one RPC reply,
+# and a run's summary with one entry per step too).
+MAX_FILE_BYTES = MAX_DEFINITION_BYTES  # the YAML or JSON text, and the stored (canonical) JSON
+MAX_STEPS = 200
+MAX_DEPTH = 32  # nesting of mappings and lists, from the top of the document
+MAX_NAME_LENGTH = 200
+MAX_VERSION_LENGTH = 64
+MAX_DESCRIPTION_LENGTH = 4000
+MAX_ERRORS = 50  # problems reported per definition; the rest are counted
+MAX_MESSAGE_LENGTH = 500  # of one problem's message (a quoted value is cut well before)
+MAX_FIELD_LENGTH = 200  # of one problem's field path
 _MAX_NODES = 100_000
 
 
@@ -114,10 +136,10 @@ class WorkflowError(Exception):
     def __init__(
         self, file: str, step: str | None, field: str | None, message: str, line: int | None = None
     ) -> None:
-        self.file = file
-        self.step = step
-        self.field = field
-        self.message = message
+        self.file = _clip(file, MAX_FIELD_LENGTH)
+        self.step = None if step is None else _clip(step, MAX_FIELD_LENGTH)
+        self.field = None if field is None else _clip(field, MAX_FIELD_LENGTH)
+        self.message = _clip(message, MAX_MESSAGE_LENGTH)
         self.line = line
         super().__init__(self._text())
 
@@ -145,6 +167,16 @@ class WorkflowError(Exception):
             "message": self.message,
             "line": self.line,
         }
+
+
+def _clip(text: str, limit: int) -> str:
+    """``text``, cut to ``limit`` characters (marked with an ellipsis) when longer."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def _quote(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters: what messages echo of a caller's value."""
+    return _clip(repr(value), limit)
 
 
 class WorkflowValidationError(Exception):
@@ -192,7 +224,7 @@ def _check_app_subject(value: str, what: str = "trigger event") -> str:
     tokens = value.split(".")
     if not value.startswith(APP_PREFIX) or not all(_SUBJECT_TOKEN_RE.fullmatch(t) for t in tokens[1:]):
         raise ValueError(
-            f"invalid {what} {value!r}: expected a NATS subject under {APP_PREFIX!r} "
+            f"invalid {what} {_quote(value)}: expected a NATS subject under {APP_PREFIX!r} "
             "(such as app.<area>.<event>) made of letters, digits, '-' and '_', without wildcards"
         )
     return value
@@ -307,7 +339,7 @@ class Step(_Model):
     def _check_name(cls, value: str) -> str:
         if not STEP_NAME_RE.fullmatch(value):
             raise ValueError(
-                f"invalid step name {value!r}: use lower-case letters, digits and '_', "
+                f"invalid step name {_quote(value)}: use lower-case letters, digits and '_', "
                 "starting with a letter or '_' (at most 64 characters)"
             )
         return value
@@ -317,7 +349,7 @@ class Step(_Model):
     def _check_tool(cls, value: str | None) -> str | None:
         if value is not None and not TOOL_RE.fullmatch(value):
             raise ValueError(
-                f"invalid tool name {value!r}: expected <category>.<action>, e.g. stt.transcribe"
+                f"invalid tool name {_quote(value)}: expected <category>.<action>, e.g. stt.transcribe"
             )
         return value
 
@@ -334,7 +366,8 @@ class Step(_Model):
         for provider in value:
             if not PROVIDER_RE.fullmatch(provider):
                 raise ValueError(
-                    f"invalid provider name {provider!r}: use lower-case letters, digits, '.', '-' and '_'"
+                    f"invalid provider name {_quote(provider)}: "
+                    "use lower-case letters, digits, '.', '-' and '_'"
                 )
         if len(set(value)) != len(value):
             raise ValueError(f"provider listed twice in {'|'.join(value)!r}")
@@ -409,12 +442,43 @@ class Guards(_Model):
     def _check_fallbacks(cls, value: dict[str, str]) -> dict[str, str]:
         for key, provider in value.items():
             if not PROVIDER_RE.fullmatch(provider):
-                raise ValueError(f"invalid provider name {provider!r} for fallback {key!r}")
+                raise ValueError(f"invalid provider name {_quote(provider)} for fallback {_quote(key)}")
         return value
 
 
+def workflow_slug(name: str) -> str:
+    """The address a workflow gets from its display name when it has no ``id``.
+
+    A name that is already a valid id (``bilingual-coach``: every name the format accepted before
+    display names) is its own slug, so existing workflows keep their URLs. Otherwise: accents
+    dropped, lower case, every run of characters other than letters and digits turned into one
+    ``-``, and ``-`` trimmed from both ends (``Bilingual Coach Workflow`` ->
+    ``bilingual-coach-workflow``). Empty when the name has no letter or digit in a-z, 0-9.
+    """
+    if WORKFLOW_ID_RE.fullmatch(name):
+        return name
+    plain = unicodedata.normalize("NFKD", name)
+    plain = "".join(c for c in plain if not unicodedata.combining(c)).lower()
+    return re.sub(r"[^a-z0-9]+", "-", plain).strip("-")[:MAX_ID_LENGTH].strip("-")
+
+
+def _printable(value: str, what: str, limit: int) -> str:
+    if not value.strip():
+        raise ValueError(f"{what} must not be empty")
+    if len(value) > limit:
+        raise ValueError(f"{what} is {len(value)} characters long, more than the {limit} allowed")
+    if not value.isprintable():
+        raise ValueError(f"{what} {_quote(value)} holds a control character (tab, newline...)")
+    return value
+
+
 class WorkflowDefinition(_Model):
-    name: str
+    """One workflow. ``display_name`` is what its ``name:`` says (free text); ``id`` (its
+    address, also ``name`` for the engine's run records) is the ``id:`` written, or else the
+    slug of the display name."""
+
+    display_name: str = Field(alias="name")
+    explicit_id: str | None = Field(default=None, alias="id")
     description: str = ""
     version: str
     trigger: Trigger
@@ -425,13 +489,34 @@ class WorkflowDefinition(_Model):
     _source: str = PrivateAttr(default="<memory>")
     _hash: str | None = PrivateAttr(default=None)
 
-    @field_validator("name")
+    @field_validator("display_name")
     @classmethod
     def _check_name(cls, value: str) -> str:
-        if not WORKFLOW_NAME_RE.fullmatch(value):
+        _printable(value, "the workflow name", MAX_NAME_LENGTH)
+        if not workflow_slug(value):
             raise ValueError(
-                f"invalid workflow name {value!r}: use lower-case letters, digits, '-', '_' and '.', "
-                "starting with a letter or digit (at most 128 characters)"
+                f"the workflow name {_quote(value)} has no letter or digit (a-z, 0-9) to make its "
+                "address from: add an id (lower-case letters, digits, '-', '_' and '.')"
+            )
+        return value
+
+    @field_validator("explicit_id")
+    @classmethod
+    def _check_id(cls, value: str | None) -> str | None:
+        if value is not None and not WORKFLOW_ID_RE.fullmatch(value):
+            raise ValueError(
+                f"invalid workflow id {_quote(value)}: use lower-case letters, digits, '-', '_' and '.', "
+                f"starting with a letter or digit (at most {MAX_ID_LENGTH} characters)"
+            )
+        return value
+
+    @field_validator("description")
+    @classmethod
+    def _check_description(cls, value: str) -> str:
+        if len(value) > MAX_DESCRIPTION_LENGTH:
+            raise ValueError(
+                f"the description is {len(value)} characters long, more than the "
+                f"{MAX_DESCRIPTION_LENGTH} allowed"
             )
         return value
 
@@ -449,9 +534,19 @@ class WorkflowDefinition(_Model):
     @field_validator("version")
     @classmethod
     def _check_version(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("version must not be empty")
-        return value
+        return _printable(value, "version", MAX_VERSION_LENGTH)
+
+    @functools.cached_property
+    def id(self) -> str:
+        """The workflow's address: ``id:`` as written, else the slug of ``name:``. URLs, runs,
+        triggers and stored rows key by it."""
+        return self.explicit_id or workflow_slug(self.display_name)
+
+    @property
+    def name(self) -> str:
+        """The address (``id``), under the attribute runs, triggers and metrics have always read;
+        the display name is ``display_name``."""
+        return self.id
 
     @property
     def source(self) -> str:
@@ -536,8 +631,10 @@ def definition_to_dict(defn: WorkflowDefinition) -> dict[str, Any]:
             payload[name] = {"type": spec.type, "required": spec.required, "description": spec.description}
         else:
             payload[name if spec.required else f"{name}?"] = spec.type
-    out: dict[str, Any] = {
-        "name": defn.name,
+    out: dict[str, Any] = {"name": defn.display_name}
+    if defn.explicit_id is not None:  # written only when given, so older definitions keep their hash
+        out["id"] = defn.explicit_id
+    out |= {
         "description": defn.description,
         "version": defn.version,
         "trigger": {"event": defn.trigger.event, "payload": payload},
@@ -592,8 +689,8 @@ def to_json_schema(defn: WorkflowDefinition) -> dict[str, Any]:
     """The trigger payload as a JSON Schema (draft 2020-12). Optional fields also accept null."""
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "title": f"{defn.name} trigger payload",
-        "description": f"Payload of {defn.trigger.event}, which starts workflow {defn.name} {defn.version}.",
+        "title": f"{defn.display_name} trigger payload",
+        "description": f"Payload of {defn.trigger.event}, which starts workflow {defn.id} {defn.version}.",
         "type": "object",
         "properties": {name: _json_schema_of(spec) for name, spec in defn.trigger.payload.items()},
         "required": defn.trigger.required_fields,
@@ -703,6 +800,17 @@ class _Problems:
             )
         )
 
+    def failure(self) -> WorkflowValidationError:
+        """The error to raise: the first ``MAX_ERRORS`` problems, and a count of the rest."""
+        errors = self.errors
+        if len(errors) > MAX_ERRORS:
+            more = len(errors) - MAX_ERRORS
+            errors = [
+                *errors[:MAX_ERRORS],
+                WorkflowError(self.source, None, None, f"and {more} more problems, not listed"),
+            ]
+        return WorkflowValidationError(self.source, errors)
+
     def step_name(self, index: int) -> str | None:
         """The name written in ``steps[index]``, from the parsed data or else the YAML nodes."""
         steps = self.data.get("steps") if isinstance(self.data, dict) else None
@@ -768,6 +876,8 @@ def _read_yaml(text: str, problems: _Problems) -> Any:
         problems.add((), f"invalid YAML: {detail}", line=mark.line + 1 if mark else None)
     except yaml.YAMLError as exc:
         problems.add((), f"invalid YAML: {exc}")
+    except RecursionError:  # the parser itself recurses: a document nested thousands deep
+        problems.add((), f"invalid YAML: nested far more than {MAX_DEPTH} levels deep")
     finally:
         loader.dispose()
     return None
@@ -780,6 +890,11 @@ def _check_nodes(
     count[0] += 1
     if count[0] > _MAX_NODES:
         raise yaml.YAMLError(f"document has more than {_MAX_NODES} nodes")
+    if len(path) > MAX_DEPTH:
+        problems.add(
+            path[:MAX_DEPTH], f"nested more than {MAX_DEPTH} levels deep", line=node.start_mark.line + 1
+        )
+        return
     if id(node) in ancestors:
         problems.add(path, "recursive YAML alias", line=node.start_mark.line + 1)
         return
@@ -791,7 +906,7 @@ def _check_nodes(
             if name is not None and name in seen and key.tag != "tag:yaml.org,2002:merge":
                 problems.add(
                     (*path, name),
-                    f"duplicate key {name!r} (first written on line {seen[name]})",
+                    f"duplicate key {_quote(name)} (first written on line {seen[name]})",
                     line=key.start_mark.line + 1,
                 )
             elif name is not None:
@@ -802,15 +917,20 @@ def _check_nodes(
             _check_nodes(item, (*path, index), problems, ancestors, count)
 
 
-def _check_keys(value: Any, path: tuple[PathPart, ...], problems: _Problems) -> None:
+def _check_keys(value: Any, path: tuple[PathPart, ...], problems: _Problems, depth: int) -> None:
+    if depth > MAX_DEPTH and isinstance(value, dict | list):
+        problems.add(path, f"nested more than {MAX_DEPTH} levels deep")
+        return
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
-                problems.add((*path, str(key)), f"keys must be strings, not {_json_type(key)} ({key!r})")
-            _check_keys(item, (*path, str(key)), problems)
+                problems.add(
+                    (*path, str(key)), f"keys must be strings, not {_json_type(key)} ({_quote(key)})"
+                )
+            _check_keys(item, (*path, str(key)), problems, depth + 1)
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            _check_keys(item, (*path, index), problems)
+            _check_keys(item, (*path, index), problems, depth + 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -836,7 +956,7 @@ def _normalise(data: dict[str, Any], problems: _Problems) -> tuple[dict[str, Any
         if not FIELD_NAME_RE.fullmatch(name):
             problems.add(
                 where,
-                f"invalid payload field name {name!r}: use letters, digits and '_', no leading digit",
+                f"invalid payload field name {_quote(name)}: use letters, digits and '_', no leading digit",
             )
             continue
         if name in fields:
@@ -914,7 +1034,7 @@ def _structure_errors(exc: ValidationError, shorthand: set[str], problems: _Prob
         if kind == "extra_forbidden":
             model = _model_at(loc[:-1])
             allowed = [info.alias or name for name, info in model.model_fields.items()] if model else []
-            message = f"unknown key {loc[-1]!r}"
+            message = f"unknown key {_quote(loc[-1])}"
             if allowed:
                 message += f" (allowed here: {', '.join(allowed)})"
         elif kind == "missing":
@@ -1127,47 +1247,65 @@ def parse_workflow(
     data: Any
     if isinstance(text_or_dict, bytes):
         if len(text_or_dict) > MAX_FILE_BYTES:
-            problems.add((), f"definition is larger than {MAX_FILE_BYTES} bytes")
-            raise WorkflowValidationError(source, problems.errors)
+            problems.add((), f"the definition is {len(text_or_dict)} bytes, more than {MAX_FILE_BYTES}")
+            raise problems.failure()
         try:
             text_or_dict = text_or_dict.decode("utf-8")
         except UnicodeDecodeError as exc:
             problems.add((), f"not UTF-8 text: {exc}")
-            raise WorkflowValidationError(source, problems.errors) from None
+            raise problems.failure() from None
     if isinstance(text_or_dict, str):
-        if len(text_or_dict) > MAX_FILE_BYTES:
-            problems.add((), f"definition is larger than {MAX_FILE_BYTES} bytes")
-            raise WorkflowValidationError(source, problems.errors)
+        size = len(text_or_dict.encode("utf-8", "surrogatepass"))
+        if size > MAX_FILE_BYTES:
+            problems.add((), f"the definition is {size} bytes, more than {MAX_FILE_BYTES}")
+            raise problems.failure()
         data = _read_yaml(text_or_dict, problems)
         if problems.errors:
-            raise WorkflowValidationError(source, problems.errors)
+            raise problems.failure()
     else:
         data = copy.deepcopy(dict(text_or_dict))
     problems.data = data
 
     if data is None:
         problems.add((), "the definition is empty")
-        raise WorkflowValidationError(source, problems.errors)
+        raise problems.failure()
     if not isinstance(data, dict):
         problems.add((), f"expected a mapping at the top level, got {_describe(data)}")
-        raise WorkflowValidationError(source, problems.errors)
+        raise problems.failure()
 
-    _check_keys(data, (), problems)
+    _check_keys(data, (), problems, 0)
+    steps = data.get("steps")
+    if isinstance(steps, list) and len(steps) > MAX_STEPS:
+        # Alone: validating thousands of steps would only bury this under their own problems.
+        problems.errors = [e for e in problems.errors if e.field is None or not e.field.startswith("steps[")]
+        problems.add(("steps",), f"{len(steps)} steps, more than the {MAX_STEPS} a workflow may have")
+    if problems.errors:
+        raise problems.failure()
     normalised, shorthand = _normalise(data, problems)
     try:
         defn = WorkflowDefinition.model_validate(normalised)
     except ValidationError as exc:
         _structure_errors(exc, shorthand, problems)
-        raise WorkflowValidationError(source, problems.errors) from None
+        raise problems.failure() from None
     if problems.errors:
-        raise WorkflowValidationError(source, problems.errors)
+        raise problems.failure()
 
     _check_meaning(defn, problems)
     if problems.errors:
-        raise WorkflowValidationError(source, problems.errors)
+        raise problems.failure()
+    text = canonical_json(defn)
+    size = len(text.encode())
+    if size > MAX_DEFINITION_BYTES:
+        problems.add((), f"the definition is {size} bytes as stored (JSON), more than {MAX_DEFINITION_BYTES}")
+        raise problems.failure()
     defn._source = source
-    defn._hash = hashlib.sha256(canonical_json(defn).encode()).hexdigest()
+    defn._hash = hashlib.sha256(text.encode()).hexdigest()
     return defn
+
+
+def address_field(defn: WorkflowDefinition) -> str:
+    """The field a workflow's address comes from: ``id`` when written, else ``name``."""
+    return "id" if defn.explicit_id is not None else "name"
 
 
 def load_workflow_file(path: str | Path) -> WorkflowDefinition:
@@ -1204,16 +1342,16 @@ def load_workflow_dir(directory: str | Path) -> tuple[list[WorkflowDefinition], 
         except WorkflowValidationError as exc:
             errors.extend(exc.errors)
             continue
-        if defn.name in seen:
+        if defn.id in seen:
             errors.append(
                 WorkflowError(
                     defn.source,
                     None,
-                    "name",
-                    f"workflow {defn.name!r} is already defined in {seen[defn.name]}",
+                    address_field(defn),
+                    f"workflow {defn.id!r} is already defined in {seen[defn.id]}",
                 )
             )
             continue
-        seen[defn.name] = defn.source
+        seen[defn.id] = defn.source
         definitions.append(defn)
     return definitions, errors

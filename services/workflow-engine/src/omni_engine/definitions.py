@@ -1,7 +1,16 @@
 """Workflow definitions as the engine serves them: files loaded at start and definitions registered
 over the API, stored in PostgreSQL (every version, content-addressed) and cached in memory by
-(name, hash). A cached definition never changes, so replicas only ask PostgreSQL which version is
-current."""
+(id, hash). A cached definition never changes, so replicas only ask PostgreSQL which version is
+current.
+
+A workflow is addressed by its id (``id:``, or the slug of its display name). A version is
+immutable: registering the same id and version with other content is refused
+(``version_exists``); registering the very same content again changes nothing.
+
+Reading is defensive: a stored definition that no longer validates (stored before a limit
+existed, or by an older engine) is logged and left out of lists and trigger matching, and asking
+for it by id is answered with a clear error; it never fails a list, and readiness never reads it.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +23,13 @@ from omni_engine.definition import (
     WorkflowDefinition,
     WorkflowError,
     WorkflowValidationError,
+    address_field,
     definition_to_dict,
     load_workflow_dir,
     parse_workflow,
     validate_payload,
 )
-from omni_engine.store import DefinitionRow, Store
+from omni_engine.store import DefinitionRow, IdTaken, Store, VersionExists
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +40,43 @@ class InvalidDefinition(Exception):
         self.problems = problems
 
 
+class DefinitionConflict(Exception):
+    """A definition that is valid but cannot be stored: ``code`` is ``version_exists`` or
+    ``id_taken`` (both 409), ``problem`` names the field."""
+
+    def __init__(self, code: str, message: str, problem: FieldProblem) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.problem = problem
+
+
+class StoredDefinitionInvalid(Exception):
+    """A stored definition that no longer loads: it is not served until a valid version replaces it."""
+
+    def __init__(self, id_: str, hash_: str, error: WorkflowValidationError) -> None:
+        first = error.errors[0] if error.errors else None
+        super().__init__(
+            f"the stored definition of workflow {id_!r} ({hash_[:12]}) no longer loads"
+            + (f": {first}" if first is not None else "")
+            + "; register a corrected version"
+        )
+        self.id = id_
+        self.hash = hash_
+        self.errors = error.errors
+
+
 def problems_of(errors: list[WorkflowError]) -> list[FieldProblem]:
     return [FieldProblem(field=e.field or "", message=e.message, file=e.file, step=e.step) for e in errors]
+
+
+def invalid_definition(exc: WorkflowValidationError) -> InvalidDefinition:
+    """The API's error for a definition with problems: a short message (how many, and the first)
+    and one detail per problem (at most ``MAX_ERRORS`` and a count, so the reply stays small)."""
+    count = len(exc.errors)
+    first = str(exc.errors[0]) if exc.errors else exc.file
+    message = first if count == 1 else f"{count} problems in {exc.file}, the first: {first}"
+    return InvalidDefinition(message, problems_of(exc.errors))
 
 
 def payload_problems(defn: WorkflowDefinition, payload: object) -> list[FieldProblem]:
@@ -45,64 +90,126 @@ class Definitions:
         self.load_errors: list[WorkflowError] = []
 
     def _parse_row(self, row: DefinitionRow) -> WorkflowDefinition:
-        key = (row.name, row.hash)
+        """The definition of a stored row; raises ``StoredDefinitionInvalid`` when it no longer loads."""
+        key = (row.id, row.hash)
         cached = self._by_hash.get(key)
         if cached is None:
-            cached = parse_workflow(row.definition, source=f"{row.name}@{row.hash[:12]}")
+            try:
+                cached = parse_workflow(row.definition, source=f"{row.id}@{row.hash[:12]}")
+            except WorkflowValidationError as exc:
+                raise StoredDefinitionInvalid(row.id, row.hash, exc) from None
             self._by_hash[key] = cached
         return cached
 
+    def _parse_rows(self, rows: list[DefinitionRow]) -> tuple[list[WorkflowDefinition], list[WorkflowError]]:
+        """The rows that load, and one error for each that does not (logged, never raised)."""
+        found: list[WorkflowDefinition] = []
+        problems: list[WorkflowError] = []
+        for row in rows:
+            try:
+                found.append(self._parse_row(row))
+            except StoredDefinitionInvalid as exc:
+                log.error("stored workflow definition skipped: %s", exc)
+                problems.append(WorkflowError(f"{row.id}@{row.hash[:12]}", None, None, str(exc)))
+        return found, problems
+
     async def save(self, defn: WorkflowDefinition, origin: str) -> bool:
-        new = await self.store.save_definition(
-            defn.name, defn.content_hash, defn.version, defn.trigger.event, definition_to_dict(defn), origin
-        )
-        self._by_hash[(defn.name, defn.content_hash)] = defn
+        """Store ``defn`` as the current version of its id; False when this content was stored
+        before (nothing changes). Raises ``DefinitionConflict``."""
+        try:
+            new = await self.store.save_definition(
+                defn.id,
+                defn.display_name,
+                defn.content_hash,
+                defn.version,
+                defn.trigger.event,
+                definition_to_dict(defn),
+                origin,
+                id_from_name=defn.explicit_id is None,
+            )
+        except VersionExists as exc:
+            message = (
+                f"workflow {defn.id!r} already has a version {defn.version!r} with other content "
+                f"({exc.hash[:12]}): a version is immutable, register this one under a new version"
+            )
+            problem = FieldProblem(field="version", message=message, file=defn.source)
+            raise DefinitionConflict("version_exists", message, problem) from None
+        except IdTaken as exc:
+            field = address_field(defn)
+            if field == "id":  # unreachable: an explicit id is the workflow's own address
+                message = f"the id {defn.id!r} belongs to workflow {exc.name!r}"
+            else:
+                message = (
+                    f"the name {defn.display_name!r} gives the id {defn.id!r}, which belongs to "
+                    f"workflow {exc.name!r}: give this workflow an id of its own (or the same name "
+                    "to register a new version of that one)"
+                )
+            raise DefinitionConflict(
+                "id_taken", message, FieldProblem(field=field, message=message, file=defn.source)
+            ) from None
+        self._by_hash[(defn.id, defn.content_hash)] = defn
         return new
 
     async def load_dir(self, directory: Path) -> list[WorkflowDefinition]:
-        """Load every file; a bad file is logged (and kept in ``load_errors``), never fatal."""
+        """Load every file; a bad file is logged (and kept in ``load_errors``), never fatal. A file
+        whose version is stored with other content (or whose name gives another workflow's id) is
+        such a bad file: the stored version stays current."""
         # Reading a handful of small files at start-up: blocking the loop briefly is fine here.
         if not directory.is_dir():  # noqa: ASYNC240
             log.warning("workflow directory %s does not exist", directory)
             return []
         defs, errors = load_workflow_dir(directory)
-        self.load_errors = errors
-        for error in errors:
-            log.error("workflow definition rejected: %s", error)
+        loaded: list[WorkflowDefinition] = []
         for defn in defs:
-            if await self.save(defn, origin=defn.source):
+            try:
+                new = await self.save(defn, origin=defn.source)
+            except DefinitionConflict as exc:
+                errors.append(WorkflowError(defn.source, None, exc.problem.field, exc.message))
+                continue
+            loaded.append(defn)
+            if new:
                 log.info(
                     "workflow %s version %s (%s) loaded from %s",
-                    defn.name,
+                    defn.id,
                     defn.version,
                     defn.content_hash[:12],
                     defn.source,
                 )
-        return defs
+        self.load_errors = errors
+        for error in errors:
+            log.error("workflow definition rejected: %s", error)
+        return loaded
 
-    async def register(self, source: str, filename: str) -> WorkflowDefinition:
+    async def register(self, source: str, filename: str) -> tuple[WorkflowDefinition, bool]:
+        """Validate and store a definition; True when it is a new version, False when the same
+        content was registered before. Raises ``InvalidDefinition`` or ``DefinitionConflict``."""
         try:
             defn = parse_workflow(source, source=filename)
         except WorkflowValidationError as exc:
-            raise InvalidDefinition(str(exc), problems_of(exc.errors)) from exc
+            raise invalid_definition(exc) from exc
         except WorkflowError as exc:
             raise InvalidDefinition(str(exc), problems_of([exc])) from exc
-        await self.save(defn, origin="api")
-        return defn
+        created = await self.save(defn, origin="api")
+        return defn, created
 
-    async def current(self, name: str) -> WorkflowDefinition | None:
-        row = await self.store.definition(name)
+    async def current(self, id_: str) -> WorkflowDefinition | None:
+        """The current version of workflow ``id_``; raises ``StoredDefinitionInvalid`` when it no
+        longer loads."""
+        row = await self.store.definition(id_)
         return None if row is None else self._parse_row(row)
 
-    async def get(self, name: str, hash_: str) -> WorkflowDefinition | None:
-        cached = self._by_hash.get((name, hash_))
+    async def get(self, id_: str, hash_: str) -> WorkflowDefinition | None:
+        cached = self._by_hash.get((id_, hash_))
         if cached is not None:
             return cached
-        row = await self.store.definition(name, hash_)
+        row = await self.store.definition(id_, hash_)
         return None if row is None else self._parse_row(row)
 
-    async def all_current(self) -> list[WorkflowDefinition]:
-        return [self._parse_row(row) for row in await self.store.current_definitions()]
+    async def all_current(self) -> tuple[list[WorkflowDefinition], list[WorkflowError]]:
+        """The current version of every workflow, and one error per stored one that no longer loads."""
+        return self._parse_rows(await self.store.current_definitions())
 
     async def for_trigger(self, subject: str) -> list[WorkflowDefinition]:
-        return [self._parse_row(row) for row in await self.store.current_definitions(trigger=subject)]
+        """The workflows ``subject`` starts (one that no longer loads is logged and left out)."""
+        found, _ = self._parse_rows(await self.store.current_definitions(trigger=subject))
+        return found

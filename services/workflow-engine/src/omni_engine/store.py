@@ -87,9 +87,28 @@ class WaitMatch(msgspec.Struct, kw_only=True):
 
 
 class DefinitionRow(msgspec.Struct, kw_only=True):
-    name: str
+    id: str
     hash: str
     definition: dict[str, Any]
+
+
+class VersionExists(Exception):
+    """The workflow already has this version, with other content: a version is immutable."""
+
+    def __init__(self, id_: str, version: str, hash_: str) -> None:
+        super().__init__(f"workflow {id_!r} already has a version {version!r} ({hash_[:12]})")
+        self.id = id_
+        self.version = version
+        self.hash = hash_
+
+
+class IdTaken(Exception):
+    """The address derived from a display name belongs to a workflow with another display name."""
+
+    def __init__(self, id_: str, name: str) -> None:
+        super().__init__(f"the id {id_!r} belongs to workflow {name!r}")
+        self.id = id_
+        self.name = name
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:
@@ -111,63 +130,94 @@ class Store:
     # -- definitions ---------------------------------------------------------------------------
     async def save_definition(
         self,
+        id_: str,
         name: str,
         hash_: str,
         version: str,
         trigger: str | None,
         definition: dict[str, Any],
         origin: str,
+        *,
+        id_from_name: bool = False,
     ) -> bool:
-        """Store a version; make it current when it is new. Returns True when the version is new."""
+        """Store a new version of workflow ``id_`` and make it current. Returns False, changing
+        nothing, when this content was stored before.
+
+        Raises ``VersionExists`` when ``version`` is stored with other content, and, when the id
+        was derived from the display name (``id_from_name``), ``IdTaken`` when the workflow
+        holding it is named differently. Saves of one id are serialised by an advisory lock, so
+        two replicas cannot store two contents under one version.
+        """
         async with self.pool.acquire() as conn, conn.transaction():
-            inserted = await conn.fetchval(
-                "INSERT INTO workflow_definitions (name, hash, version, origin, definition)"
-                " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING true",
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"omni-workflow:{id_}"
+            )
+            stored = await conn.fetch(
+                "SELECT hash FROM workflow_definitions WHERE id = $1 AND version = $2 ORDER BY created_at",
+                id_,
+                version,
+            )
+            hashes = [r["hash"] for r in stored]
+            if hash_ in hashes:
+                return False
+            if id_from_name:
+                holder = await conn.fetchval(
+                    "SELECT d.name FROM workflows w"
+                    " JOIN workflow_definitions d ON d.id = w.id AND d.hash = w.hash WHERE w.id = $1",
+                    id_,
+                )
+                if holder is not None and holder != name:
+                    raise IdTaken(id_, holder)
+            if hashes:
+                raise VersionExists(id_, version, hashes[0])
+            await conn.execute(
+                "INSERT INTO workflow_definitions (id, name, hash, version, origin, definition)"
+                " VALUES ($1, $2, $3, $4, $5, $6)",
+                id_,
                 name,
                 hash_,
                 version,
                 origin,
                 definition,
             )
-            current = await conn.fetchval("SELECT hash FROM workflows WHERE name = $1", name)
-            if inserted or current is None:
-                await conn.execute(
-                    "INSERT INTO workflows (name, hash, trigger, updated_at) VALUES ($1, $2, $3, now())"
-                    " ON CONFLICT (name) DO UPDATE SET hash = $2, trigger = $3, updated_at = now()",
-                    name,
-                    hash_,
-                    trigger,
-                )
-            return bool(inserted)
+            await conn.execute(
+                "INSERT INTO workflows (id, hash, trigger, updated_at) VALUES ($1, $2, $3, now())"
+                " ON CONFLICT (id) DO UPDATE SET hash = $2, trigger = $3, updated_at = now()",
+                id_,
+                hash_,
+                trigger,
+            )
+            return True
 
     async def current_definitions(self, trigger: str | None = None) -> list[DefinitionRow]:
         query = (
-            "SELECT w.name, w.hash, d.definition FROM workflows w"
-            " JOIN workflow_definitions d ON d.name = w.name AND d.hash = w.hash"
+            "SELECT w.id, w.hash, d.definition FROM workflows w"
+            " JOIN workflow_definitions d ON d.id = w.id AND d.hash = w.hash"
         )
         args: list[Any] = []
         if trigger is not None:
             query += " WHERE w.trigger = $1"
             args.append(trigger)
-        rows = await self.pool.fetch(query + " ORDER BY w.name", *args)
-        return [DefinitionRow(name=r["name"], hash=r["hash"], definition=r["definition"]) for r in rows]
+        rows = await self.pool.fetch(query + " ORDER BY w.id", *args)
+        return [DefinitionRow(id=r["id"], hash=r["hash"], definition=r["definition"]) for r in rows]
 
-    async def definition(self, name: str, hash_: str | None = None) -> DefinitionRow | None:
+    async def definition(self, id_: str, hash_: str | None = None) -> DefinitionRow | None:
+        """Workflow ``id_``'s current version, or its version ``hash_``."""
         if hash_ is None:
             row = await self.pool.fetchrow(
-                "SELECT w.name, w.hash, d.definition FROM workflows w"
-                " JOIN workflow_definitions d ON d.name = w.name AND d.hash = w.hash WHERE w.name = $1",
-                name,
+                "SELECT w.id, w.hash, d.definition FROM workflows w"
+                " JOIN workflow_definitions d ON d.id = w.id AND d.hash = w.hash WHERE w.id = $1",
+                id_,
             )
         else:
             row = await self.pool.fetchrow(
-                "SELECT name, hash, definition FROM workflow_definitions WHERE name = $1 AND hash = $2",
-                name,
+                "SELECT id, hash, definition FROM workflow_definitions WHERE id = $1 AND hash = $2",
+                id_,
                 hash_,
             )
         if row is None:
             return None
-        return DefinitionRow(name=row["name"], hash=row["hash"], definition=row["definition"])
+        return DefinitionRow(id=row["id"], hash=row["hash"], definition=row["definition"])
 
     # -- runs ----------------------------------------------------------------------------------
     async def run_exists(self, run_id: str) -> bool:
@@ -396,12 +446,12 @@ class Store:
         return [WaitMatch(run_id=r["run_id"], step=r["step"]) for r in rows]
 
     # -- versions ------------------------------------------------------------------------------
-    async def versions(self, name: str) -> list[dict[str, Any]]:
+    async def versions(self, id_: str) -> list[dict[str, Any]]:
         rows = await self.pool.fetch(
-            "SELECT d.hash, d.version, d.origin, d.created_at, (w.hash = d.hash) AS current"
-            " FROM workflow_definitions d LEFT JOIN workflows w ON w.name = d.name"
-            " WHERE d.name = $1 ORDER BY d.created_at DESC, d.hash",
-            name,
+            "SELECT d.hash, d.version, d.name, d.origin, d.created_at, (w.hash = d.hash) AS current"
+            " FROM workflow_definitions d LEFT JOIN workflows w ON w.id = d.id"
+            " WHERE d.id = $1 ORDER BY d.created_at DESC, d.hash",
+            id_,
         )
         return [dict(r) for r in rows]
 

@@ -1,0 +1,49 @@
+"""An outage of the engine's database or of NATS is a 503 with ``Retry-After`` and the JSON error
+shape (the client may try again), never a 500."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from omni_contract import rpc, subjects
+from omni_contract.envelope import encode
+
+pytestmark = pytest.mark.integration
+
+Client = TestClient[Any, Any]
+
+
+async def test_an_engine_whose_database_is_down_is_503_with_retry_after(gateway: Client, nc: NATS) -> None:
+    async def database_down(msg: Msg) -> None:
+        error = rpc.RpcError(code="unavailable", message="the workflow engine cannot reach its database")
+        await msg.respond(encode(rpc.RpcReply(error=error)))
+
+    sub = await nc.subscribe(subjects.ENGINE_RUNS_GET, cb=database_down)
+    await nc.flush()
+    try:
+        response = await gateway.get("/runs/abc")
+    finally:
+        await sub.unsubscribe()
+
+    assert response.status == 503
+    assert int(response.headers["Retry-After"]) > 0
+    assert response.content_type == "application/json"
+    assert await response.json() == {
+        "error": {
+            "code": "unavailable",
+            "message": "the workflow engine cannot reach its database",
+            "details": [],
+        }
+    }
+
+
+async def test_no_engine_reachable_over_nats_is_503_with_retry_after(gateway: Client) -> None:
+    response = await gateway.get("/runs/abc")
+
+    assert response.status == 503
+    assert int(response.headers["Retry-After"]) > 0
+    assert (await response.json())["error"]["code"] == "engine_unavailable"
