@@ -10,7 +10,13 @@ from urllib.parse import quote
 
 import msgspec
 from aiohttp import web
-from omni_contract.rpc import RegisterWorkflowRequest, StartRunReply, StartRunRequest
+from omni_contract.rpc import (
+    MAX_DEFINITION_BYTES,
+    REGISTER_CREATED_KEY,
+    RegisterWorkflowRequest,
+    StartRunReply,
+    StartRunRequest,
+)
 from omni_runtime.logging import run_id_var
 from opentelemetry import trace
 
@@ -68,6 +74,9 @@ async def workflow_versions(request: web.Request) -> web.Response:
 
 
 async def register_workflow(request: web.Request) -> web.Response:
+    """201 with the definition as stored (``id``, ``name``, ..., ``hash``) for a new version; 200
+    with it when the same id, version and content were registered before (nothing changes).
+    The same id and version with other content is a 409 ``version_exists``."""
     gateway = request.app[GATEWAY]
     if request.content_type not in DEFINITION_CONTENT_TYPES:
         raise ApiError(
@@ -77,14 +86,24 @@ async def register_workflow(request: web.Request) -> web.Response:
             [ErrorDetail(field="Content-Type", message="use application/json or application/yaml")],
         )
     source = await read_text(request, gateway.settings.max_body_bytes)
+    size = len(source.encode())
+    if size > MAX_DEFINITION_BYTES:
+        # Refused here: the engine would refuse it too, and such a request may not fit one NATS message.
+        raise ApiError(
+            413,
+            "payload_too_large",
+            f"the definition is {size} bytes; a workflow definition is at most {MAX_DEFINITION_BYTES}",
+            [ErrorDetail(field="body", message=f"at most {MAX_DEFINITION_BYTES} bytes")],
+        )
     if not source.strip():
         raise ApiError.bad_request("body", "body is empty; send the definition as YAML or JSON text")
     filename = request.query.get("filename")
     register = RegisterWorkflowRequest(source=source, filename=filename) if filename else None
     definition = await gateway.engine.register_workflow(register or RegisterWorkflowRequest(source=source))
-    name = definition.get("name")
-    headers = {"Location": f"/workflows/{quote(name, safe='')}"} if isinstance(name, str) else None
-    return json_response(definition, status=201, headers=headers)
+    created = definition.pop(REGISTER_CREATED_KEY, True) is not False
+    address = definition.get("id", definition.get("name"))
+    headers = {"Location": f"/workflows/{quote(address, safe='')}"} if isinstance(address, str) else None
+    return json_response(definition, status=201 if created else 200, headers=headers)
 
 
 async def execute_workflow(request: web.Request) -> web.Response:
