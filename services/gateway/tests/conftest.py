@@ -9,13 +9,21 @@ from typing import Any
 import nats
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web_runner import BaseRunner
 from gateway_fakes import FakeEngine, GatewayFactory
 from nats.aio.client import Client as NATS
 from omni_contract import streams
-from omni_gateway.app import build_app
+from omni_gateway.app import GatewayRunner, build_app
 from omni_gateway.settings import GatewaySettings
 from omni_runtime.nats import ensure_streams
 from prometheus_client import CollectorRegistry
+
+
+class GatewayTestServer(TestServer):
+    """aiohttp's test server with the gateway's own runner (JSON answers to unparsable requests)."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return GatewayRunner(self.app, **kwargs)
 
 
 @pytest.fixture
@@ -47,7 +55,9 @@ async def make_gateway(nats_url: str) -> AsyncIterator[GatewayFactory]:
         conn = await nats.connect(nats_url, name="gateway")
         connections.append(conn)
         settings = GatewaySettings(nats_url=nats_url, **{"rpc_timeout_s": 2.0, **overrides})
-        client: TestClient[Any, Any] = TestClient(TestServer(build_app(conn, settings, CollectorRegistry())))
+        client: TestClient[Any, Any] = TestClient(
+            GatewayTestServer(build_app(conn, settings, CollectorRegistry()))
+        )
         await client.start_server()
         clients.append(client)
         return client

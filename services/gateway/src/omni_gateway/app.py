@@ -6,14 +6,14 @@ import asyncio
 import logging
 import time
 
-from aiohttp import web
+from aiohttp import web, web_protocol, web_server
 from aiohttp.typedefs import Handler, Middleware
 from nats.aio.client import Client as NATS
 from opentelemetry import propagate, trace
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from omni_gateway import deadletters, declarations, events, runs, servers, tools, workflows
-from omni_gateway.bodies import respond, too_large
+from omni_gateway.bodies import CONTROL, respond, too_large
 from omni_gateway.engine import EngineClient
 from omni_gateway.errors import ApiError, error_response
 from omni_gateway.metrics import GatewayMetrics
@@ -144,6 +144,7 @@ def _errors(settings: GatewaySettings) -> Middleware:
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
+            _check_names(request)
             return await handler(request)
         except ApiError as exc:
             return exc.response()
@@ -158,6 +159,23 @@ def _errors(settings: GatewaySettings) -> Middleware:
             return error_response(500, "internal", "internal error")
 
     return errors
+
+
+def _check_names(request: web.Request) -> None:
+    """Query parameters and path names with control characters (NUL included) or lone surrogates
+    name nothing: 400 for a parameter, the event subject or a name being written (PUT), 404 for any
+    other path name, before a handler passes them on to NATS or PostgreSQL."""
+    for name, value in request.query.items():
+        if CONTROL.search(name):
+            raise ApiError.bad_request("query", "a query parameter's name has a control character")
+        if CONTROL.search(value):
+            raise ApiError.bad_request(name, f"{name} has a control character or invalid Unicode")
+    for name, value in request.match_info.items():
+        if not CONTROL.search(value):
+            continue
+        if name == "subject" or request.method == "PUT":
+            raise ApiError.bad_request(name, f"{name} has a control character or invalid Unicode")
+        raise ApiError(404, "not_found", f"no {name} {value!r}: names have no control characters")
 
 
 def _http_error(request: web.Request, exc: web.HTTPException, settings: GatewaySettings) -> web.Response:
@@ -175,3 +193,45 @@ def _http_error(request: web.Request, exc: web.HTTPException, settings: GatewayS
         return too_large(settings.max_body_bytes).response()
     code = exc.reason.lower().replace(" ", "_").replace("-", "_")
     return error_response(exc.status, code, exc.reason)
+
+
+# -- errors before any route: aiohttp's HTTP parser ---------------------------------------------
+class GatewayRunner(web.AppRunner):
+    """An ``AppRunner`` whose connections answer a request aiohttp cannot parse (a bad request
+    line or header, a body it cannot frame) with the API's JSON error shape instead of aiohttp's
+    plain text. Such a request never reaches the application or its middlewares."""
+
+    async def _make_server(self) -> web_server.Server:
+        server = await super()._make_server()
+        server.__class__ = _JsonErrorServer  # the same object, handing out _JsonErrorHandler
+        return server
+
+
+class _JsonErrorServer(web_server.Server):
+    def __call__(self) -> web_protocol.RequestHandler:
+        handler = super().__call__()
+        handler.__class__ = _JsonErrorHandler
+        return handler
+
+
+class _JsonErrorHandler(web_protocol.RequestHandler):
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)  # logs it; raises if an answer began
+        if status >= 500:
+            response = error_response(status, "internal", "internal error")
+        else:
+            reason = (getattr(exc, "message", None) or message or "").strip().splitlines()
+            what = reason[0][:200].rstrip(": ").encode("ascii", "backslashreplace").decode() if reason else ""
+            response = error_response(
+                status, "bad_request", f"malformed HTTP request: {what}" if what else "malformed HTTP request"
+            )
+        response.force_close()
+        return response

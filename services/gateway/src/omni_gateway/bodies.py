@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 import msgspec
@@ -45,6 +46,21 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 
 async def read_text(request: web.Request, limit: int) -> str:
+    """The body as UTF-8 text of printable characters (YAML's set: no NUL or other control
+    characters but tab and line breaks), else 400 naming the line and column."""
+    text = await _read_utf8(request, limit)
+    bad = _NOT_PRINTABLE.search(text)
+    if bad is not None:
+        line = text.count("\n", 0, bad.start()) + 1
+        column = bad.start() - (text.rfind("\n", 0, bad.start()) + 1) + 1
+        raise ApiError.bad_request(
+            "body",
+            f"body has the non-printable character {_escaped(bad.group())} at line {line}, column {column}",
+        )
+    return text
+
+
+async def _read_utf8(request: web.Request, limit: int) -> str:
     raw = await read_body(request, limit)
     try:
         return raw.decode("utf-8")
@@ -52,19 +68,90 @@ async def read_text(request: web.Request, limit: int) -> str:
         raise ApiError.bad_request("body", f"body is not valid UTF-8 (byte {exc.start})") from None
 
 
-async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:
-    """The body as a JSON object; an empty body counts as ``{}``."""
-    text = await read_text(request, limit)
+async def read_json_object(request: web.Request, limit: int, *, root: str = "") -> dict[str, Any]:
+    """The body as a JSON object; an empty body counts as ``{}``. Every value in it is checked
+    with :func:`check_value`, whose errors name the field under ``root``."""
+    text = await _read_utf8(request, limit)
     if not text.strip():
         return {}
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_int=_parse_int)
     except json.JSONDecodeError as exc:
         message = f"malformed JSON: {exc.msg} at line {exc.lineno}, column {exc.colno} (char {exc.pos})"
         raise ApiError.bad_request("body", message) from None
+    except RecursionError:
+        raise ApiError.bad_request("body", f"body is nested deeper than {MAX_DEPTH} levels") from None
     if not isinstance(value, dict):
         raise ApiError.bad_request("body", f"body must be a JSON object, not {json_type(value)}")
+    check_value(value, root)
     return value
+
+
+# -- what a JSON (or YAML) value may hold ----------------------------------------------------------
+MAX_DEPTH = 64
+"""Nesting of objects and arrays accepted in a body (deeper is refused before anything else)."""
+MIN_INT, MAX_INT = -(2**63), 2**64 - 1
+"""Integers are refused outside the 64-bit range: NATS messages are encoded with msgspec, which
+has none wider, and Python refuses to read numbers of more than 4,300 digits at all."""
+_MAX_INT_DIGITS = 20
+
+# NUL (which PostgreSQL cannot store in text or jsonb) and lone surrogates (which no UTF-8
+# encoder accepts) in any string or name of a JSON value.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+# What YAML does not accept in a stream, the same in any text body.
+_NOT_PRINTABLE = re.compile("[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+# What a name in a URL (a path segment, a query parameter) may not hold.
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+class _BigInt(str):
+    """An integer literal too long to read; refused, with its field, by :func:`check_value`."""
+
+
+def _parse_int(literal: str) -> int | _BigInt:
+    return _BigInt(literal) if len(literal.lstrip("-")) > _MAX_INT_DIGITS else int(literal)
+
+
+def check_value(value: Any, root: str = "") -> None:
+    """400 naming the first field (``payload.items[2].name``) whose value cannot travel through
+    Omni: nesting deeper than :data:`MAX_DEPTH`, an integer outside the 64-bit range, a number
+    that is not finite, a string or name with NUL or a lone surrogate."""
+    stack: list[tuple[Any, str, int]] = [(value, root, 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        where = path or "body"
+        if isinstance(item, dict | list):
+            if depth >= MAX_DEPTH:
+                raise ApiError.bad_request(where, f"{where} is nested deeper than {MAX_DEPTH} levels")
+            if isinstance(item, list):
+                stack.extend((member, f"{path}[{index}]", depth + 1) for index, member in enumerate(item))
+                continue
+            for key, member in item.items():
+                name = str(key)
+                if _UNSTORABLE.search(name):
+                    raise ApiError.bad_request(
+                        where, f"{where} has a name with {_what(name)}: {_escaped(name)}"
+                    )
+                stack.append((member, f"{path}.{name}" if path else name, depth + 1))
+        elif isinstance(item, _BigInt) or (
+            isinstance(item, int) and not isinstance(item, bool) and not MIN_INT <= item <= MAX_INT
+        ):
+            raise ApiError.bad_request(where, f"{where} is an integer outside the 64-bit range")
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ApiError.bad_request(where, f"{where} must be a finite number")
+        elif isinstance(item, str) and _UNSTORABLE.search(item):
+            raise ApiError.bad_request(where, f"{where} has {_what(item)}, which Omni cannot store")
+
+
+def _what(text: str) -> str:
+    return "a NUL character" if "\x00" in text else "a lone surrogate (invalid Unicode)"
+
+
+def _escaped(text: str) -> str:
+    """``text`` with control characters and surrogates written as escapes, safe in any answer."""
+    return "".join(
+        f"\\u{ord(char):04x}" if CONTROL.match(char) or _NOT_PRINTABLE.match(char) else char for char in text
+    )
 
 
 def json_type(value: Any) -> str:

@@ -19,12 +19,14 @@ from typing import Any
 import jsonschema  # type: ignore[import-untyped]  # ships no type information
 import msgspec
 import nats.js.errors
+import yaml
 from aiohttp import web
 from nats.js.kv import KeyValue
 from omni_contract.declared import (
     DECLARED_TOOLS_BUCKET,
     DECLARED_TOOLS_DESCRIPTION,
     ORIGIN_API,
+    TOOL_NAME,
     DeclarationError,
     HttpToolDeclaration,
     StoredDeclaration,
@@ -33,7 +35,7 @@ from omni_contract.declared import (
 )
 from omni_runtime import nats as omni_nats
 
-from omni_gateway.bodies import json_type, read_json_object, read_text
+from omni_gateway.bodies import MAX_DEPTH, check_value, json_type, read_json_object, read_text
 from omni_gateway.errors import ApiError, ErrorDetail
 from omni_gateway.state import GATEWAY
 from omni_gateway.tools import jetstream_errors, read_entries
@@ -53,6 +55,8 @@ async def _bucket(request: web.Request) -> KeyValue:
 
 
 async def _stored(kv: KeyValue, name: str) -> StoredDeclaration | None:
+    if not is_tool_name(name):
+        return None  # no declaration can have it (nor can the bucket hold it as a key)
     with jetstream_errors("read a declared tool"):
         try:
             entry = await kv.get(declared_key(name))
@@ -78,6 +82,14 @@ def _declaration_of(body: dict[str, Any], name: str | None) -> HttpToolDeclarati
     except DeclarationError as exc:
         details = [ErrorDetail(field=p.field, message=p.message) for p in exc.problems]
         raise ApiError(422, "invalid_declaration", f"invalid tool declaration: {exc}", details) from None
+    if not is_tool_name(declaration.name):  # the contract's check lets a trailing line break through
+        message = "must be <category>.<action> in lower case (letters, digits, _ and -)"
+        raise ApiError(
+            422,
+            "invalid_declaration",
+            f"invalid tool declaration: $.name: {message}",
+            [ErrorDetail(field="$.name", message=message)],
+        )
     for field, schema in (
         ("$.inputSchema", declaration.input_schema),
         ("$.outputSchema", declaration.output_schema),
@@ -125,6 +137,11 @@ async def get_declaration(request: web.Request) -> web.Response:
     return _view(stored)
 
 
+def is_tool_name(name: str) -> bool:
+    """Whether ``name`` is a declarable tool name (and so a valid key of the bucket)."""
+    return TOOL_NAME.fullmatch(name) is not None
+
+
 _YAML_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"})
 
 
@@ -132,13 +149,18 @@ async def _body(request: web.Request) -> dict[str, Any]:
     """The declaration as a JSON object, or as YAML (the form of the files in ``integrations/``)."""
     limit = request.app[GATEWAY].settings.max_body_bytes
     if request.content_type not in _YAML_TYPES:
-        return await read_json_object(request, limit)
+        return await read_json_object(request, limit, root="$")
+    text = await read_text(request, limit)  # non-printable characters are refused there
     try:
-        value = msgspec.yaml.decode(await read_text(request, limit))
-    except msgspec.DecodeError as exc:
+        value = msgspec.yaml.decode(text)
+    except (msgspec.DecodeError, yaml.YAMLError, ValueError) as exc:
+        # ValueError: an integer too long for Python to read.
         raise ApiError.bad_request("body", f"malformed YAML: {exc}") from None
+    except RecursionError:
+        raise ApiError.bad_request("body", f"body is nested deeper than {MAX_DEPTH} levels") from None
     if not isinstance(value, dict):
         raise ApiError.bad_request("body", f"body must be a YAML mapping, not {json_type(value)}")
+    check_value(value, "$")
     return value
 
 

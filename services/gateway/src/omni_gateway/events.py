@@ -24,7 +24,8 @@ MAX_SUBJECT = 256
 MAX_EVENT_ID = 200
 # Headers that name the event's id, in order of preference (the CloudEvents HTTP binding first).
 EVENT_ID_HEADERS = ("ce-id", "Idempotency-Key")
-_TOKEN = re.compile(r"[^\s*>.]+")
+# A subject token: no wildcards, dots, whitespace, control characters or lone surrogates.
+_TOKEN = re.compile("[^\\s*>.\\x00-\\x1f\\x7f-\\x9f\\ud800-\\udfff]+")
 _EVENT_ID = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces: it also travels as Nats-Msg-Id
 
 
@@ -36,7 +37,8 @@ def check_app_subject(subject: str) -> None:
         raise ApiError.bad_request("subject", f"subject is longer than {MAX_SUBJECT} characters")
     if not all(_TOKEN.fullmatch(token) for token in subject.split(".")):
         raise ApiError.bad_request(
-            "subject", "subject must be dot-separated tokens without wildcards (*, >) or whitespace"
+            "subject",
+            "subject must be dot-separated tokens without wildcards (*, >), whitespace or control characters",
         )
 
 

@@ -11,7 +11,7 @@ from omni_contract import streams
 from omni_runtime.nats import ensure_streams
 from omni_runtime.service import ServiceContext, run_service
 
-from omni_gateway.app import build_app
+from omni_gateway.app import GatewayRunner, build_app
 from omni_gateway.settings import HTTP_PORT_ENV, HTTP_PORT_SHARED_ENV, GatewaySettings
 from omni_gateway.state import GATEWAY, SERVICE
 
@@ -32,7 +32,7 @@ async def body(ctx: ServiceContext) -> None:
     await ensure_streams(ctx.js, streams.ALL_STREAMS)
     app = build_app(ctx.nc, settings, ctx.registry)
     ctx.health.add_check("engine", app[GATEWAY].engine_problem)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace_s)
+    runner = GatewayRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace_s)
     await runner.setup()
     try:
         await _listen(runner, settings)
