@@ -96,13 +96,34 @@ WORKFLOW_DEFINITION: dict[str, Any] = {
     "description": (
         "A workflow definition as the engine registered it: the trigger (the app.* subject and the "
         "payload fields it takes) and the steps, each a tool at one of its providers, in the order "
-        "they are tried. Fields beyond these are kept as written."
+        "they are tried. Fields beyond these are kept as written. Answers always carry id; a "
+        "definition sent may leave it out."
     ),
     "type": "object",
     "properties": {
-        "name": {"type": "string"},
-        "description": {"type": "string"},
-        "version": {"type": "string"},
+        "id": {
+            "type": "string",
+            "pattern": "^[a-z0-9][a-z0-9._-]{0,127}$",
+            "description": (
+                "The workflow's address in URLs, runs and triggers: the id written, or else the slug of "
+                "name (lower case, other characters than letters and digits turned into -)"
+            ),
+        },
+        "name": {
+            "type": "string",
+            "maxLength": 200,
+            "description": "The display name: free text (printable characters)",
+        },
+        "description": {"type": "string", "maxLength": 4000},
+        "version": {
+            "type": "string",
+            "maxLength": 64,
+            "description": "Immutable once registered: other content needs another version",
+        },
+        "summary": {
+            "type": "boolean",
+            "description": "In a list too large for one answer: steps left out (read the workflow by id)",
+        },
         "hash": {"type": "string", "description": "Digest of the definition's content"},
         "trigger": {
             "type": "object",
@@ -113,6 +134,7 @@ WORKFLOW_DEFINITION: dict[str, Any] = {
         },
         "steps": {
             "type": "array",
+            "maxItems": 200,
             "items": {
                 "type": "object",
                 "properties": {
@@ -178,30 +200,43 @@ def _paths() -> dict[str, Any]:
             "get": _op(
                 "listWorkflows",
                 "workflows",
-                "List the registered workflow definitions",
+                "List the current version of every workflow definition (id and name of each)",
                 {"200": _json("The definitions", "WorkflowList")},
                 errors=("EngineUnavailable",),
             ),
             "post": _op(
                 "registerWorkflow",
                 "workflows",
-                "Register (or replace) a workflow definition",
+                "Register a new version of a workflow definition",
                 {
-                    "201": {
-                        **_json("The definition as registered", "WorkflowDefinition"),
+                    "200": {
+                        **_json(
+                            "This id, version and content were registered before: nothing changed",
+                            "WorkflowDefinition",
+                        ),
                         "headers": {"Location": _location("The definition's URL")},
-                    }
+                    },
+                    "201": {
+                        **_json("A new version, now the one new runs start with", "WorkflowDefinition"),
+                        "headers": {"Location": _location("The definition's URL")},
+                    },
                 },
                 errors=(
                     "BadRequest",
-                    "PayloadTooLarge",
+                    "WorkflowConflict",
+                    "DefinitionTooLarge",
                     "UnsupportedMediaType",
                     "InvalidWorkflow",
                     "EngineUnavailable",
                 ),
                 description=(
-                    "The body is the definition as YAML or JSON text. An invalid definition is answered "
-                    "with 422 and one detail per problem, naming the file, the step and the field."
+                    "The body is the definition as YAML or JSON text. Its name is free text; its id "
+                    "(written, or the slug of the name) is its address. An invalid definition is "
+                    "answered with 422 and one detail per problem (at most 50, then a count), naming "
+                    "the file, the step and the field; limits (200 steps, 256 KiB of text and of "
+                    "stored JSON, nesting 32 deep) are problems like any other, found before anything "
+                    "is stored. A version is immutable: the same id and version with other content "
+                    "is a 409 version_exists naming version."
                 ),
                 request_body={
                     "required": True,
@@ -226,7 +261,7 @@ def _paths() -> dict[str, Any]:
             "get": _op(
                 "getWorkflow",
                 "workflows",
-                "Read one workflow definition",
+                "Read the current version of one workflow definition, by its id",
                 {"200": _json("The definition", "WorkflowDefinition")},
                 errors=("NotFound", "EngineUnavailable"),
                 parameters=[_param_ref("WorkflowName")],
@@ -857,7 +892,13 @@ def _location(description: str) -> dict[str, Any]:
 
 def _parameters() -> dict[str, Any]:
     return {
-        "WorkflowName": {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+        "WorkflowName": {
+            "name": "name",
+            "in": "path",
+            "required": True,
+            "description": "The workflow's id: its id, or the slug of its name (GET /workflows shows both)",
+            "schema": {"type": "string"},
+        },
         "RunId": {
             "name": "runId",
             "in": "path",
@@ -912,6 +953,12 @@ _ERRORS: dict[str, tuple[str, str]] = {
         "schema; details name the field",
     ),
     "InvalidWorkflow": ("422", "The definition is invalid; details name the file, step and field"),
+    "WorkflowConflict": (
+        "409",
+        "The version is registered with other content (version_exists, naming version), or the "
+        "name's slug is the id of a workflow named otherwise (id_taken, naming name)",
+    ),
+    "DefinitionTooLarge": ("413", "The body is larger than the gateway accepts, or than a definition may be"),
     "InvalidDeclaration": ("422", "The tool declaration is invalid; details name the field ($.request.url)"),
     "AlreadyDeclared": ("409", "A tool of that name is declared already (PUT replaces it)"),
     "InvalidRequest": ("422", "A required field is missing or unusable; details name it"),
