@@ -26,8 +26,6 @@ from omni_testkit import wait_for
 
 from .stacks import ROOT
 
-pytestmark = pytest.mark.e2e
-
 README = ROOT / "README.md"
 README_HOST = "localhost:8080"
 STATUS_MARK = "__omni_http_status__"
@@ -370,6 +368,7 @@ def example_for(command: str) -> Example:
     return matches[0]
 
 
+# Needs no servers, so it runs with the unit tests too: a README edit fails fast.
 def test_each_readme_command_is_recognised_by_exactly_one_example() -> None:
     commands = readme_commands()
     recognised = [example_for(command) for command in commands]
@@ -378,6 +377,7 @@ def test_each_readme_command_is_recognised_by_exactly_one_example() -> None:
     assert len(recognised) == len(set(recognised)), "a README example is given twice"
 
 
+@pytest.mark.e2e
 async def test_every_readme_example_answers_as_documented_in_order(stack: Stack) -> None:
     commands = readme_commands()
     async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=60) as client:
