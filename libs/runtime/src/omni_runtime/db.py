@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -78,6 +79,50 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
     return None
 
 
+# Errors that mean "the database cannot be reached right now" (down, restarting, recovering).
+UNREACHABLE: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    OSError,
+    TimeoutError,
+)
+POOL_WARN_EVERY_S = 30.0
+
+
+class _PoolOutageFilter(logging.Filter):
+    """asyncpg's pool logs a full traceback each time it fails to reconnect its minimum of
+    connections: about once a second while the database is down. Keep one line instead, at
+    most every ``POOL_WARN_EVERY_S``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._next = 0.0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None or not isinstance(exc, UNREACHABLE):
+            return True
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + POOL_WARN_EVERY_S
+        record.msg = f"{record.getMessage()}: the database is unreachable ({type(exc).__name__}: {exc})"
+        record.args = None
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+def quiet_pool_outages() -> None:
+    """Install the filter on asyncpg's pool logger (once)."""
+    pool_log = logging.getLogger("asyncpg.pool")
+    if not any(isinstance(f, _PoolOutageFilter) for f in pool_log.filters):
+        pool_log.addFilter(_PoolOutageFilter())
+
+
 async def create_pool(
     dsn: str,
     schema: str,
@@ -87,7 +132,9 @@ async def create_pool(
     init: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
 ) -> asyncpg.Pool:
     """A pool whose connections use ``schema`` first on their search path; ``init`` runs on each
-    new connection (type codecs)."""
+    new connection (type codecs). While the database is unreachable, the pool's reconnection
+    failures are logged as one line every ``POOL_WARN_EVERY_S``, not a traceback a second."""
+    quiet_pool_outages()
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
