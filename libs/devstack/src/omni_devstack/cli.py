@@ -8,6 +8,11 @@ Settings (environment):
 - ``OMNI_NATS_PORT`` / ``OMNI_PG_PORT``: ports of the embedded servers (default 14222 / 15432).
 - ``NATS_URL`` / ``DATABASE_URL``: use these servers instead of starting embedded ones.
 - ``OPENROUTER_API_KEY``: call OpenRouter; without it, providers are simulated (and it says so).
+- ``OMNI_LOG_FORMAT``: ``console`` (``HH:MM:SS service LEVEL message run=<id>``) or ``json``; by
+  default console when stderr is a terminal, JSON otherwise.
+
+The embedded NATS and PostgreSQL are restarted (with back-off) when one dies; a service that exits
+stops everything.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
+
+from omni_runtime.logging import setup_logging
 
 from omni_devstack.servers import ServerStartError
 from omni_devstack.supervisor import Stack, StackConfig
@@ -77,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-5s omni %(message)s")
+    setup_logging("omni")  # a person's terminal: the services' short lines; else JSON, like theirs
     parser = argparse.ArgumentParser(prog="omni", description="Omni: orchestrate AI capabilities")
     commands = parser.add_subparsers(dest="command", required=True)
     run_cmd = commands.add_parser("run", help="start the whole system on this machine")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from omni_contract.providers import ALWAYS_STARTED, PROVIDER_KEYS
+from omni_runtime.logging import LOG_FORMAT_ENV, choose_format
 
 from omni_devstack.servers import (
     NatsServer,
@@ -282,8 +283,9 @@ class Stack:
                 "OMNI_GATEWAY_HTTP_PORT": str(self.config.http_port),
             }
         )
-        if self.config.log_dir is not None:
-            env["OMNI_LOG_FORMAT"] = "json"
+        # The services' stderr is a log file, or this process's stderr without being its tty (for
+        # them); so the choice is made here: readable lines when a person watches this terminal.
+        env[LOG_FORMAT_ENV] = "json" if self.config.log_dir is not None else choose_format()
         env.update(self.config.extra_env)
         return env
 
