@@ -10,6 +10,10 @@ from typing import Any
 import pytest
 import yaml
 from omni_engine.definition import (
+    MAX_DEFINITION_BYTES,
+    MAX_DEPTH,
+    MAX_ERRORS,
+    MAX_STEPS,
     FieldError,
     WorkflowDefinition,
     WorkflowError,
@@ -20,6 +24,7 @@ from omni_engine.definition import (
     parse_workflow,
     to_json_schema,
     validate_payload,
+    workflow_slug,
 )
 
 REPO = Path(__file__).resolve().parents[3]
@@ -418,3 +423,146 @@ def test_parse_does_not_alias_the_callers_data() -> None:
     defn = parse_workflow(raw)
     raw["steps"][0]["input"]["text"] = "changed"
     assert defn.steps[0].input["text"] == "${trigger.payload.text}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Display names and ids (issue 9, item 6)
+
+
+@pytest.mark.parametrize(
+    ("name", "slug"),
+    [
+        ("Bilingual Coach Workflow", "bilingual-coach-workflow"),
+        ("bilingual-coach", "bilingual-coach"),  # a name that is already an id keeps it
+        ("order_review.v2", "order_review.v2"),
+        ("Order.Review", "order-review"),
+        ("  Café   Crème! ", "cafe-creme"),
+        ("Coach (beta) — Español", "coach-beta-espanol"),
+        ("日本語", ""),
+    ],
+)
+def test_a_name_gives_its_slug(name: str, slug: str) -> None:
+    assert workflow_slug(name) == slug
+
+
+def test_a_display_name_with_spaces_is_accepted_and_addressed_by_its_slug() -> None:
+    defn = parse_workflow(MINIMAL.replace("name: minimal", "name: Bilingual Coach Workflow"))
+
+    assert (defn.id, defn.name, defn.display_name) == (
+        "bilingual-coach-workflow",
+        "bilingual-coach-workflow",
+        "Bilingual Coach Workflow",
+    )
+    assert definition_to_dict(defn)["name"] == "Bilingual Coach Workflow"
+    assert "id" not in definition_to_dict(defn)
+
+
+def test_an_explicit_id_is_the_address_and_part_of_the_definition() -> None:
+    defn = parse_workflow(MINIMAL.replace("name: minimal", "name: 日本語のコーチ\nid: coach-ja"))
+
+    assert (defn.id, defn.display_name) == ("coach-ja", "日本語のコーチ")
+    data = definition_to_dict(defn)
+    assert data["id"] == "coach-ja"
+    assert parse_workflow(data).content_hash == defn.content_hash
+    assert parse_workflow(
+        MINIMAL.replace("name: minimal", "name: 日本語のコーチ\nid: coach-jp")
+    ).content_hash != (defn.content_hash)
+
+
+def test_a_definition_without_an_id_keeps_the_hash_it_had_before_ids(coach: WorkflowDefinition) -> None:
+    # Stored rows are keyed by this hash: a change would make every stored workflow a new version.
+    assert coach.content_hash == "7e0657b4cf527f9d1cd19547108c72aa7a71a1805f3fd1020f354f970c93e51c"
+    assert coach.id == "bilingual-coach"
+
+
+@pytest.mark.parametrize(
+    ("replacement", "field", "fragment"),
+    [
+        ("name: 日本語", "name", "add an id"),
+        ("name: '  '", "name", "must not be empty"),
+        ('name: "Tab\\there"', "name", "control character"),
+        ("name: " + "n" * 201, "name", "more than the 200 allowed"),
+        ("name: minimal\nid: Not A Slug", "id", "invalid workflow id 'Not A Slug'"),
+        ("name: minimal\nid: " + "a" * 129, "id", "at most 128 characters"),
+        ("name: minimal\ndescription: " + "d" * 4001, "description", "more than the 4000 allowed"),
+    ],
+)
+def test_names_ids_and_descriptions_are_checked(replacement: str, field: str, fragment: str) -> None:
+    errors = errors_of(MINIMAL.replace("name: minimal", replacement))
+
+    assert [(e.field, fragment in e.message) for e in errors] == [(field, True)], errors
+
+
+def test_a_version_is_printable_and_short() -> None:
+    assert [e.field for e in errors_of(MINIMAL.replace("version: 1.0.0", "version: '" + "9" * 65 + "'"))] == [
+        "version"
+    ]
+
+
+def test_two_files_whose_names_give_one_slug_keep_the_first(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(MINIMAL.replace("name: minimal", "name: Order Review"))
+    (tmp_path / "b.yaml").write_text(MINIMAL.replace("name: minimal", "name: order review!"))
+
+    definitions, errors = load_workflow_dir(tmp_path)
+
+    assert [d.id for d in definitions] == ["order-review"]
+    assert [(Path(e.file).name, e.field) for e in errors] == [("b.yaml", "name")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Limits, checked before anything is stored (issue 9, item 13), and errors that stay small (15)
+
+
+def test_a_workflow_with_too_many_steps_is_one_error_naming_steps() -> None:
+    data = yaml.safe_load(MINIMAL)
+    data["steps"] = [dict(data["steps"][0], name=f"s{i}") for i in range(10_000)]
+
+    errors = errors_of(data)
+
+    assert [(e.field, e.message) for e in errors] == [
+        ("steps", f"10000 steps, more than the {MAX_STEPS} a workflow may have")
+    ]
+
+
+def test_a_workflow_of_exactly_the_step_limit_loads() -> None:
+    data = yaml.safe_load(MINIMAL)
+    data["steps"] = [dict(data["steps"][0], name=f"s{i}") for i in range(MAX_STEPS)]
+
+    assert len(parse_workflow(data).steps) == MAX_STEPS
+
+
+def test_a_definition_larger_than_the_limit_is_refused_as_text_and_as_stored_json() -> None:
+    text = MINIMAL + "# " + "x" * MAX_DEFINITION_BYTES + "\n"
+    assert "more than" in errors_of(text)[0].message
+    # Small as text, large once aliases are expanded into the stored JSON.
+    blown = MINIMAL.replace("input:", "input:\n      blob: &b " + "y" * 5000)
+    blown = blown.replace("output:", "config:\n      copies: [" + ", ".join(["*b"] * 60) + "]\n    output:")
+    assert [e.message.startswith("the definition is") for e in errors_of(blown)] == [True]
+
+
+def test_nesting_deeper_than_the_limit_is_refused_in_yaml_and_in_data() -> None:
+    deep_text = MINIMAL.replace("output:", "config:\n      deep: " + "[" * 40 + "]" * 40 + "\n    output:")
+    assert any(f"more than {MAX_DEPTH} levels" in e.message for e in errors_of(deep_text))
+    very_deep = MINIMAL.replace(
+        "output:", "config:\n      deep: " + "[" * 5000 + "]" * 5000 + "\n    output:"
+    )
+    assert any("nested" in e.message for e in errors_of(very_deep))
+    data = yaml.safe_load(MINIMAL)
+    nested: dict[str, Any] = {}
+    node = nested
+    for _ in range(40):
+        node["a"] = {}
+        node = node["a"]
+    data["steps"][0]["config"] = nested
+    assert any(f"more than {MAX_DEPTH} levels" in e.message for e in errors_of(data))
+
+
+def test_many_problems_are_capped_and_long_values_are_cut() -> None:
+    data = yaml.safe_load(MINIMAL)
+    data["steps"] = [dict(data["steps"][0], name="N" * 10_000 + str(i)) for i in range(MAX_STEPS)]
+
+    errors = errors_of(data)
+
+    assert len(errors) == MAX_ERRORS + 1
+    assert errors[-1].message == f"and {MAX_STEPS - MAX_ERRORS} more problems, not listed"
+    assert all(len(e.message) <= 500 and len(e.step or "") <= 200 for e in errors)

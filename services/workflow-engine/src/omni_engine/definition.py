@@ -492,13 +492,7 @@ class WorkflowDefinition(_Model):
     @field_validator("display_name")
     @classmethod
     def _check_name(cls, value: str) -> str:
-        _printable(value, "the workflow name", MAX_NAME_LENGTH)
-        if not workflow_slug(value):
-            raise ValueError(
-                f"the workflow name {_quote(value)} has no letter or digit (a-z, 0-9) to make its "
-                "address from: add an id (lower-case letters, digits, '-', '_' and '.')"
-            )
-        return value
+        return _printable(value, "the workflow name", MAX_NAME_LENGTH)
 
     @field_validator("explicit_id")
     @classmethod
@@ -1136,6 +1130,12 @@ def _check_step_shape(step: Step, i: int, index: dict[str, int], problems: _Prob
 
 
 def _check_meaning(defn: WorkflowDefinition, problems: _Problems) -> None:
+    if defn.explicit_id is None and not defn.id:
+        problems.add(
+            ("name",),
+            f"the workflow name {_quote(defn.display_name)} has no letter or digit (a-z, 0-9) to make "
+            "its address from: add an id (lower-case letters, digits, '-', '_' and '.')",
+        )
     index: dict[str, int] = {}
     for i, step in enumerate(defn.steps):
         if step.name in index:
