@@ -224,6 +224,15 @@ async def test_an_unregistered_tool_is_404_naming_it(
     assert "tts.speak" in (await response.json())["error"]["message"]
 
 
+@pytest.mark.parametrize("path", ["/tools/0", "/tools/a.", "/tools/.b", "/tools/0/mock", "/tools/a.b.c/mock"])
+async def test_a_name_that_is_not_category_dot_action_is_404_not_503(
+    gateway: TestClient[Any, Any], catalogue: KeyValue, path: str
+) -> None:
+    response = await gateway.get(path)
+    assert response.status == 404
+    assert (await response.json())["error"]["code"] == "not_found"
+
+
 async def test_one_pair_comes_with_its_schemas_and_runners(
     gateway: TestClient[Any, Any], catalogue: KeyValue
 ) -> None:

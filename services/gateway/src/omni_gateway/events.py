@@ -26,6 +26,8 @@ MAX_EVENT_ID = 200
 EVENT_ID_HEADERS = ("ce-id", "Idempotency-Key")
 # A subject token: no wildcards, dots, whitespace, control characters or lone surrogates.
 _TOKEN = re.compile("[^\\s*>.\\x00-\\x1f\\x7f-\\x9f\\ud800-\\udfff]+")
+EVENT_SUBJECT_PATTERN = r"^app(\.[^\s*>.\x00-\x1f\x7f-\x9f]+)+$"
+"""The same rule in the OpenAPI document (whose strings hold no lone surrogates anyway)."""
 _EVENT_ID = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces: it also travels as Nats-Msg-Id
 
 

@@ -18,6 +18,7 @@ from omni_contract.rpc import RunEventsReply, RunPage, RunSummary, WorkflowVersi
 
 from omni_gateway.convert import camel
 from omni_gateway.errors import ErrorBody
+from omni_gateway.events import EVENT_SUBJECT_PATTERN, MAX_SUBJECT
 from omni_gateway.servers import ServerDetail, ServerList
 from omni_gateway.settings import MAX_EXECUTE_WAIT_S
 from omni_gateway.views import (
@@ -655,8 +656,14 @@ def _paths() -> dict[str, Any]:
             "get": _op(
                 "listServers",
                 "tools",
-                "Each provider's health, merged over the runner replicas serving it",
-                {"200": _json("The providers with a live runner", "ServerList")},
+                "Every provider Omni knows, and any other with a live runner, with its health",
+                {
+                    "200": _json(
+                        "Each provider: healthy, degraded, open (circuit), down (no live runner can call "
+                        "it) or unconfigured (missingVariable names its unset key)",
+                        "ServerList",
+                    )
+                },
                 errors=("BadRequest", "ToolsUnavailable"),
             ),
         },
@@ -665,7 +672,7 @@ def _paths() -> dict[str, Any]:
                 "getServer",
                 "tools",
                 "One provider's health, with each runner replica's view",
-                {"200": _json("The provider", "ServerDetail")},
+                {"200": _json("The provider (a known one without runners too, with why)", "ServerDetail")},
                 errors=("NotFound", "ToolsUnavailable"),
                 parameters=[_param_ref("ServerName")],
             ),
@@ -690,7 +697,7 @@ def _paths() -> dict[str, Any]:
                     "502": _json("The provider failed (error.kind says how)", "ToolExecution"),
                     "503": {
                         "description": (
-                            "No runner replica is registered available for the tool at the provider "
+                            "No runner replica is live and available for the tool at the provider "
                             "(a ToolExecution with error.code tool_unavailable, saying why); or NATS "
                             "could not be used (tools_unavailable)"
                         ),
@@ -706,8 +713,10 @@ def _paths() -> dict[str, Any]:
                         "ToolExecution",
                     ),
                 },
-                errors=("BadRequest", "PayloadTooLarge", "InvalidPayload"),
+                errors=("BadRequest", "NotFound", "PayloadTooLarge", "InvalidPayload"),
                 description=(
+                    "A tool no live runner of the provider serves, or a provider Omni does not know, is "
+                    "404; a provider Omni knows whose runners are all gone is 503 tool_unavailable. "
                     "input is checked against the tool's registered input schema (422 names the field, "
                     "e.g. input.targetLanguage). With an Idempotency-Key, a repeated request with the "
                     "same input is answered with the first call's result instead of calling the "
@@ -757,8 +766,15 @@ def _paths() -> dict[str, Any]:
                         "name": "subject",
                         "in": "path",
                         "required": True,
-                        "description": "A concrete subject under app. (no wildcards)",
-                        "schema": {"type": "string", "pattern": r"^app\.[^\s*>]+$"},
+                        "description": (
+                            "A concrete subject under app.: dot-separated tokens without wildcards, "
+                            "whitespace or control characters"
+                        ),
+                        "schema": {
+                            "type": "string",
+                            "pattern": EVENT_SUBJECT_PATTERN,
+                            "maxLength": MAX_SUBJECT,
+                        },
                     },
                     {
                         "name": "ce-id",
@@ -939,7 +955,12 @@ def _parameters() -> dict[str, Any]:
 
 # -- errors -------------------------------------------------------------------------------------
 _ERRORS: dict[str, tuple[str, str]] = {
-    "BadRequest": ("400", "Malformed JSON, a body that is not an object, or a parameter of the wrong type"),
+    "BadRequest": (
+        "400",
+        "Malformed JSON or YAML, a body that is not an object, a value Omni cannot carry (nesting "
+        "deeper than 64, an integer beyond 64 bits, NUL or invalid Unicode), or a parameter of the "
+        "wrong type or with control characters",
+    ),
     "NotFound": ("404", "No such workflow, run, step, dead letter, tool or route"),
     "NotRedrivable": (
         "409",

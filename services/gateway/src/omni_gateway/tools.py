@@ -189,7 +189,10 @@ class ToolRegistry:
         self.timeout_s = timeout_s
 
     async def tools(self, *, provider: str | None = None, name: str | None = None) -> list[RegisteredTool]:
-        """The registered (tool, provider) pairs, sorted; ``provider``/``name`` narrow the keys read."""
+        """The registered (tool, provider) pairs, sorted; ``provider``/``name`` narrow the keys read.
+        A ``name`` that is not ``<category>.<action>`` names no tool (nor a key filter)."""
+        if name is not None and not _TOOL_NAME.fullmatch(name):
+            return []
         category, _, action = name.partition(".") if name else ("*", "", "*")
         pattern = ".".join(
             (

@@ -1,0 +1,133 @@
+"""The gateway against its own OpenAPI document: schemathesis generates requests for every
+operation, valid and invalid ones, from the document the gateway serves, and checks that no
+answer is a 5xx and that every answer's status, content type and body are the ones documented.
+
+The gateway runs against real NATS and PostgreSQL with the real workflow engine and the real
+``mock`` tool-runner, in this test's event loop; schemathesis (which speaks HTTP synchronously)
+runs in a thread. The examples are few per operation and derived from the test's name
+(``derandomize``), so a run is bounded and the same on every try.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import hypothesis
+import nats
+import nats.errors
+import pytest
+import schemathesis
+from aiohttp.test_utils import TestClient
+from gateway_fakes import GatewayFactory
+from gateway_runners import serving_runner
+from hypothesis import HealthCheck, Phase
+from nats.aio.client import Client as NATS
+from omni_contract import subjects
+from omni_engine.main import EngineSettings, body
+from omni_runtime.service import serve
+from omni_testkit import wait_for
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+WORKFLOWS = Path(__file__).resolve().parents[3] / "workflows"
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+MODES = (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE)
+# Examples per operation and mode; OMNI_SCHEMATHESIS_EXAMPLES=500 searches further by hand.
+EXAMPLES = int(os.environ.get("OMNI_SCHEMATHESIS_EXAMPLES", "25"))
+REQUEST_TIMEOUT_S = 20.0
+
+
+@pytest.fixture
+async def engine_in_process(nc: NATS, nats_url: str, database_url: str) -> AsyncIterator[None]:
+    settings = EngineSettings(
+        nats_url=nats_url, database_url=database_url, workflows_dir=WORKFLOWS, log_format="console"
+    )
+    stopping = asyncio.Event()
+    task = asyncio.create_task(
+        serve(
+            "workflow-engine",
+            settings,
+            lambda ctx: body(ctx, settings),
+            install_signals=False,
+            stopping=stopping,
+        )
+    )
+
+    async def answers() -> bool:
+        try:
+            await nc.request(subjects.ENGINE_WORKFLOWS_LIST, b"{}", timeout=0.5)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            return False
+        return True
+
+    try:
+        await wait_for(answers, timeout=60)
+        yield
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, timeout=30)
+
+
+@pytest.fixture
+async def stack_gateway(
+    engine_in_process: None, nats_url: str, make_gateway: GatewayFactory
+) -> AsyncIterator[TestClient[Any, Any]]:
+    async with serving_runner(nats_url, "mock"):
+        client = await make_gateway(execute_wait_s=2.0, tool_wait_margin_s=1.0, rpc_timeout_s=5.0)
+
+        async def mock_registered() -> bool:
+            response = await client.get("/tools?provider=mock")
+            return response.status == 200 and bool((await response.json())["tools"])
+
+        await wait_for(mock_registered, timeout=30)
+        yield client
+
+
+async def test_every_operation_answers_as_documented_and_never_with_a_5xx(
+    stack_gateway: TestClient[Any, Any],
+) -> None:
+    base_url = str(stack_gateway.make_url("")).rstrip("/")
+    failures = await asyncio.to_thread(run_schemathesis, base_url)
+    assert not failures, "\n\n".join(failures)
+
+
+def run_schemathesis(base_url: str) -> list[str]:
+    schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json", timeout=REQUEST_TIMEOUT_S)
+    failures: list[str] = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        for mode in MODES:
+            strategy = operation.as_strategy(generation_mode=mode)
+
+            @hypothesis.settings(
+                max_examples=EXAMPLES,
+                derandomize=True,
+                deadline=None,
+                database=None,
+                phases=[Phase.explicit, Phase.generate],
+                suppress_health_check=list(HealthCheck),
+                print_blob=False,
+            )
+            @hypothesis.given(case=strategy)
+            def check(case: schemathesis.Case) -> None:
+                case.call_and_validate(base_url=base_url, checks=CHECKS, timeout=REQUEST_TIMEOUT_S)
+
+            try:
+                check()
+            except hypothesis.errors.Unsatisfiable:
+                # Nothing in the operation can be made invalid (no body, no constrained parameter):
+                # its positive cases are all there is to send.
+                assert mode is schemathesis.GenerationMode.NEGATIVE, operation.label
+            except Exception as exc:  # each operation's failure is reported, then the next runs
+                failures.append(f"{operation.label} ({mode.value}): {exc}")
+    return failures
