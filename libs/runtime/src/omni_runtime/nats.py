@@ -139,10 +139,13 @@ WATCH_INACTIVE_S = 30.0
 whose :func:`stop_watch` did not reach the server (nats-py's own default is 5 minutes)."""
 
 
-async def watch(kv: KeyValue, keys: str, *, ignore_deletes: bool = False) -> KeyValue.KeyWatcher:
+async def watch(
+    kv: KeyValue, keys: str, *, ignore_deletes: bool = False, inactive_s: float | None = WATCH_INACTIVE_S
+) -> KeyValue.KeyWatcher:
     """A watch of ``keys`` (one ordered consumer on the bucket's stream); end it with
-    :func:`stop_watch`, which also deletes its consumer."""
-    return await kv.watch(keys, ignore_deletes=ignore_deletes, inactive_threshold=WATCH_INACTIVE_S)
+    :func:`stop_watch`, which also deletes its consumer. ``inactive_s`` None: nats-py's default
+    (5 minutes), for a watch that lasts and must outlive a NATS outage."""
+    return await kv.watch(keys, ignore_deletes=ignore_deletes, inactive_threshold=inactive_s)
 
 
 async def stop_watch(watcher: KeyValue.KeyWatcher) -> None:
@@ -194,7 +197,7 @@ class KeyFollower:
         self._ready = asyncio.Event()
 
     async def start(self) -> None:
-        watcher = await watch(self._kv, self._keys)
+        watcher = await watch(self._kv, self._keys, inactive_s=None)
         self._task = asyncio.create_task(self._follow(watcher), name=self._name)
         await self._ready.wait()
 
