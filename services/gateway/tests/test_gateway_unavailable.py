@@ -11,6 +11,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from omni_contract import rpc, subjects
 from omni_contract.envelope import encode
+from omni_gateway.errors import error_response
 
 pytestmark = pytest.mark.integration
 
@@ -47,3 +48,13 @@ async def test_no_engine_reachable_over_nats_is_503_with_retry_after(gateway: Cl
     assert response.status == 503
     assert int(response.headers["Retry-After"]) > 0
     assert (await response.json())["error"]["code"] == "engine_unavailable"
+
+
+def test_every_503_says_when_to_try_again_and_keeps_a_retry_after_already_chosen() -> None:
+    events_down = error_response(503, "events_unavailable", "event store unavailable: nats: timeout")
+    circuit_open = error_response(503, "tool_unavailable", "circuit open", headers={"Retry-After": "17"})
+    not_found = error_response(404, "not_found", "unknown run 'abc'")
+
+    assert int(events_down.headers["Retry-After"]) > 0
+    assert circuit_open.headers["Retry-After"] == "17"
+    assert "Retry-After" not in not_found.headers

@@ -87,6 +87,9 @@ def error_response(
     headers: dict[str, str] | None = None,
 ) -> web.Response:
     body = ErrorBody(error=ErrorInfo(code=code, message=message, details=details or []))
+    if status == 503 and not any(name.lower() == "retry-after" for name in headers or {}):
+        # Every 503 is "not now": say when to try again (the event store, dead letters, tools...).
+        headers = {**(headers or {}), "Retry-After": str(RETRY_AFTER_S)}
     return web.Response(
         status=status, body=msgspec.json.encode(body), content_type="application/json", headers=headers
     )
