@@ -9,12 +9,13 @@ import io
 import json
 import logging
 import re
+import sys
 from typing import Any
 
 import nats
 import pytest
 from nats.aio.msg import Msg
-from omni_runtime import service
+from omni_runtime import db, service
 from omni_runtime.logging import ConsoleFormatter, JsonFormatter, choose_format, run_id_var
 from omni_testkit import wait_for
 
@@ -110,3 +111,35 @@ async def test_a_drain_that_outlasts_its_bound_closes_nats_without_an_unretrieve
     loop.set_exception_handler(None)
 
     assert [p.get("message") for p in problems] == []
+
+
+def pool_record(exc: BaseException) -> logging.LogRecord:
+    try:
+        raise exc
+    except BaseException:
+        info = sys.exc_info()
+    return logging.LogRecord(
+        "asyncpg.pool",
+        logging.WARNING,
+        __file__,
+        1,
+        "Failed to restore the pool connection floor; retrying",
+        None,
+        info,
+    )
+
+
+def test_the_pools_reconnection_failures_during_an_outage_are_one_line_now_and_then() -> None:
+    outage = db._PoolOutageFilter()
+    first = pool_record(ConnectionRefusedError(111, "Connect call failed"))
+    again = pool_record(ConnectionRefusedError(111, "Connect call failed"))
+    other = pool_record(KeyError("not an outage"))
+
+    assert outage.filter(first)
+    assert first.exc_info is None
+    assert first.getMessage().endswith(
+        "the database is unreachable (ConnectionRefusedError: [Errno 111] Connect call failed)"
+    )
+    assert not outage.filter(again)  # within POOL_WARN_EVERY_S of the first
+    assert outage.filter(other)
+    assert other.exc_info is not None  # anything else keeps its traceback
