@@ -178,7 +178,6 @@ class RerunRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
 class WorkflowVersion(msgspec.Struct, kw_only=True, omit_defaults=True):
     hash: str
     version: str
-    name: str = ""  # the display name of this version
     origin: str
     created_at: datetime
     current: bool  # the version new runs start with

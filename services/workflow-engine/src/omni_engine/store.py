@@ -448,7 +448,7 @@ class Store:
     # -- versions ------------------------------------------------------------------------------
     async def versions(self, id_: str) -> list[dict[str, Any]]:
         rows = await self.pool.fetch(
-            "SELECT d.hash, d.version, d.name, d.origin, d.created_at, (w.hash = d.hash) AS current"
+            "SELECT d.hash, d.version, d.origin, d.created_at, (w.hash = d.hash) AS current"
             " FROM workflow_definitions d LEFT JOIN workflows w ON w.id = d.id"
             " WHERE d.id = $1 ORDER BY d.created_at DESC, d.hash",
             id_,
