@@ -54,6 +54,12 @@ async def test_a_display_name_with_spaces_is_accepted_and_addressed_by_its_slug(
     assert listed["bilingual-coach-workflow"] == "Bilingual Coach Workflow"
     got = await harness.result(subjects.ENGINE_WORKFLOWS_GET, rpc.GetRequest(name="bilingual-coach-workflow"))
     assert (got["id"], got["name"]) == ("bilingual-coach-workflow", "Bilingual Coach Workflow")
+    by_name = await harness.call(
+        subjects.ENGINE_WORKFLOWS_GET, rpc.GetRequest(name="Bilingual Coach Workflow")
+    )
+    assert by_name.error is not None
+    assert by_name.error.code == "not_found"
+    assert "'bilingual-coach-workflow'" in by_name.error.message
     run = await harness.finished(await harness.start("bilingual-coach-workflow", {}))
     assert (run["workflow"], run["status"]) == ("bilingual-coach-workflow", "completed")
 

@@ -20,7 +20,7 @@ from omni_runtime.telemetry import extract_context
 from opentelemetry import trace
 
 from omni_engine.consumers import is_transient
-from omni_engine.definition import WorkflowDefinition, definition_to_dict
+from omni_engine.definition import WorkflowDefinition, definition_to_dict, workflow_slug
 from omni_engine.definitions import (
     DefinitionConflict,
     Definitions,
@@ -284,7 +284,11 @@ class EngineApi:
     async def workflows_get(self, req: rpc.GetRequest) -> dict[str, Any]:
         defn = await self.definitions.current(req.name)
         if defn is None:
-            raise EngineError("not_found", f"unknown workflow '{req.name}'")
+            message = f"unknown workflow '{req.name}'"
+            slug = workflow_slug(req.name)
+            if slug and slug != req.name:
+                message += f" (workflows are addressed by id: a workflow named so without one has '{slug}')"
+            raise EngineError("not_found", message)
         return workflow_doc(defn)
 
     async def workflows_register(self, req: rpc.RegisterWorkflowRequest) -> dict[str, Any]:
