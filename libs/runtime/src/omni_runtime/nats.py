@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 import nats
 import nats.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -118,6 +123,151 @@ async def pull_subscription(js: JetStreamContext, spec: ConsumerSpec) -> JetStre
     return await js.pull_subscribe_bind(spec.durable, stream=spec.stream)
 
 
+async def puller(js: JetStreamContext, spec: ConsumerSpec, *, batch: int, expires_s: float = 2.0) -> Puller:
+    """Ensure the durable consumer of ``spec`` and start pulling from it."""
+    await ensure_consumer(js, spec)
+    # nats-py has no public accessor for the connection and API prefix of a JetStream context.
+    pull = Puller(js._nc, spec.stream, spec.durable, batch=batch, expires_s=expires_s, api_prefix=js._prefix)
+    await pull.start()
+    return pull
+
+
+_STATUS = "Status"
+_HEARTBEAT = "100"
+_BACK_OFF_S = 0.5
+
+
+class Puller:
+    """Pulls a durable consumer's messages and hands each over the moment it arrives.
+
+    Why not ``PullSubscription.fetch(n, timeout)``: once the first message of a lingering pull
+    arrives, nats-py waits until the batch is full or the timeout has passed, so with sparse
+    traffic every message sits out the timeout (about a second per step), unacknowledged and
+    unreported in progress.
+
+    Here one pull request of up to ``batch`` messages is outstanding at a time, lasting
+    ``expires_s`` on the server; its messages queue here as they come, and :meth:`take` returns
+    whatever has arrived as soon as there is anything. A new request goes out only when the
+    previous one has ended (delivered its batch, or the server said it expired or was cut off),
+    so this replica never holds more than ``batch`` messages beyond what it is handling. Each
+    request has a reply subject of its own, so a late status from an old request cannot end the
+    current one. (A request that delivered its whole batch gets no status: it ends by the count.)
+    The caller reports what it holds in progress, :meth:`queued` included.
+    """
+
+    def __init__(
+        self,
+        nc: NATS,
+        stream: str,
+        durable: str,
+        *,
+        batch: int,
+        expires_s: float = 2.0,
+        api_prefix: str = "$JS.API",
+    ) -> None:
+        if batch < 1:
+            raise ValueError("batch must be at least 1")
+        self._nc = nc
+        self._next_subject = f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self.batch = batch
+        self._expires_s = expires_s
+        self._inbox = ""
+        self._sub: Subscription | None = None
+        self._queue: deque[Msg] = deque()
+        self._arrived = asyncio.Event()
+        self._request = 0  # the id of the current request; its reply subject ends with it
+        self._owed = 0  # messages the current request may still deliver
+        self._request_ends = 0.0  # loop time after which the current request is over in any case
+        self._not_before = 0.0  # loop time before which no new request goes out (after a refusal)
+        self.on_arrival: Callable[[], None] | None = None  # told of each message queued
+
+    async def start(self) -> None:
+        self._inbox = self._nc.new_inbox()
+        self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_message)
+
+    async def stop(self) -> None:
+        """Unsubscribe: nothing more is delivered here; what was queued is the caller's to give back."""
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            try:
+                await sub.unsubscribe()
+            except nats.errors.Error as exc:
+                log.debug("unsubscribing from %s: %s", self._next_subject, exc)
+
+    def queued(self) -> list[Msg]:
+        """Messages delivered to this replica and not yet taken."""
+        return list(self._queue)
+
+    def drain_queued(self) -> list[Msg]:
+        """Take every queued message at once (to give them back on shutdown)."""
+        out = list(self._queue)
+        self._queue.clear()
+        return out
+
+    async def _on_message(self, msg: Msg) -> None:
+        status = msg.headers.get(_STATUS) if msg.headers else None
+        if status is None:
+            # A message keeps its own subject (not the reply subject), so it cannot say which
+            # request brought it; with one request at a time it is the current one's. (An older
+            # request's message only comes after its end was assumed without the server saying so.)
+            self._queue.append(msg)
+            self._owed -= 1
+            if self.on_arrival is not None:
+                self.on_arrival()
+        elif status == _HEARTBEAT:
+            return
+        elif msg.subject.rpartition(".")[2] == str(self._request):
+            # 408: the request expired; 409: the server cut it short (consumer deleted, leader
+            # changed, too many waiting); 404/503: nothing to pull from. The request is over either way.
+            self._owed = 0
+            if status not in ("404", "408"):
+                description = msg.headers.get("Description", "") if msg.headers else ""
+                log.info("pull from %s ended: %s %s", self._next_subject, status, description)
+                self._not_before = asyncio.get_running_loop().time() + _BACK_OFF_S
+        self._arrived.set()
+
+    async def take(self, max_wait_s: float) -> list[Msg]:
+        """Up to ``batch`` messages, returned as soon as at least one has arrived; [] after
+        ``max_wait_s`` seconds without any."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max_wait_s
+        while True:
+            if self._queue:
+                n = min(self.batch, len(self._queue))
+                return [self._queue.popleft() for _ in range(n)]
+            now = loop.time()
+            if now >= deadline:
+                return []
+            wait_until = deadline
+            if self._owed <= 0 or now >= self._request_ends:
+                if now < self._not_before:
+                    wait_until = min(deadline, self._not_before)
+                else:
+                    await self._pull(now)
+                    wait_until = min(deadline, self._request_ends)
+            else:
+                wait_until = min(deadline, self._request_ends)
+            self._arrived.clear()
+            if self._queue:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), timeout=max(0.0, wait_until - loop.time()))
+
+    async def _pull(self, now: float) -> None:
+        self._request += 1
+        self._owed = self.batch
+        # The server ends the request itself (408) after expires_s; the margin covers a lost status
+        # (a reconnect drops the request with the old connection).
+        self._request_ends = now + self._expires_s + 0.5
+        body = json.dumps({"batch": self.batch, "expires": int(self._expires_s * 1e9)}).encode()
+        try:
+            await self._nc.publish(self._next_subject, body, reply=f"{self._inbox}.{self._request}")
+        except nats.errors.Error as exc:
+            log.warning("pulling from %s failed (%s); trying again shortly", self._next_subject, exc)
+            self._owed = 0
+            self._not_before = now + _BACK_OFF_S
+
+
 async def ensure_key_value(
     js: JetStreamContext, bucket: str, *, ttl_s: float | None, description: str
 ) -> KeyValue:
@@ -167,6 +317,34 @@ async def stop_watch(watcher: KeyValue.KeyWatcher) -> None:
         await sub._js.delete_consumer(sub._stream, sub._consumer)
     except (nats.errors.Error, TimeoutError) as exc:
         log.debug("deleting the consumer %s of a KV watch: %s", sub._consumer, exc)
+
+
+async def read_latest(kv: KeyValue, keys: str = ">", *, wait_s: float = 10.0) -> list[KeyValue.Entry]:
+    """The latest entry of every live key matching ``keys``, as the bucket holds them now.
+
+    Unlike nats-py's ``keys()`` and the watcher's "nothing more" marker, which may come before
+    entries already on their way (it is judged from the consumer's pending count, 0 as soon as
+    the server has sent everything), the end is the server's own word: the bucket's stream says
+    first whether any key matches, and the read ends at the entry delivered with nothing pending
+    after it. Deleted keys are left out.
+    """
+    stream = kv._stream  # nats-py keeps the bucket's stream and subject prefix here
+    info = await kv._js.stream_info(stream, subjects_filter=f"{kv._pre}{keys}")
+    if not info.state.subjects:
+        return []
+    watcher = await watch(kv, keys)
+    latest: dict[str, KeyValue.Entry] = {}
+    try:
+        while True:
+            entry = await watcher.updates(timeout=wait_s)  # type: ignore[no-untyped-call]
+            if entry is None:  # nats-py's marker: not to be trusted, see above
+                continue
+            latest[entry.key] = entry
+            if entry.delta == 0:
+                break
+    finally:
+        await stop_watch(watcher)
+    return [entry for entry in latest.values() if entry.operation not in KV_DELETES]
 
 
 class KeyFollower:

@@ -69,9 +69,9 @@ class ToolRunnerApp:
         tracer_provider: TracerProvider | None = None,
     ) -> None:
         if settings.provider_concurrency is not None and settings.fetch_batch > 1:
-            # With the consumer at its max_ack_pending the server holds the rest of a batch back,
-            # and a pull that got part of its batch waits out its whole expiry for the rest:
-            # fetch one at a time so each message starts as soon as the limit lets it out.
+            # With the consumer at its max_ack_pending the server holds the rest of a batch back
+            # for whichever replica's pull is waiting: pull one at a time so that a freed place
+            # goes to a replica with a free slot, not to one whose slots are all busy.
             settings = settings.model_copy(update={"fetch_batch": 1})
         self.settings = settings
         self.instance = instance
@@ -97,7 +97,9 @@ class ToolRunnerApp:
         """Open the result store, bind to the work consumer, and start consuming."""
         if store is None:
             store = KvResultStore(await self._results_bucket(js))
-        sub = await omni_nats.pull_subscription(js, self.consumer)
+        pull = await omni_nats.puller(
+            js, self.consumer, batch=self.settings.fetch_batch, expires_s=self.settings.fetch_timeout_s
+        )
         circuits = None
         if self.settings.provider not in NO_CREDENTIALS:  # local tools have no far side to trip
             circuits = CircuitSet(
@@ -133,7 +135,7 @@ class ToolRunnerApp:
             circuits=circuits,
             limits=limits,
         )
-        self.runner.start(sub)
+        self.runner.start(pull)
         log.info(
             "consuming %s as %s/%s (ack_wait %.1fs, max_deliver %d, %d in flight at most)",
             subjects.tool_invoke(self.settings.provider),
@@ -217,6 +219,13 @@ def make_body(
         ctx.stack.push_async_callback(provider.aclose)
         ctx.health.add_check("provider", _provider_ready(provider))
         ctx.health.add_check("consumer", app.consumer_ready)
+        registered = asyncio.Event()
+
+        async def registry_ready() -> str | None:
+            # Ready means findable: GET /tools and direct calls see a replica only once it is here.
+            return None if registered.is_set() else "tools not yet in the registry"
+
+        ctx.health.add_check("registry", registry_ready)
         # Before the service's connection drains: a pull subscription left behind would hold it up.
         ctx.stack.push_async_callback(app.release)
 
@@ -232,6 +241,7 @@ def make_body(
             health=(await health_bucket(ctx.js), app.provider_health(provider.missing_credentials)),
         )
         await announcer.start()
+        registered.set()
         if isinstance(provider.adapter, MockAdapter):
             mock = provider.adapter
 

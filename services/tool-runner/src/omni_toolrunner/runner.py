@@ -1,10 +1,11 @@
 """Answering tool invokes: one provider attempt per idempotency key, a result published for each.
 
 The runner consumes the provider's durable pull consumer with plain nats-py, in one loop
-(:meth:`InvokeRunner._consume`): fetch a batch, hold it, start each message as soon as one of
-``max_concurrency`` slots is free, fetch the next batch. A replica so holds at most one batch beyond
-what runs. Every held message, from the moment it is fetched until it is acknowledged, is reported
-in progress every ``ack_wait_s / 3``: JetStream redelivers only work whose runner died.
+(:meth:`InvokeRunner._consume`): take what has arrived (an :class:`omni_runtime.nats.Puller`
+hands each message over the moment it comes), hold it, start each message as soon as one of
+``max_concurrency`` slots is free, take the next. A replica so holds at most one batch beyond
+what runs. Every held message, from the moment it is delivered until it is acknowledged, is
+reported in progress every ``ack_wait_s / 3``: JetStream redelivers only work whose runner died.
 
 For one message:
 
@@ -54,6 +55,7 @@ from omni_contract.envelope import (
 )
 from omni_contract.events import ToolError, ToolInvoke, ToolResult, Usage
 from omni_runtime.logging import run_id_var
+from omni_runtime.nats import Puller
 from omni_runtime.telemetry import extract_context, inject_headers
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
@@ -77,9 +79,7 @@ EXHAUSTED_KIND = "tool.invoke.exhausted"
 # A provider adapter enforces the call's deadline itself; this margin only catches one that does not.
 _DEADLINE_MARGIN_S = 5.0
 _NAK_DELAY_S = 1.0
-_FETCH_RETRY_S = 1.0
-
-PullSubscription = JetStreamContext.PullSubscription
+_TAKE_TIMEOUT_S = 5.0
 
 
 class Unreadable(Exception):
@@ -124,8 +124,6 @@ class InvokeRunner:
         self._max_deliver = max_deliver
         self._source = source
         self._instance = instance
-        self._fetch_batch = settings.fetch_batch
-        self._fetch_timeout_s = settings.fetch_timeout_s
         self._call_timeout_s = settings.call_timeout_s
         self._publish_timeout_s = settings.publish_timeout_s
         self._heartbeat_s = settings.heartbeat_interval_s
@@ -137,20 +135,21 @@ class InvokeRunner:
         self._running: dict[int, Msg] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._gates: dict[str, _KeyGate] = {}
-        self._sub: PullSubscription | None = None
+        self._pull: Puller | None = None
         self._consumer: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._in_flight = metrics.in_flight.labels(self._provider)
 
     # --- the consume loop and its lifecycle ----------------------------------------------------------
 
-    def start(self, sub: PullSubscription) -> None:
-        """Consume ``sub`` (bound to the shared durable consumer) until :meth:`close` or :meth:`abort`."""
+    def start(self, pull: Puller) -> None:
+        """Consume ``pull`` (the shared durable consumer) until :meth:`close` or :meth:`abort`."""
         if self._consumer is not None:
             raise RuntimeError("the runner is already consuming")
-        self._sub = sub
+        self._pull = pull
+        pull.on_arrival = self._update_gauge  # what arrives behind a busy batch is held too
         self._heartbeat = asyncio.create_task(self._beat(), name="tool-runner-heartbeat")
-        self._consumer = asyncio.create_task(self._consume(sub), name="tool-runner-consume")
+        self._consumer = asyncio.create_task(self._consume(pull), name="tool-runner-consume")
         self._consumer.add_done_callback(_report_end)
 
     @property
@@ -159,19 +158,14 @@ class InvokeRunner:
 
     @property
     def held(self) -> int:
-        return len(self._waiting) + len(self._running)
+        queued = len(self._pull.queued()) if self._pull is not None else 0
+        return len(self._waiting) + len(self._running) + queued
 
-    async def _consume(self, sub: PullSubscription) -> None:
-        """Fetch a batch, hold it, start each message once a slot is free; then fetch the next batch."""
+    async def _consume(self, pull: Puller) -> None:
+        """Take what has arrived, hold it, start each message once a slot is free; then take more."""
         while True:
-            try:
-                msgs = await sub.fetch(self._fetch_batch, timeout=self._fetch_timeout_s)
-            except TimeoutError:  # no work within fetch_timeout_s (nats-py's is a TimeoutError too)
-                continue
-            except NatsError as exc:
-                # Reconnecting, or the consumer is being recreated: ask again in a moment.
-                log.warning("fetching work failed (%s); asking again in %.0fs", exc, _FETCH_RETRY_S)
-                await asyncio.sleep(_FETCH_RETRY_S)
+            msgs = await pull.take(max_wait_s=_TAKE_TIMEOUT_S)
+            if not msgs:
                 continue
             self._waiting.extend(msgs)
             self._update_gauge()
@@ -196,6 +190,8 @@ class InvokeRunner:
         await self._stop_consuming()
         while self._waiting:
             await self._give_back(self._waiting.popleft(), "shutdown", "the runner shut down")
+        for msg in self._pull_queued():
+            await self._give_back(msg, "shutdown", "the runner shut down")
         self._update_gauge()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
@@ -223,19 +219,19 @@ class InvokeRunner:
 
     async def _stop_consuming(self) -> None:
         await _cancelled(self._consumer)
-        sub, self._sub = self._sub, None
-        if sub is not None:
-            # Nothing more is delivered to this replica; what a cancelled fetch left on its way
+        if self._pull is not None:
+            # Nothing more is delivered to this replica; what was on its way when the pull ended
             # comes back to the consumer after ack_wait.
-            try:
-                await sub.unsubscribe()
-            except NatsError as exc:
-                log.debug("unsubscribing from work failed: %s", exc)
+            await self._pull.stop()
+
+    def _pull_queued(self) -> list[Msg]:
+        return self._pull.drain_queued() if self._pull is not None else []
 
     async def _beat(self) -> None:
         while True:
             await asyncio.sleep(self._heartbeat_s)
-            for msg in (*self._waiting, *self._running.values()):
+            queued = self._pull.queued() if self._pull is not None else []
+            for msg in (*queued, *self._waiting, *self._running.values()):
                 try:
                     await msg.in_progress()
                 except NatsError as exc:

@@ -25,13 +25,13 @@ import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import FetchTimeoutError
 from omni_contract import deadletters
 from omni_contract import events as ev
 from omni_contract.envelope import HDR_MSG_ID, decode_envelope, payload_of
 from omni_contract.events import ToolResult
 from omni_contract.tools import DIRECT_RUN_PREFIX
 from omni_runtime.logging import run_id_var
+from omni_runtime.nats import Puller
 from omni_runtime.telemetry import extract_context
 from opentelemetry import trace
 
@@ -244,24 +244,23 @@ async def _settle(action: Awaitable[None]) -> None:
 
 async def consume(
     js: JetStreamContext,
-    sub: JetStreamContext.PullSubscription,
+    pull: Puller,
     handler: Callable[[Msg], Awaitable[None]],
     stopping: asyncio.Event,
     *,
     name: str,
-    batch: int = 100,
     max_failures: int = 5,
-    caught_up: asyncio.Event | None = None,
     in_progress_s: float = 1.5,
 ) -> None:
-    """Fetch batches and process each batch's messages concurrently until ``stopping`` is set.
+    """Take what has arrived and process it concurrently, as one batch, until ``stopping`` is set.
 
+    Messages are handled the moment they arrive; while a batch is handled the next ones gather,
+    so batches grow with the load (and the appends they cause are committed together).
     The batch in hand is finished before returning, so SIGTERM never abandons work half-done.
     A message whose processing raised ``max_failures`` times goes to the dead-letter stream
     (kind ``<name>.exhausted``); transient failures (database or connection trouble) never do.
-    ``caught_up`` is set once a fetch finds the backlog gone (fewer messages than ``batch``).
-    While a batch is handled, its unfinished messages are reported in progress every
-    ``in_progress_s`` (well inside the consumers' ack wait).
+    While a batch is handled, its unfinished messages and those gathering behind it are reported
+    in progress every ``in_progress_s`` (well inside the consumers' ack wait).
     """
 
     async def one(msg: Msg) -> None:
@@ -316,25 +315,17 @@ async def consume(
                 return
 
     while not stopping.is_set():
-        try:
-            msgs = await sub.fetch(batch, timeout=1.0)
-        except (FetchTimeoutError, TimeoutError):
-            if caught_up is not None:
-                caught_up.set()
-            continue
-        except Exception as exc:  # noqa: BLE001 - connection trouble: back off, the client reconnects
-            log.warning("%s: fetch failed: %s", name, exc)
-            await asyncio.sleep(0.5)
-            continue
-        await _handle_batch(msgs, one, in_progress_s)
-        if caught_up is not None and len(msgs) < batch:
-            caught_up.set()
+        msgs = await pull.take(max_wait_s=1.0)
+        if msgs:
+            await _handle_batch(msgs, one, in_progress_s, pull)
 
 
-async def _handle_batch(msgs: list[Msg], one: Callable[[Msg], Awaitable[None]], in_progress_s: float) -> None:
-    """Handle a fetched batch concurrently, reporting its unfinished messages in progress every
-    ``in_progress_s``: a slow batch (the database under load) must not outlive the ack wait and
-    be delivered again to another replica while this one still works on it."""
+async def _handle_batch(
+    msgs: list[Msg], one: Callable[[Msg], Awaitable[None]], in_progress_s: float, pull: Puller
+) -> None:
+    """Handle a batch concurrently, reporting its unfinished messages (and those queued behind it)
+    in progress every ``in_progress_s``: a slow batch (the database under load) must not outlive
+    the ack wait and be delivered again to another replica while this one still works on it."""
     pending = set(range(len(msgs)))
 
     async def handle(index: int, msg: Msg) -> None:
@@ -346,9 +337,9 @@ async def _handle_batch(msgs: list[Msg], one: Callable[[Msg], Awaitable[None]], 
     async def keep_alive() -> None:
         while pending:
             await asyncio.sleep(in_progress_s)
-            for index in list(pending):
+            for msg in [msgs[index] for index in list(pending)] + pull.queued():
                 with contextlib.suppress(Exception):
-                    await msgs[index].in_progress()
+                    await msg.in_progress()
 
     alive = asyncio.create_task(keep_alive())
     try:

@@ -20,7 +20,7 @@ from omni_engine.definitions import Definitions
 from omni_engine.engine import Engine, EngineMetrics
 from omni_engine.relay import OutboxRelay
 from omni_engine.store import Store, init_connection
-from omni_engine.timers import TimerPoller
+from omni_engine.timers import TimerPoller, oldest_unprocessed_result
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +68,14 @@ async def body(ctx: ServiceContext, settings: EngineSettings) -> None:
     await definitions.load_dir(settings.workflows_dir)
     relay = OutboxRelay(ctx.nc, store, ctx.registry, stale_after_s=settings.outbox_stale_after_s)
     engine = Engine(store, definitions, relay, EngineMetrics(ctx.registry))
-    timers = TimerPoller(engine, store, poll_s=settings.timer_poll_s)
+    js = ctx.js
+    timers = TimerPoller(
+        engine, store, poll_s=settings.timer_poll_s, pending_since=lambda: oldest_unprocessed_result(js)
+    )
     await EngineApi(engine, definitions, store, max_reply_bytes=ctx.nc.max_payload).register(ctx.micro)
 
-    results_caught_up = asyncio.Event()
-    triggers = await omni_nats.pull_subscription(ctx.js, streams.ENGINE_TRIGGERS)
-    results = await omni_nats.pull_subscription(ctx.js, streams.ENGINE_RESULTS)
+    triggers = await omni_nats.puller(ctx.js, streams.ENGINE_TRIGGERS, batch=settings.trigger_batch)
+    results = await omni_nats.puller(ctx.js, streams.ENGINE_RESULTS, batch=settings.result_batch)
     tasks = [
         asyncio.create_task(
             consume(
@@ -82,7 +84,6 @@ async def body(ctx: ServiceContext, settings: EngineSettings) -> None:
                 TriggerHandler(engine, definitions),
                 ctx.stopping,
                 name="trigger",
-                batch=settings.trigger_batch,
                 max_failures=settings.max_failures,
             )
         ),
@@ -93,13 +94,11 @@ async def body(ctx: ServiceContext, settings: EngineSettings) -> None:
                 ResultHandler(engine),
                 ctx.stopping,
                 name="result",
-                batch=settings.result_batch,
                 max_failures=settings.max_failures,
-                caught_up=results_caught_up,
             )
         ),
         asyncio.create_task(relay.sweep_forever(ctx.stopping)),
-        asyncio.create_task(timers.run(ctx.stopping, results_caught_up)),
+        asyncio.create_task(timers.run(ctx.stopping)),
     ]
     log.info("workflow engine ready")
     await ctx.stopping.wait()

@@ -407,8 +407,11 @@ class Store:
         return states, next_cursor
 
     # -- timers and waits ----------------------------------------------------------------------
-    async def claim_due_timers(self, limit: int, lease_s: float) -> list[DueTimer]:
-        """Lease timers that are due (and not leased by a live replica) for ``lease_s``.
+    async def claim_due_timers(
+        self, limit: int, lease_s: float, before: datetime | None = None
+    ) -> list[DueTimer]:
+        """Lease timers that are due (and not leased by a live replica) for ``lease_s``; with
+        ``before``, only those due earlier than it.
 
         A fired timer is deleted by the append that records its effect; one whose replica died
         before that is leased again once the lease runs out, so it fires at least once, and
@@ -417,12 +420,14 @@ class Store:
         rows = await self.pool.fetch(
             "UPDATE timers t SET leased_until = now() + make_interval(secs => $2)"
             " FROM (SELECT run_id, name FROM timers WHERE fire_at <= now()"
+            "       AND ($3::timestamptz IS NULL OR fire_at < $3)"
             "       AND (leased_until IS NULL OR leased_until < now())"
             "       ORDER BY fire_at LIMIT $1 FOR UPDATE SKIP LOCKED) due"
             " WHERE t.run_id = due.run_id AND t.name = due.name"
             " RETURNING t.run_id, t.name, t.fire_at, t.data",
             limit,
             lease_s,
+            before,
         )
         return [
             DueTimer(run_id=r["run_id"], name=r["name"], fire_at=r["fire_at"], data=r["data"]) for r in rows

@@ -10,6 +10,12 @@ then; firing twice is harmless because the run's state tells a stale timer from 
 The poller sleeps until the earliest timer it knows of (one this replica set, or the earliest
 in the table), at most ``poll_s``: timers fire within a few milliseconds of being due on the
 replica that set them, and within ``poll_s`` elsewhere.
+
+A result that reached JetStream before a step's deadline wins over the step's timeout, in
+whatever order the engine reads them: a timer fires only once every result stored before it
+was due has been folded in (``pending_since``: the stream time of the oldest result not yet
+processed). After a pause or a restart, a deadline that passed while its answer sat in the
+stream therefore finds the step already completed, and the timer is stale.
 """
 
 from __future__ import annotations
@@ -17,12 +23,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+from omni_contract import streams, subjects
 
 from omni_engine.engine import Engine
 from omni_engine.store import Store
 
 log = logging.getLogger(__name__)
+
+HELD_BACK_POLL_S = 0.05
+
+
+async def oldest_unprocessed_result(js: JetStreamContext) -> datetime | None:
+    """When the oldest result still in the results stream reached it (it is a work queue, so
+    what is there is not yet processed), or None when none waits."""
+    try:
+        msg = await js.get_msg(streams.TOOL_RESULTS.name, seq=1, next=True, subject=subjects.TOOL_RESULT_ALL)
+    except NotFoundError:
+        return None
+    return msg.time
 
 
 class TimerPoller:
@@ -34,9 +57,9 @@ class TimerPoller:
         poll_s: float = 0.5,
         lease_s: float = 30.0,
         batch: int = 200,
-        catch_up_s: float = 30.0,
+        pending_since: Callable[[], Awaitable[datetime | None]] | None = None,
     ) -> None:
-        self.catch_up_s = catch_up_s
+        self.pending_since = pending_since
         self.engine = engine
         self.store = store
         self.poll_s = poll_s
@@ -56,7 +79,9 @@ class TimerPoller:
         """Fire every timer that is due now; returns how many fired (stale ones included)."""
         fired = 0
         while True:
-            due = await self.store.claim_due_timers(self.batch, self.lease_s)
+            # Timers due at or after the oldest unprocessed result wait until it is folded in.
+            before = await self.pending_since() if self.pending_since is not None else None
+            due = await self.store.claim_due_timers(self.batch, self.lease_s, before)
             if not due:
                 return fired
             results = await asyncio.gather(
@@ -70,14 +95,8 @@ class TimerPoller:
             if len(due) < self.batch:
                 return fired
 
-    async def run(self, stopping: asyncio.Event, results_caught_up: asyncio.Event | None = None) -> None:
-        """Fire timers until ``stopping``. The first look waits until the result consumer has
-        caught up (at most ``catch_up_s``): results that arrived while no engine ran are folded
-        in first, so a step whose answer is already waiting in the stream does not time out
-        just because this replica was down."""
-        if results_caught_up is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(results_caught_up.wait(), timeout=self.catch_up_s)
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Fire timers until ``stopping``."""
         while not stopping.is_set():
             try:
                 await self.fire_due()
@@ -88,6 +107,9 @@ class TimerPoller:
             delay = self.poll_s
             if self._next is not None:
                 delay = min(delay, max(0.0, (self._next - datetime.now(UTC)).total_seconds()))
+                if delay == 0.0:
+                    # Due, yet not fired: held back until the results before it are folded in.
+                    delay = HELD_BACK_POLL_S
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 # ``note`` wakes it early for a timer due sooner than planned.
