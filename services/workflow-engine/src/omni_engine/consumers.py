@@ -36,13 +36,17 @@ from omni_runtime.telemetry import extract_context
 from opentelemetry import trace
 
 from omni_engine.definitions import Definitions
-from omni_engine.engine import Engine, EngineError
+from omni_engine.engine import Engine, EngineError, ResultRefused
 from omni_engine.progress import SOURCE
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("omni.workflow-engine")
 
 TRIGGER_NAMESPACE = uuid.UUID("5b1f7c1e-8f5a-4d1c-9c59-0b7d3c0e6a11")
+
+
+RESULT_REFUSED_KIND = "result.refused"
+"""Dead-letter kind of a tool result for no run, step or attempt the engine scheduled."""
 
 
 class Unprocessable(Exception):
@@ -148,6 +152,8 @@ class ResultHandler:
         token = run_id_var.set(result.run_id)
         try:
             await self.engine.on_result(result)
+        except ResultRefused as refused:
+            raise Unprocessable(RESULT_REFUSED_KIND, f"result refused: {refused}") from refused
         finally:
             run_id_var.reset(token)
 

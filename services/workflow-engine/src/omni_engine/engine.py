@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from omni_engine.definition import WorkflowDefinition
 from omni_engine.definitions import Definitions, payload_problems
-from omni_engine.progress import Batch, Decider
+from omni_engine.progress import Batch, Decider, result_problem
 from omni_engine.relay import OutboxRelay
 from omni_engine.state import NewEvent, RunState, apply
 from omni_engine.store import AppendConflict, Store
@@ -66,6 +66,10 @@ def request_hash(workflow: str, payload: dict[str, Any], context: dict[str, Any]
         {"workflow": workflow, "payload": payload, "context": context}, order="sorted"
     )
     return hashlib.sha256(canonical).hexdigest()
+
+
+class ResultRefused(Exception):
+    """A tool result that answers nothing the engine scheduled: never folded into a run."""
 
 
 class _Pending(NamedTuple):
@@ -337,12 +341,28 @@ class Engine:
             self.on_timer_set(earliest)
 
     async def on_result(self, result: ToolResult) -> None:
-        """Fold a tool result into its run. Duplicates and stale attempts are ignored."""
+        """Fold a tool result into its run. Duplicates and stale attempts are ignored; a result
+        that answers nothing the engine scheduled (no such run, step or attempt, or another
+        idempotency key) raises :class:`ResultRefused`."""
         started = time.perf_counter()
-        state = await self._update(result.run_id, lambda decider: decider.take_result(result))
+        problem: str | None = None
+        judged = False
+
+        def take(decider: Decider) -> bool:
+            nonlocal problem, judged
+            judged = True
+            problem = result_problem(decider.state, result)
+            return problem is None and decider.take_result(result)
+
+        state = await self._update(result.run_id, take)
         if state is not None:
             self.metrics.steps.labels(state.workflow, "completed" if result.success else "failed").inc()
             self.metrics.transition_seconds.observe(time.perf_counter() - started)
+            return
+        if problem is not None:
+            raise ResultRefused(problem)
+        if not judged and not await self.store.run_exists(result.run_id):
+            raise ResultRefused(f"no run '{result.run_id}'")
 
     async def on_timer(self, run_id: str, name: str, data: dict[str, Any]) -> bool:
         """A durable timer fired. Returns False when it was stale (the run had moved on)."""
@@ -371,4 +391,4 @@ class Engine:
         return state
 
 
-__all__ = ["Engine", "EngineError", "EngineMetrics", "request_hash"]
+__all__ = ["Engine", "EngineError", "EngineMetrics", "ResultRefused", "request_hash"]

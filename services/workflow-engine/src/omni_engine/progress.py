@@ -61,6 +61,26 @@ def idempotency_key(run_id: str, address: str, attempt: int) -> str:
     return f"{run_id}:{address}:{attempt}"
 
 
+def result_problem(state: RunState, result: ToolResult) -> str | None:
+    """Why ``result`` answers nothing the run ever scheduled, or None when it may be folded (a
+    redelivered or superseded result is fine: folding it is a no-op)."""
+    task = state.task(result.step)
+    if task is None:
+        return f"run '{state.run_id}' has no step '{result.step}'"
+    if result.attempt < 1 or result.attempt > task.attempt:
+        return (
+            f"step '{result.step}' of run '{state.run_id}' never scheduled attempt {result.attempt}"
+            f" (its attempts so far: {task.attempt})"
+        )
+    expected = idempotency_key(state.run_id, result.step, result.attempt)
+    if result.idempotency_key != expected:
+        return (
+            f"idempotency key {result.idempotency_key!r} is not the one scheduled for step"
+            f" '{result.step}' attempt {result.attempt} ({expected!r})"
+        )
+    return None
+
+
 def ms(delta: timedelta) -> float:
     return round(delta.total_seconds() * 1000, 3)
 
