@@ -159,3 +159,37 @@ async def test_a_request_aiohttp_cannot_parse_is_answered_in_the_json_error_shap
     assert head.split(b" ", 2)[1] == b"400", answer
     assert b"Content-Type: application/json" in head
     assert body.startswith(b'{"error":{"code":"bad_request","message":"malformed HTTP request')
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "field"),
+    [
+        # The engine reads definitions with PyYAML, which splits an escaped surrogate pair into two
+        # lone surrogates it could not even put in its error reply (a 502 before): refused as written.
+        ("application/json", '{"name": "greet", "steps": [{"name": "\\udb94", "tool": "x.y"}]}', "body"),
+        ("application/json", '{"name": "greet", "trigger": {"payload": {"\\ud83d\\ude00": "x"}}}', "body"),
+        ("application/json", '{"name": "a\\u0000", "steps": []}', "name"),
+        ("application/yaml", 'name: "a\\0"\nsteps: []\n', "name"),
+        # libyaml refuses the escape, PyYAML (the engine's) reads it: refused as written, by line.
+        ("text/plain", 'name: greet\nsteps:\n  - {name: "\\ud800", tool: x.y}\n', "body"),
+    ],
+)
+async def test_a_workflow_document_with_values_omni_cannot_carry_is_400_naming_the_field(
+    gateway: Client, engine: FakeEngine, content_type: str, body: str, field: str
+) -> None:
+    response = await gateway.post("/workflows", data=body, headers={"Content-Type": content_type})
+    error = await error_of(response, 400)
+    assert error["details"][0]["field"] == field
+    assert engine.calls == []
+
+
+async def test_a_yaml_document_whose_aliases_hold_billions_of_values_is_400(gateway: Client) -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    response = await gateway.put(
+        "/tools/declarations/status.check",
+        data="\n".join(lines) + "\n",
+        headers={"Content-Type": "application/yaml"},
+    )
+    error = await error_of(response, 400)
+    assert "more than 1000000 values" in error["message"]

@@ -33,6 +33,7 @@ from omni_testkit import wait_for
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
+    response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
@@ -40,7 +41,13 @@ from schemathesis.specs.openapi.checks import (
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 WORKFLOWS = Path(__file__).resolve().parents[3] / "workflows"
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+]
 MODES = (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE)
 # Examples per operation and mode; OMNI_SCHEMATHESIS_EXAMPLES=500 searches further by hand.
 EXAMPLES = int(os.environ.get("OMNI_SCHEMATHESIS_EXAMPLES", "25"))
@@ -97,15 +104,27 @@ async def test_every_operation_answers_as_documented_and_never_with_a_5xx(
     stack_gateway: TestClient[Any, Any],
 ) -> None:
     base_url = str(stack_gateway.make_url("")).rstrip("/")
-    failures = await asyncio.to_thread(run_schemathesis, base_url)
+    sent, failures = await asyncio.to_thread(run_schemathesis, base_url)
     assert not failures, "\n\n".join(failures)
+    # Every route of the app is in the document, and each was called (the test cannot pass by
+    # sending nothing).
+    routes = {
+        f"{route.method} {route.resource.canonical}"
+        for route in stack_gateway.app.router.routes()
+        if route.method != "HEAD" and route.resource is not None
+    }
+    assert set(sent) == routes - {"GET /openapi.json"}  # schemathesis leaves out the document itself
+    assert all(count > 0 for count in sent.values()), sent
 
 
-def run_schemathesis(base_url: str) -> list[str]:
+def run_schemathesis(base_url: str) -> tuple[dict[str, int], list[str]]:
+    """How many requests each operation was sent, and what failed."""
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json", timeout=REQUEST_TIMEOUT_S)
+    sent: dict[str, int] = {}
     failures: list[str] = []
     for result in schema.get_all_operations():
         operation = result.ok()
+        sent[operation.label] = 0
         for mode in MODES:
             strategy = operation.as_strategy(generation_mode=mode)
 
@@ -120,6 +139,7 @@ def run_schemathesis(base_url: str) -> list[str]:
             )
             @hypothesis.given(case=strategy)
             def check(case: schemathesis.Case) -> None:
+                sent[case.operation.label] += 1
                 case.call_and_validate(base_url=base_url, checks=CHECKS, timeout=REQUEST_TIMEOUT_S)
 
             try:
@@ -130,4 +150,4 @@ def run_schemathesis(base_url: str) -> list[str]:
                 assert mode is schemathesis.GenerationMode.NEGATIVE, operation.label
             except Exception as exc:  # each operation's failure is reported, then the next runs
                 failures.append(f"{operation.label} ({mode.value}): {exc}")
-    return failures
+    return sent, failures

@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 import msgspec
+import yaml
 from aiohttp import web
 
 from omni_gateway.convert import to_camel
@@ -45,7 +46,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         raise too_large(limit) from None
 
 
-async def read_text(request: web.Request, limit: int) -> str:
+async def read_text(request: web.Request, limit: int, *, root: str = "") -> str:
     """The body as UTF-8 text of printable characters (YAML's set: no NUL or other control
     characters but tab and line breaks), else 400 naming the line and column."""
     text = await _read_utf8(request, limit)
@@ -57,7 +58,48 @@ async def read_text(request: web.Request, limit: int) -> str:
             "body",
             f"body has the non-printable character {_escaped(bad.group())} at line {line}, column {column}",
         )
+    _check_document(request.content_type, text, root)
     return text
+
+
+_JSON_TYPES = frozenset({"application/json"})
+_YAML_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml", "text/plain"})
+
+
+def _check_document(content_type: str, text: str, root: str) -> None:
+    """A text body that is a JSON or YAML document (a workflow definition, a declaration) must hold
+    only values Omni can carry, like a JSON body (:func:`check_value`, fields named from its root).
+    A document that does not parse is left to the reader that owns it, which says where it breaks.
+
+    Escaped UTF-16 surrogates are refused as written, even in pairs: the engine reads every
+    definition with PyYAML, which turns each half of a pair into a lone surrogate that nothing
+    can encode (its reply to the gateway was lost: a 502)."""
+    if content_type not in _JSON_TYPES and content_type not in _YAML_TYPES:
+        return
+    escape = _SURROGATE_ESCAPE.search(text)
+    if escape is not None:
+        line = text.count("\n", 0, escape.start()) + 1
+        message = (
+            f"body escapes a UTF-16 surrogate ({escape.group().lstrip(chr(92) * 2)}) at line {line}: "
+            "write the character itself"
+        )
+        raise ApiError.bad_request(root or "body", message)
+    try:
+        value = (
+            json.loads(text, parse_int=_parse_int)
+            if content_type in _JSON_TYPES
+            else msgspec.yaml.decode(text)
+        )
+    except RecursionError:
+        raise ApiError.bad_request("body", f"body is nested deeper than {MAX_DEPTH} levels") from None
+    except (ValueError, msgspec.DecodeError, yaml.YAMLError):  # JSONDecodeError is a ValueError
+        # libyaml refuses some escapes PyYAML's pure loader (the engine's) reads: NUL among them.
+        bad = _NUL_ESCAPE.search(text) if content_type in _YAML_TYPES else None
+        if bad is not None:
+            line = text.count("\n", 0, bad.start()) + 1
+            raise ApiError.bad_request(root or "body", f"body escapes NUL at line {line}") from None
+        return
+    check_value(value, root)
 
 
 async def _read_utf8(request: web.Request, limit: int) -> str:
@@ -90,6 +132,8 @@ async def read_json_object(request: web.Request, limit: int, *, root: str = "") 
 # -- what a JSON (or YAML) value may hold ----------------------------------------------------------
 MAX_DEPTH = 64
 """Nesting of objects and arrays accepted in a body (deeper is refused before anything else)."""
+MAX_VALUES = 1_000_000
+"""Values (of any kind, nested ones included) a body may hold."""
 MIN_INT, MAX_INT = -(2**63), 2**64 - 1
 """Integers are refused outside the 64-bit range: NATS messages are encoded with msgspec, which
 has none wider, and Python refuses to read numbers of more than 4,300 digits at all."""
@@ -100,6 +144,11 @@ _MAX_INT_DIGITS = 20
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 # What YAML does not accept in a stream, the same in any text body.
 _NOT_PRINTABLE = re.compile("[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+# Escapes (not themselves escaped) of a UTF-16 surrogate, and of NUL, in JSON or YAML text.
+_SURROGATE_ESCAPE = re.compile(
+    r"(?<!\\)(?:\\\\)*\\(?:u[dD][89a-fA-F][0-9a-fA-F]{2}|U0000[dD][89a-fA-F][0-9a-fA-F]{2})"
+)
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\(?:0|x00|u0000|U00000000)")
 # What a name in a URL (a path segment, a query parameter) may not hold.
 CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
@@ -117,8 +166,12 @@ def check_value(value: Any, root: str = "") -> None:
     Omni: nesting deeper than :data:`MAX_DEPTH`, an integer outside the 64-bit range, a number
     that is not finite, a string or name with NUL or a lone surrogate."""
     stack: list[tuple[Any, str, int]] = [(value, root, 0)]
+    seen = 0
     while stack:
         item, path, depth = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:  # YAML aliases can make a small document hold billions of values
+            raise ApiError.bad_request(root or "body", f"body holds more than {MAX_VALUES} values")
         where = path or "body"
         if isinstance(item, dict | list):
             if depth >= MAX_DEPTH:
