@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 from gateway_fakes import FakeEngine, GatewayFactory
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from omni_contract import subjects
 
 pytestmark = pytest.mark.integration
@@ -141,3 +143,26 @@ async def test_an_unexpected_failure_is_500_without_a_traceback(
     assert await response.json() == {
         "error": {"code": "internal", "message": "internal error", "details": []}
     }
+
+
+async def test_an_engine_endpoint_that_raised_is_500_without_its_exception(gateway: Client, nc: NATS) -> None:
+    """NATS micro answers for an endpoint that raised: an empty body, the exception in a header."""
+
+    async def raised(msg: Msg) -> None:
+        error = {
+            "Nats-Service-Error": "UnicodeEncodeError('db password=hunter2')",
+            "Nats-Service-Error-Code": "500",
+        }
+        await nc.publish(msg.reply, b"", headers=error)
+
+    sub = await nc.subscribe(subjects.ENGINE_RUNS_GET, cb=raised)
+    await nc.flush()
+    try:
+        response = await gateway.get("/runs/abc")
+    finally:
+        await sub.unsubscribe()
+
+    assert response.status == 500  # documented for every operation (502 "unreadable reply" before)
+    text = await response.text()
+    assert "hunter2" not in text
+    assert (await response.json())["error"]["code"] == "internal"

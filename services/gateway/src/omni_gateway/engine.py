@@ -87,6 +87,12 @@ class EngineClient:
             raise engine_unavailable(f"no answer within {timeout_s:g} s") from None
         except nats.errors.Error as exc:
             raise engine_unavailable(f"NATS connection: {exc}") from None
+        service_error = (msg.headers or {}).get(SERVICE_ERROR)
+        if service_error is not None:
+            # The engine's endpoint raised instead of answering: NATS micro replied for it, with an
+            # empty body and the exception in a header (which must not reach the client).
+            log.error("the engine failed on %s: %s", subject, service_error)
+            raise ApiError(500, "internal", "internal error")
         try:
             reply = _reply_decoder.decode(msg.data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -151,6 +157,10 @@ class EngineClient:
 
     async def rerun(self, request: RerunRequest) -> StartRunReply:
         return await self.call_as(subjects.ENGINE_RUNS_RERUN, request, StartRunReply)
+
+
+SERVICE_ERROR = "Nats-Service-Error"
+"""The header of a NATS micro reply sent for an endpoint that raised."""
 
 
 def bad_reply(subject: str) -> ApiError:
