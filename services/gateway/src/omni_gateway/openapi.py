@@ -19,6 +19,7 @@ from omni_contract.rpc import RunEventsReply, RunPage, RunSummary, WorkflowVersi
 from omni_gateway.convert import camel
 from omni_gateway.errors import ErrorBody
 from omni_gateway.events import EVENT_SUBJECT_PATTERN, MAX_SUBJECT
+from omni_gateway.servers import STATUSES as SERVER_STATUSES
 from omni_gateway.servers import ServerDetail, ServerList
 from omni_gateway.settings import MAX_EXECUTE_WAIT_S
 from omni_gateway.views import (
@@ -166,6 +167,8 @@ def build_openapi() -> dict[str, Any]:
     schemas = _component_schemas()
     schemas["WorkflowDefinition"] = WORKFLOW_DEFINITION
     schemas["WorkflowList"]["properties"]["workflows"]["items"] = _ref("WorkflowDefinition")
+    for server in ("ServerView", "ServerDetail"):
+        schemas[server]["properties"]["status"]["enum"] = list(SERVER_STATUSES)
     return {
         "openapi": "3.1.0",
         "info": {
