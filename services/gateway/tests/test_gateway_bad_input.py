@@ -193,3 +193,14 @@ async def test_a_yaml_document_whose_aliases_hold_billions_of_values_is_400(gate
     )
     error = await error_of(response, 400)
     assert "more than 1000000 values" in error["message"]
+
+
+async def test_a_body_that_is_not_in_its_content_encoding_is_400_not_500(gateway: Client) -> None:
+    response = await gateway.post(
+        "/events/app.greet.requested",
+        data=b"not gzip at all",
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
+    error = await error_of(response, 400)
+    assert error["details"][0]["field"] == "body"
+    assert "the body cannot be read" in error["message"]

@@ -10,6 +10,8 @@ from typing import Any
 import msgspec
 import yaml
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from omni_gateway.convert import to_camel
 from omni_gateway.errors import ApiError, ErrorDetail
@@ -44,6 +46,9 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise too_large(limit) from None
+    except (RequestPayloadError, HttpProcessingError) as exc:  # e.g. a Content-Encoding it is not in
+        why = " ".join(str(exc.__cause__ or exc).split())[:200]
+        raise ApiError.bad_request("body", f"the body cannot be read: {_escaped(why)}") from None
 
 
 async def read_text(request: web.Request, limit: int, *, root: str = "") -> str:
