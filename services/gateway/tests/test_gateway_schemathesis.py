@@ -4,8 +4,8 @@ answer is a 5xx and that every answer's status, content type and body are the on
 
 The gateway runs against real NATS and PostgreSQL with the real workflow engine and the real
 ``mock`` tool-runner, in this test's event loop; schemathesis (which speaks HTTP synchronously)
-runs in a thread. The examples are few per operation and derived from the test's name
-(``derandomize``), so a run is bounded and the same on every try.
+runs in a thread. The examples are few per operation and seeded from the test's code
+(``derandomize``), so a run is bounded and sends the same requests on every try.
 """
 
 from __future__ import annotations
