@@ -36,24 +36,55 @@ def subject_of(spec: ConsumerSpec, token: str) -> str:
     return spec.filter_subjects[0].replace(">", token)
 
 
-async def test_a_message_published_while_idle_is_handed_over_before_the_pull_request_expires(
+async def test_messages_coming_close_together_after_a_quiet_moment_are_each_handed_over_at_once(
     jetstream: tuple[NATS, JetStreamContext, ConsumerSpec],
 ) -> None:
-    # nats-py's fetch(10, timeout=20) returns this message only after 20 s: having got the first
-    # message of a lingering pull, it waits for the rest of the batch until the timeout.
+    # The pattern of a run's steps: one result, then two close together, then the next step's,
+    # after a quiet moment longer than a pull request lasts. With nats-py's fetch(100, timeout=5)
+    # in this loop the last one waited 5 s (a fetch's timeout); here it comes at once.
     _, js, spec = jetstream
-    pull = await omni_nats.puller(js, spec, batch=10, expires_s=20)
-    taking = asyncio.create_task(pull.take(max_wait_s=20))
-    await asyncio.sleep(0.3)  # the pull request is now lingering on the server
-    await js.publish(subject_of(spec, "one"), b"1")
+    pull = await omni_nats.puller(js, spec, batch=100, expires_s=5)
     loop = asyncio.get_running_loop()
-    published_at = loop.time()
-    msgs = await asyncio.wait_for(taking, timeout=25)
-    handed_over_after = loop.time() - published_at
-    assert [m.data for m in msgs] == [b"1"]
-    # Far inside the request's 20 s: the message did not wait for a batch to fill.
-    assert handed_over_after < 10
-    await pull.stop()
+    sent: dict[bytes, float] = {}
+    waited: dict[bytes, float] = {}
+    handled: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def consume() -> None:
+        while True:
+            msgs = await pull.take(max_wait_s=5)
+            now = loop.time()
+            for msg in msgs:
+                waited[msg.data] = now - sent[msg.data]
+                await msg.ack()
+            await asyncio.sleep(0.005)  # handling the batch
+            for msg in msgs:
+                handled.put_nowait(msg.data)
+
+    async def publish(data: bytes) -> None:
+        sent[data] = loop.time()
+        await js.publish(subject_of(spec, "step"), data)
+
+    consumer = asyncio.create_task(consume())
+    try:
+        for round_ in range(1):
+            await asyncio.sleep(6)  # a quiet moment: pull requests expire and are renewed
+            await publish(b"%da" % round_)
+            await asyncio.wait_for(handled.get(), timeout=20)
+            await publish(b"%db" % round_)
+            await asyncio.sleep(0.0015)
+            await publish(b"%dc" % round_)
+            for _ in range(2):
+                await asyncio.wait_for(handled.get(), timeout=20)
+            await asyncio.sleep(0.008)
+            await publish(b"%dd" % round_)
+            await asyncio.wait_for(handled.get(), timeout=20)
+    finally:
+        consumer.cancel()
+        await asyncio.gather(consumer, return_exceptions=True)
+        await pull.stop()
+    slowest = max(waited.values())
+    assert len(waited) == 4
+    assert slowest < 2.5, waited  # far inside a pull request's 5 s
 
 
 async def test_a_backlog_is_taken_in_batches_and_no_more_than_one_batch_is_held(

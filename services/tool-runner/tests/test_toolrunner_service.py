@@ -459,6 +459,25 @@ async def test_the_shared_rate_limit_spreads_calls_over_windows_and_excess_work_
     assert waited >= 3
 
 
+async def test_work_arriving_at_idle_replicas_is_called_once_though_pulls_outlast_the_ack_wait(
+    nats_url: str, simulator: RunningSimulator, js: JetStreamContext
+) -> None:
+    # A pull request lingers 8 s, the ack wait is 2.5 s. Work that arrives during a pull must be
+    # handed over (and reported in progress) at once: held in the client until the pull ends, it
+    # was redelivered to the other replica and the provider was called twice.
+    results = await open_results(js)
+    settings = runner_settings(nats_url, simulator, ack_wait_s=2.5, fetch_timeout_s=8.0, fetch_batch=10)
+    invokes = [make_invoke() for _ in range(3)]
+    async with running_runner(settings), running_runner(settings):
+        for invoke in invokes:
+            await asyncio.sleep(0.5)  # both replicas idle, each with a pull request lingering
+            await publish_invoke(js, invoke)
+        answered = {read_result(await results.next()).idempotency_key for _ in invokes}
+        await wait_for(lambda: work_drained(js), timeout=30, message="all work acknowledged")
+    assert answered == {invoke.idempotency_key for invoke in invokes}
+    assert (await simulator_stats(simulator))["calls"] == len(invokes)
+
+
 async def test_a_rate_limit_wait_longer_than_the_deadline_answers_rate_limited_with_retry_after(
     nats_url: str, simulator: RunningSimulator, js: JetStreamContext
 ) -> None:

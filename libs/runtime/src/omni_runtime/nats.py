@@ -140,10 +140,11 @@ _BACK_OFF_S = 0.5
 class Puller:
     """Pulls a durable consumer's messages and hands each over the moment it arrives.
 
-    Why not ``PullSubscription.fetch(n, timeout)``: once the first message of a lingering pull
-    arrives, nats-py waits until the batch is full or the timeout has passed, so with sparse
-    traffic every message sits out the timeout (about a second per step), unacknowledged and
-    unreported in progress.
+    Why not ``PullSubscription.fetch(n, timeout)``: its pull request outlives the fetch that made
+    it, and when messages come close together after a quiet moment (two results, then the next
+    step's), a later one sits in the client until a fetch's timeout has passed: about a second
+    per step with the engine's settings, unacknowledged and unreported in progress meanwhile
+    (``test_runtime_puller.py`` has the pattern).
 
     Here one pull request of up to ``batch`` messages is outstanding at a time, lasting
     ``expires_s`` on the server; its messages queue here as they come, and :meth:`take` returns
