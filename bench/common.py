@@ -29,6 +29,7 @@ __all__ = [
     "percentile",
     "pipelined",
     "process_tree_cpu",
+    "spaced",
     "step_gaps",
     "wait_until",
 ]
@@ -190,6 +191,17 @@ async def pipelined(
         for _ in waiters:
             await accepted.put(None)
     return time.perf_counter() - began
+
+
+async def spaced(runs: int, gap_s: float, once: Callable[[int], Awaitable[float]]) -> list[float]:
+    """``runs`` calls of ``once(index)`` (one run, started and awaited: its seconds), one at a time, each
+    after ``gap_s`` seconds of idleness. The gap is the point: it is what lets pulls, connections
+    and caches that a back-to-back loop keeps warm go idle, time out or expire before each run."""
+    latencies: list[float] = []
+    for index in range(runs):
+        await asyncio.sleep(gap_s)
+        latencies.append(await once(index))
+    return latencies
 
 
 async def wait_until(

@@ -23,6 +23,9 @@ METRICS: tuple[tuple[str, str, str], ...] = (
     ("latency", "p50_ms", "ms"),
     ("latency", "p99_ms", "ms"),
     ("latency", "mean_ms", "ms"),
+    ("sparse", "p50_ms", "ms"),
+    ("sparse", "p99_ms", "ms"),
+    ("sparse", "p50_vs_latency", "x"),
     ("throughput", "workflows_per_s", "workflows/s"),
     ("throughput", "steps_per_s", "steps/s"),
     ("throughput", "cpu_s_per_step", "s"),
@@ -112,11 +115,18 @@ def _markdown_table(document: Mapping[str, Any]) -> str:
 # Chart
 
 
+# (title, scenario, ((metric, label), ...), scale); a metric may name another scenario as
+# "scenario:metric" (the latency panel shows sparse's figures beside the back-to-back ones).
 _PANELS: tuple[tuple[str, str, Sequence[tuple[str, str]], float], ...] = (
     (
         "Latency, 5 sequential steps (ms, lower is better)",
         "latency",
-        (("p50_ms", "p50"), ("p99_ms", "p99")),
+        (
+            ("p50_ms", "p50"),
+            ("p99_ms", "p99"),
+            ("sparse:p50_ms", "p50, idle gaps"),
+            ("sparse:p99_ms", "p99, idle gaps"),
+        ),
         1.0,
     ),
     ("Throughput (steps/s, higher is better)", "throughput", (("steps_per_s", "steps/s"),), 1.0),
@@ -154,7 +164,8 @@ def write_chart(document: Mapping[str, Any], path: Path) -> None:
             xs: list[float] = []
             heights: list[float] = []
             for position, (metric, _label) in enumerate(metrics):
-                key = (system, scenario, metric)
+                own, _, named = metric.rpartition(":")
+                key = (system, own or scenario, named)
                 if key in values:
                     xs.append(position - 0.4 + width * (offset + 0.5))
                     heights.append(values[key] * scale)
@@ -223,6 +234,7 @@ def results_block(document: Mapping[str, Any], chart: Path, raw: Path, readme: P
         + ", ".join(
             [
                 f"latency {params.get('latency_runs')} runs after {params.get('warmup')} warm-up",
+                f"sparse {params.get('sparse_runs')} runs, each after {params.get('sparse_gap_s')} s idle",
                 f"throughput {params.get('throughput_workflows')} workflows",
                 f"long history {params.get('long_history_steps')} steps",
                 f"fan-out {params.get('fan_out_width')} steps",

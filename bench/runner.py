@@ -27,7 +27,7 @@ from typing import Any
 
 from omni_devstack.servers import ExistingPostgres
 
-from bench.scenarios import Params, Row, run_scenario
+from bench.scenarios import Params, Row, derived_rows, run_scenario
 from bench.systems.base import BenchEnv, System
 
 __all__ = ["SYSTEM_MODULES", "load_system", "main"]
@@ -154,6 +154,18 @@ async def run(spec: dict[str, Any], out: Path) -> Outcome:
                         scenario,
                         ", ".join(f"{r['metric']}={r['value']:.4g}{r['unit']}" for r in rows),
                     )
+                    # Once both latency and sparse have run: sparse p50 over back-to-back p50.
+                    for derived in derived_rows(outcome.rows):
+                        if derived not in outcome.rows:
+                            outcome.rows.append(derived)
+                            logger.info(
+                                "%s %s: %s=%.3g%s",
+                                name,
+                                derived["scenario"],
+                                derived["metric"],
+                                derived["value"],
+                                derived["unit"],
+                            )
             outcome.seconds[scenario] = time.perf_counter() - began
             outcome.write(out)
     finally:

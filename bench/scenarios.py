@@ -1,18 +1,18 @@
-"""The five scenarios: how large each is in a smoke and in a full run, and how a system's raw
+"""The scenarios: how large each is in a smoke and in a full run, and how a system's raw
 measurements become result rows ``{"system", "scenario", "metric", "value", "unit"}``."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, TypedDict
 
 from bench.common import mean, median, percentile
 from bench.systems.base import System
 
-__all__ = ["FULL", "SCENARIOS", "SMOKE", "Params", "Row", "run_scenario"]
+__all__ = ["FULL", "SCENARIOS", "SMOKE", "Params", "Row", "derived_rows", "run_scenario"]
 
-SCENARIOS = ("latency", "throughput", "long_history", "fan_out", "gateway")
+SCENARIOS = ("latency", "sparse", "throughput", "long_history", "fan_out", "gateway")
 
 
 class Row(TypedDict):
@@ -29,6 +29,8 @@ class Params:
 
     warmup: int
     latency_runs: int
+    sparse_runs: int
+    sparse_gap_s: float
     throughput_workflows: int
     long_history_steps: int
     fan_out_width: int
@@ -54,6 +56,9 @@ class Params:
 SMOKE = Params(
     warmup=1,
     latency_runs=5,
+    # Longer than the engine's and the tool-runner's 1 s pull expiry, so the idle path is taken.
+    sparse_runs=4,
+    sparse_gap_s=1.2,
     throughput_workflows=10,
     long_history_steps=30,
     fan_out_width=20,
@@ -65,6 +70,8 @@ SMOKE = Params(
 FULL = Params(
     warmup=10,
     latency_runs=200,
+    sparse_runs=30,
+    sparse_gap_s=2.0,
     throughput_workflows=2000,
     long_history_steps=1000,
     fan_out_width=1000,
@@ -93,6 +100,14 @@ async def run_scenario(system: System, scenario: str, params: Params) -> list[Ro
             _row(system, scenario, "p50_ms", _ms(median(runs)), "ms"),
             _row(system, scenario, "p99_ms", _ms(percentile(runs, 99)), "ms"),
             _row(system, scenario, "mean_ms", _ms(mean(runs)), "ms"),
+        ]
+    if scenario == "sparse":
+        runs = await system.sparse(params.sparse_runs, params.sparse_gap_s)
+        if not runs:
+            raise RuntimeError("sparse returned no measurement")
+        return [
+            _row(system, scenario, "p50_ms", _ms(median(runs)), "ms"),
+            _row(system, scenario, "p99_ms", _ms(percentile(runs, 99)), "ms"),
         ]
     if scenario == "throughput":
         result = await system.throughput(params.throughput_workflows)
@@ -138,3 +153,23 @@ async def run_scenario(system: System, scenario: str, params: Params) -> list[Ro
             _row(system, scenario, "errors", errors, "count"),
         ]
     raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
+
+
+def derived_rows(rows: Sequence[Row]) -> list[Row]:
+    """Rows computed from one system's other rows: ``sparse``'s ``p50_vs_latency`` (its p50 over
+    the same run's back-to-back ``latency`` p50), when both scenarios ran."""
+    p50 = {(r["system"], r["scenario"]): r["value"] for r in rows if r["metric"] == "p50_ms"}
+    derived: list[Row] = []
+    for (system, scenario), sparse in p50.items():
+        back_to_back = p50.get((system, "latency"))
+        if scenario == "sparse" and back_to_back:
+            derived.append(
+                Row(
+                    system=system,
+                    scenario="sparse",
+                    metric="p50_vs_latency",
+                    value=sparse / back_to_back,
+                    unit="x",
+                )
+            )
+    return derived

@@ -71,6 +71,11 @@ class System(Protocol):
         """Seconds per run, for ``runs`` 5-step sequential workflows each started and awaited in turn."""
         ...
 
+    async def sparse(self, runs: int, gap_s: float) -> list[float]:
+        """Seconds per run, for ``runs`` of the same workflows as :meth:`latency`, each started and
+        awaited after ``gap_s`` seconds in which the system had nothing to do."""
+        ...
+
     async def throughput(self, workflows: int) -> Throughput:
         """Start ``workflows`` 5-step workflows as fast as the system accepts them; wait for all."""
         ...

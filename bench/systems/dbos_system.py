@@ -19,7 +19,7 @@ import uuid
 
 from dbos import DBOS, DBOSConfig, WorkflowHandleAsync
 
-from bench.common import CpuMeter, StepClock, pipelined, step_gaps
+from bench.common import CpuMeter, StepClock, pipelined, spaced, step_gaps
 from bench.systems.base import BenchEnv, Throughput
 
 __all__ = ["DbosSystem", "create_system"]
@@ -88,6 +88,9 @@ class DbosSystem:
 
     async def latency(self, runs: int) -> list[float]:
         return [await self._execute(5) for _ in range(runs)]
+
+    async def sparse(self, runs: int, gap_s: float) -> list[float]:
+        return await spaced(runs, gap_s, lambda _: self._execute(5))
 
     async def throughput(self, workflows: int) -> Throughput:
         meter = CpuMeter(trees=self._meter_trees)

@@ -23,6 +23,7 @@ from omni_contract.envelope import decode_envelope, encode, payload_of
 from omni_devstack.servers import free_port
 from omni_devstack.supervisor import Stack, StackConfig
 
+from bench.common import spaced
 from bench.systems.base import BenchEnv, Throughput
 
 SEQ5 = "bench-seq-5"
@@ -181,6 +182,10 @@ class OmniSystem:
         for _ in range(min(20, runs)):
             await self._run_and_wait(SEQ5, 1)  # warm-up
         return [await self._run_and_wait(SEQ5, i) for i in range(runs)]
+
+    async def sparse(self, runs: int, gap_s: float) -> list[float]:
+        # Idle for longer than the engine's and the runner's pull expiry (1 s) before each run.
+        return await spaced(runs, gap_s, lambda i: self._run_and_wait(SEQ5, i))
 
     async def throughput(self, workflows: int) -> Throughput:
         assert self.nc is not None

@@ -22,7 +22,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
-from bench.common import CpuMeter, pipelined, step_gaps, wait_until
+from bench.common import CpuMeter, pipelined, spaced, step_gaps, wait_until
 from bench.systems.base import BenchEnv, Throughput
 from bench.systems.temporal_activities import CLOCK, step
 from bench.systems.temporal_workflows import FanOut, RunInput, Sequential
@@ -123,6 +123,9 @@ class TemporalSystem:
 
     async def latency(self, runs: int) -> list[float]:
         return [await self._execute(5) for _ in range(runs)]
+
+    async def sparse(self, runs: int, gap_s: float) -> list[float]:
+        return await spaced(runs, gap_s, lambda _: self._execute(5))
 
     async def throughput(self, workflows: int) -> Throughput:
         assert self._server is not None
