@@ -28,7 +28,19 @@ from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 from omni_contract.streams import ConsumerSpec, Retention, StreamSpec
 
+from omni_runtime.outage import OutageLog
+
 log = logging.getLogger(__name__)
+
+# What the client's error callback reports when the connection is lost or cannot be made.
+_CONNECTION_LOST: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    nats.errors.UnexpectedEOF,
+    nats.errors.StaleConnectionError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.NoServersError,
+)
 
 
 async def connect(
@@ -37,20 +49,33 @@ async def connect(
     *,
     on_disconnect: Callable[[], Awaitable[None]] | None = None,
 ) -> NATS:
-    """Connect with unlimited reconnects: a service outlives a NATS restart."""
+    """Connect with unlimited reconnects: a service outlives a NATS restart.
+
+    An outage is logged as a warning when the connection is lost, then at most one every
+    ``OUTAGE_WARN_EVERY_S`` however often reconnecting fails, and one line when it is back."""
+    outage = OutageLog(log, f"nats ({name})")
+    connection: list[NATS] = []  # the client, once connected
 
     async def _disconnected() -> None:
-        log.warning("nats disconnected")
+        if connection and connection[0].is_closed:  # closed on purpose (nats-py calls that a disconnect)
+            log.info("nats (%s): connection closed", name)
+        else:
+            outage.failed("disconnected; reconnecting")
         if on_disconnect:
             await on_disconnect()
 
     async def _reconnected() -> None:
-        log.info("nats reconnected")
+        if not outage.recovered("reconnected"):
+            log.info("nats (%s): reconnected", name)
 
     async def _error(exc: Exception) -> None:
-        log.warning("nats error: %s", exc)
+        # The connection lost, or a failed reconnect (every reconnect_time_wait while NATS is away).
+        if outage.down or isinstance(exc, _CONNECTION_LOST):
+            outage.failed("unreachable (%s: %s); reconnecting", type(exc).__name__, exc)
+        else:
+            log.warning("nats (%s) error: %s: %s", name, type(exc).__name__, exc)
 
-    return await nats.connect(
+    nc = await nats.connect(
         servers=[u.strip() for u in url.split(",") if u.strip()],
         name=name,
         max_reconnect_attempts=-1,
@@ -60,6 +85,8 @@ async def connect(
         reconnected_cb=_reconnected,
         error_cb=_error,
     )
+    connection.append(nc)
+    return nc
 
 
 def _stream_config(spec: StreamSpec) -> StreamConfig:

@@ -19,7 +19,6 @@ from omni_contract.events import RunEventRecord, RunStatus, StepStatus
 from omni_runtime.telemetry import extract_context
 from opentelemetry import trace
 
-from omni_engine.consumers import is_transient
 from omni_engine.definition import WorkflowDefinition, definition_to_dict, workflow_slug
 from omni_engine.definitions import (
     DefinitionConflict,
@@ -31,6 +30,7 @@ from omni_engine.definitions import (
 from omni_engine.engine import Engine, EngineError
 from omni_engine.state import RunState, TaskState, as_datetime, compensation_address, item_address
 from omni_engine.store import Store
+from omni_engine.transient import is_transient
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("omni.workflow-engine")

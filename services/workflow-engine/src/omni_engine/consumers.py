@@ -14,15 +14,11 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import asyncpg
 import msgspec
-import nats.errors
-import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from omni_contract import deadletters
@@ -32,12 +28,15 @@ from omni_contract.events import ToolResult
 from omni_contract.tools import DIRECT_RUN_PREFIX
 from omni_runtime.logging import run_id_var
 from omni_runtime.nats import Puller
+from omni_runtime.outage import OutageLog
 from omni_runtime.telemetry import extract_context
 from opentelemetry import trace
 
 from omni_engine.definitions import Definitions
 from omni_engine.engine import Engine, EngineError, ResultRefused
 from omni_engine.progress import SOURCE
+from omni_engine.transient import TRANSIENT
+from omni_engine.transient import is_transient as is_transient  # re-exported: it lived here first
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("omni.workflow-engine")
@@ -158,85 +157,20 @@ class ResultHandler:
             run_id_var.reset(token)
 
 
-# What means "the database or NATS cannot be reached right now": such a failure is retried for as
-# long as it lasts and never counts towards dead-lettering.
-TRANSIENT: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresConnectionError,  # refused by the server, lost, or gone (ConnectionDoesNotExist)
-    asyncpg.CannotConnectNowError,  # the server is starting, recovering from a crash, or stopping
-    asyncpg.AdminShutdownError,  # the server was stopped under the connection
-    asyncpg.CrashShutdownError,  # another server process crashed: every session is ended
-    asyncpg.TooManyConnectionsError,
-    asyncpg.InterfaceError,  # the client's side of a closed connection or pool
-    OSError,  # connection refused or reset; also nats.errors.TimeoutError
-    TimeoutError,  # connecting, or acquiring a pooled connection, took too long
-    nats.errors.ConnectionClosedError,
-    nats.errors.ConnectionReconnectingError,
-    nats.errors.StaleConnectionError,
-    nats.errors.OutboundBufferLimitError,
-    nats.errors.NoRespondersError,  # JetStream is not up (yet)
-    nats.js.errors.ServiceUnavailableError,
-)
-# A message that met a transient failure is tried again after FIRST, then twice as long each time,
-# at most CAP: runs resume within CAP of the infrastructure's return.
+# A message that met a transient failure (see omni_engine.transient) is tried again after FIRST,
+# then twice as long each time, at most CAP: runs resume within CAP of the infrastructure's return.
 TRANSIENT_RETRY_FIRST_S = 0.25
 TRANSIENT_RETRY_CAP_S = 5.0
 # While an outage lasts, each consumer says so once, then again every WARN_EVERY.
 TRANSIENT_WARN_EVERY_S = 30.0
 
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether ``exc``, or what caused it, means the infrastructure is away for now."""
-    seen = 0
-    current: BaseException | None = exc
-    while current is not None and seen < 8:
-        if isinstance(current, TRANSIENT):
-            return True
-        current = current.__cause__ or current.__context__
-        seen += 1
-    return False
+_outages: dict[str, OutageLog] = {}
 
 
-class _Outage:
-    """One consumer's view of an outage: a warning when it starts and one every
-    ``TRANSIENT_WARN_EVERY_S`` while it lasts (not one per message), and a line when it is over."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.since: float | None = None
-        self.failures = 0
-        self._next_warning = 0.0
-
-    def failed(self, exc: BaseException) -> None:
-        now = time.monotonic()
-        self.failures += 1
-        if self.since is None:
-            self.since = now
-        if now >= self._next_warning:
-            self._next_warning = now + TRANSIENT_WARN_EVERY_S
-            log.warning(
-                "%s: database or NATS unreachable (%s: %s); keeping the messages and retrying "
-                "(%d failed tries so far)",
-                self.name,
-                type(exc).__name__,
-                exc,
-                self.failures,
-            )
-
-    def recovered(self) -> None:
-        if self.since is not None:
-            log.info("%s: processing again after %.1fs of outage", self.name, time.monotonic() - self.since)
-            self.since = None
-            self.failures = 0
-            self._next_warning = 0.0
-
-
-_outages: dict[str, _Outage] = {}
-
-
-def _outage(name: str) -> _Outage:
+def _outage(name: str) -> OutageLog:
     found = _outages.get(name)
     if found is None:
-        found = _outages[name] = _Outage(name)
+        found = _outages[name] = OutageLog(log, name, every_s=TRANSIENT_WARN_EVERY_S)
     return found
 
 
@@ -308,7 +242,11 @@ async def consume(
                     # The database or NATS is away: keep the message in hand (the batch reports it
                     # in progress) and try again, however long that lasts; it is never counted as
                     # a failed delivery, so it is never dead-lettered for it.
-                    outage.failed(exc)
+                    outage.failed(
+                        "database or NATS unreachable (%s: %s); keeping the messages and retrying",
+                        type(exc).__name__,
+                        exc,
+                    )
                     if stopping.is_set():
                         await _settle(msg.nak())  # handed back: whoever runs next takes it
                         return
@@ -316,7 +254,7 @@ async def consume(
                         await asyncio.wait_for(stopping.wait(), timeout=delay)
                     delay = min(TRANSIENT_RETRY_CAP_S, delay * 2)
                     continue
-                outage.recovered()
+                outage.recovered("processing again")
                 await _settle(msg.ack())
                 return
 

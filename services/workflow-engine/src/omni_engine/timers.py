@@ -29,9 +29,11 @@ from datetime import UTC, datetime
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from omni_contract import streams, subjects
+from omni_runtime.outage import OutageLog
 
 from omni_engine.engine import Engine
 from omni_engine.store import Store
+from omni_engine.transient import is_transient
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,9 @@ class TimerPoller:
         self.batch = batch
         self._wake = asyncio.Event()
         self._next: datetime | None = None
+        # A poll failing every poll_s says so once, then every OUTAGE_WARN_EVERY_S.
+        self._outage = OutageLog(log, "timer poll")
+        self._faults = OutageLog(log, "timer poll")
         engine.on_timer_set = self.note
 
     def note(self, fire_at: datetime) -> None:
@@ -101,9 +106,17 @@ class TimerPoller:
             try:
                 await self.fire_due()
                 self._next = await self.store.next_timer_at()
-            except Exception as exc:  # noqa: BLE001 - the database is away: try again shortly
-                log.warning("timer poll failed: %s", exc)
+            except Exception as exc:  # noqa: BLE001 - the database is away (or a fault): try again shortly
+                if is_transient(exc):
+                    self._outage.failed(
+                        "database or NATS unreachable (%s: %s); polling again", type(exc).__name__, exc
+                    )
+                else:
+                    self._faults.failed("failed; polling again", exc_info=True)
                 self._next = None
+            else:
+                self._outage.recovered("firing timers again")
+                self._faults.recovered("firing timers again")
             delay = self.poll_s
             if self._next is not None:
                 delay = min(delay, max(0.0, (self._next - datetime.now(UTC)).total_seconds()))
