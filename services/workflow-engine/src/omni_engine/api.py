@@ -237,8 +237,14 @@ class EngineApi:
     def _fit(self, subject: str, reply: rpc.RpcReply) -> bytes:
         """``reply`` encoded, cut to fit in one NATS message. An answer that does not fit cannot be
         sent at all: the NATS client refuses it, and the caller gets an empty error reply that it
-        cannot read (the gateway's 502 "unreadable reply ... truncated")."""
-        data = encode(reply)
+        cannot read (the gateway's 502 "unreadable reply ... truncated"). Text that UTF-8 cannot
+        carry (a lone surrogate, as PyYAML makes of an escaped surrogate pair) is escaped, for the
+        same reason: an answer that cannot be encoded is no answer."""
+        try:
+            data = encode(reply)
+        except UnicodeEncodeError:
+            reply = _encodable(reply)
+            data = encode(reply)
         if len(data) <= self.max_reply_bytes - 1024 or reply.error is None:
             return data
         error = reply.error
@@ -349,6 +355,31 @@ class EngineApi:
 def _start_reply(state: RunState) -> rpc.StartRunReply:
     return rpc.StartRunReply(
         run_id=state.run_id, workflow=state.workflow, version=state.version, status=state.status
+    )
+
+
+def _utf8(text: str) -> str:
+    """``text`` with what UTF-8 cannot encode (lone surrogates) written as ``\\udxxx`` escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _encodable(reply: rpc.RpcReply) -> rpc.RpcReply:
+    """``reply`` with the text of its error made encodable (its result is encoded already)."""
+    error = reply.error
+    if error is None:
+        return reply
+    details = [
+        rpc.FieldProblem(
+            field=_utf8(d.field),
+            message=_utf8(d.message),
+            file=None if d.file is None else _utf8(d.file),
+            step=None if d.step is None else _utf8(d.step),
+        )
+        for d in error.details
+    ]
+    return rpc.RpcReply(
+        result=reply.result,
+        error=rpc.RpcError(code=_utf8(error.code), message=_utf8(error.message), details=details),
     )
 
 
