@@ -1,14 +1,21 @@
-"""A real tool-runner served in the test's event loop, for gateway tests of /tools and direct calls."""
+"""A real tool-runner and a real workflow engine served in the test's event loop, for gateway tests
+of /tools, direct calls and the workflow routes."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from pathlib import Path
 from typing import Any
 
+import nats
+import nats.errors
+from omni_contract import subjects
+from omni_engine.main import EngineSettings
+from omni_engine.main import body as engine_body
 from omni_runtime.service import serve
-from omni_testkit import unique_name
+from omni_testkit import unique_name, wait_for
 from omni_toolrunner.app import make_body, service_name
 from omni_toolrunner.settings import ToolRunnerSettings
 
@@ -39,3 +46,40 @@ async def serving_runner(nats_url: str, provider: str, **settings: Any) -> Async
             task.cancel()
             with suppress(asyncio.CancelledError):
                 await task
+
+
+WORKFLOWS = Path(__file__).resolve().parents[3] / "workflows"
+
+
+@asynccontextmanager
+async def serving_engine(nats_url: str, database_url: str) -> AsyncIterator[None]:
+    """The workflow engine, with the repository's workflows/, answering until the block ends."""
+    settings = EngineSettings(
+        nats_url=nats_url, database_url=database_url, workflows_dir=WORKFLOWS, log_format="console"
+    )
+    stopping = asyncio.Event()
+    task = asyncio.create_task(
+        serve(
+            "workflow-engine",
+            settings,
+            lambda ctx: engine_body(ctx, settings),
+            install_signals=False,
+            stopping=stopping,
+        )
+    )
+    nc = await nats.connect(nats_url)
+
+    async def answering() -> bool:
+        try:
+            await nc.request(subjects.ENGINE_WORKFLOWS_LIST, b"{}", timeout=0.5)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            return False
+        return True
+
+    try:
+        await wait_for(answering, timeout=60, message="the engine answering")
+        yield
+    finally:
+        await nc.close()
+        stopping.set()
+        await asyncio.wait_for(task, timeout=30)

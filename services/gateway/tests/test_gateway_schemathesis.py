@@ -13,22 +13,15 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import hypothesis
-import nats
-import nats.errors
 import pytest
 import schemathesis
 from aiohttp.test_utils import TestClient
 from gateway_fakes import GatewayFactory
-from gateway_runners import serving_runner
+from gateway_runners import serving_engine, serving_runner
 from hypothesis import HealthCheck, Phase
-from nats.aio.client import Client as NATS
-from omni_contract import subjects
-from omni_engine.main import EngineSettings, body
-from omni_runtime.service import serve
 from omni_testkit import wait_for
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -40,7 +33,6 @@ from schemathesis.specs.openapi.checks import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
-WORKFLOWS = Path(__file__).resolve().parents[3] / "workflows"
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -55,34 +47,9 @@ REQUEST_TIMEOUT_S = 60.0
 
 
 @pytest.fixture
-async def engine_in_process(nc: NATS, nats_url: str, database_url: str) -> AsyncIterator[None]:
-    settings = EngineSettings(
-        nats_url=nats_url, database_url=database_url, workflows_dir=WORKFLOWS, log_format="console"
-    )
-    stopping = asyncio.Event()
-    task = asyncio.create_task(
-        serve(
-            "workflow-engine",
-            settings,
-            lambda ctx: body(ctx, settings),
-            install_signals=False,
-            stopping=stopping,
-        )
-    )
-
-    async def answers() -> bool:
-        try:
-            await nc.request(subjects.ENGINE_WORKFLOWS_LIST, b"{}", timeout=0.5)
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-            return False
-        return True
-
-    try:
-        await wait_for(answers, timeout=60)
+async def engine_in_process(nats_url: str, database_url: str) -> AsyncIterator[None]:
+    async with serving_engine(nats_url, database_url):
         yield
-    finally:
-        stopping.set()
-        await asyncio.wait_for(task, timeout=30)
 
 
 @pytest.fixture

@@ -3,21 +3,16 @@ immutable versions, limits) against the real one."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 from aiohttp.test_utils import TestClient
 from gateway_fakes import GREET, FakeEngine
+from gateway_runners import serving_engine
 from omni_contract import subjects
 from omni_contract.rpc import MAX_DEFINITION_BYTES
-from omni_engine.main import EngineSettings, body
-from omni_runtime.service import serve
-from omni_testkit import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -105,41 +100,13 @@ async def test_a_definition_larger_than_the_limit_is_413_naming_the_body_before_
 
 
 # -- against the real engine (issue 9, items 6, 13, 14, 15) -------------------------------------
-REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
 async def real_engine(nats_url: str, database_url: str) -> AsyncIterator[None]:
     """The workflow engine served in this event loop, with the repository's workflows/."""
-    settings = EngineSettings(
-        nats_url=nats_url, database_url=database_url, workflows_dir=REPO / "workflows", log_format="console"
-    )
-    stopping = asyncio.Event()
-    task = asyncio.create_task(
-        serve(
-            "workflow-engine",
-            settings,
-            lambda ctx: body(ctx, settings),
-            install_signals=False,
-            stopping=stopping,
-        )
-    )
-    nc = await nats.connect(nats_url)
-
-    async def answering() -> bool:
-        try:
-            await nc.request(subjects.ENGINE_WORKFLOWS_LIST, b"{}", timeout=0.5)
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-            return False
-        return True
-
-    try:
-        await wait_for(answering, timeout=30)
+    async with serving_engine(nats_url, database_url):
         yield
-    finally:
-        await nc.close()
-        stopping.set()
-        await asyncio.wait_for(task, timeout=20)
 
 
 def yaml_of(name: str, *, version: str = "1", tool: str = "util.echo", steps: int = 1) -> str:
