@@ -56,9 +56,10 @@ class Params:
 SMOKE = Params(
     warmup=1,
     latency_runs=5,
-    # Longer than the engine's and the tool-runner's 1 s pull expiry, so the idle path is taken.
-    sparse_runs=4,
-    sparse_gap_s=1.2,
+    # Gaps longer than the engine's pull requests last (2 s; its wait for work is 1 s): every run
+    # then arrives on a pull re-issued after an idle one expired, the path the full run measures.
+    sparse_runs=3,
+    sparse_gap_s=2.2,
     throughput_workflows=10,
     long_history_steps=30,
     fan_out_width=20,

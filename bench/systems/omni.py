@@ -184,7 +184,7 @@ class OmniSystem:
         return [await self._run_and_wait(SEQ5, i) for i in range(runs)]
 
     async def sparse(self, runs: int, gap_s: float) -> list[float]:
-        # Idle for longer than the engine's and the runner's pull expiry (1 s) before each run.
+        # Idle before each run: the engine's pull requests (2 s) expire and are re-issued meanwhile.
         return await spaced(runs, gap_s, lambda i: self._run_and_wait(SEQ5, i))
 
     async def throughput(self, workflows: int) -> Throughput:
