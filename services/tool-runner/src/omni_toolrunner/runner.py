@@ -18,11 +18,16 @@ For one message:
 4. Store the result and publish it to JetStream with ``Nats-Msg-Id`` = the idempotency key (so a
    republish is de-duplicated), together; once both are acknowledged, acknowledge the work.
 
-If NATS fails in steps 2 or 4 (or the runner itself does), the work is given back (``nak``) and its
-next delivery starts over; the stored result or the provider's own idempotency keeps that from
-repeating a side effect. Work given back on its last delivery (``max_deliver``) would never come
-back, so instead it is dead-lettered (kind ``tool.invoke.exhausted``) with the reason, and
-terminated.
+If NATS is away in steps 2 or 4 (the result store or the result stream does not answer), the work
+stays in hand, still reported in progress, and that step alone is tried again with a capped
+back-off for as long as NATS is away: it is never given back for it, so an outage cannot use up
+its deliveries, and the provider is not called again. Shutdown interrupts such a wait like any
+running invoke (:meth:`InvokeRunner.close`). If NATS refuses a request (no stream takes the
+result, say) or the runner itself fails, the work is given back (``nak``) and its next delivery
+starts over; the stored result or the provider's own idempotency
+keeps that from repeating a side effect. Work given back on its last delivery (``max_deliver``)
+would never come back, so instead it is dead-lettered (kind ``tool.invoke.exhausted``) with the
+reason, and terminated.
 """
 
 from __future__ import annotations
@@ -31,12 +36,14 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
+import nats.errors
+import nats.js.errors
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
@@ -56,6 +63,7 @@ from omni_contract.envelope import (
 from omni_contract.events import ToolError, ToolInvoke, ToolResult, Usage
 from omni_runtime.logging import run_id_var
 from omni_runtime.nats import Puller
+from omni_runtime.outage import OutageLog
 from omni_runtime.telemetry import extract_context, inject_headers
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
@@ -80,6 +88,24 @@ EXHAUSTED_KIND = "tool.invoke.exhausted"
 _DEADLINE_MARGIN_S = 5.0
 _NAK_DELAY_S = 1.0
 _TAKE_TIMEOUT_S = 5.0
+# A result lookup, store or publish that met a NATS failure is tried again after FIRST, then twice
+# as long each time, at most CAP: work resumes within CAP of NATS's return.
+_NATS_RETRY_FIRST_S = 0.25
+_NATS_RETRY_CAP_S = 5.0
+
+# What means NATS is away for now (rather than refusing the request): a timeout (also what a request
+# made while reconnecting ends in), a lost or reconnecting connection, JetStream unavailable. A
+# publish that no stream takes (no responders) is not: that work is given back as before.
+_NATS_AWAY: tuple[type[BaseException], ...] = (
+    TimeoutError,
+    OSError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.StaleConnectionError,
+    nats.errors.OutboundBufferLimitError,
+    nats.js.errors.ServiceUnavailableError,
+)
+
+T = TypeVar("T")
 
 
 class Unreadable(Exception):
@@ -139,6 +165,9 @@ class InvokeRunner:
         self._consumer: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._in_flight = metrics.in_flight.labels(self._provider)
+        # One per step retried in hand (the lookup, the store, the publish): a warning when NATS
+        # fails it first, one every OUTAGE_WARN_EVERY_S while that lasts, a line when it works again.
+        self._outages: dict[str, OutageLog] = {}
 
     # --- the consume loop and its lifecycle ----------------------------------------------------------
 
@@ -273,7 +302,8 @@ class InvokeRunner:
         try:
             await self._process(msg)
         except (NatsError, TimeoutError) as exc:
-            # The store or the result stream did not answer: try this work again later.
+            # NATS refused a request, or the ack or a dead letter failed (an outage during the store
+            # or the publish is retried in hand instead): try this work again later.
             log.warning("giving work back after a NATS failure: %r", exc)
             await self._give_back(msg, "nats_error", f"NATS failed: {exc!r}", delay=_NAK_DELAY_S)
         except Exception as exc:
@@ -309,7 +339,7 @@ class InvokeRunner:
         key = invoke.idempotency_key
         # Two deliveries of one attempt in this replica (a republish): the second waits for the first.
         async with self._gate(key):
-            stored = await self._store.get(key)
+            stored = await self._while_nats_away("looking up a stored result", lambda: self._store.get(key))
             if stored is not None:
                 log.info(
                     "step %s (%s, attempt %d) answered from the stored result",
@@ -319,7 +349,9 @@ class InvokeRunner:
                 )
                 self._metrics.cache_hits.labels(invoke.tool, self._provider).inc()
                 span.set_attribute("omni.result.cached", True)
-                await self._publish_result(invoke, stored)
+                await self._while_nats_away(
+                    "publishing the result", lambda: self._publish_result(invoke, stored)
+                )
                 return
             span.set_attribute("omni.result.cached", False)
             result = await self._call(invoke, span)
@@ -337,7 +369,37 @@ class InvokeRunner:
             # Stored and published together (both before the ack): one round trip less per step.
             # Whichever lands, a redelivery finds the stored result or JetStream drops the
             # duplicate publish by its message id.
-            await asyncio.gather(self._store.put(key, body), self._publish_result(invoke, body))
+            # While NATS is away each is tried again, the work kept in hand: the provider is not
+            # called again, and the work never goes back to the stream for it.
+            await asyncio.gather(
+                self._while_nats_away("storing the result", lambda: self._store.put(key, body)),
+                self._while_nats_away("publishing the result", lambda: self._publish_result(invoke, body)),
+            )
+
+    async def _while_nats_away(self, doing: str, step: Callable[[], Awaitable[T]]) -> T:
+        """``step`` (a call to the result store or the result stream), tried again with a capped
+        back-off for as long as it fails because NATS is away. The message stays in ``_running``
+        meanwhile, so the heartbeat keeps reporting it in progress (once NATS answers again), and it
+        is never given back for the outage; shutdown cancels the wait like any running invoke."""
+        outage = self._outages.get(doing)
+        if outage is None:
+            outage = self._outages[doing] = OutageLog(log, f"tool-runner {self._provider}")
+        delay = _NATS_RETRY_FIRST_S
+        while True:
+            try:
+                done = await step()
+            except _NATS_AWAY as exc:
+                outage.failed(
+                    "NATS failed while %s (%s: %s); keeping the work and trying again",
+                    doing,
+                    type(exc).__name__,
+                    exc,
+                )
+                await asyncio.sleep(delay)
+                delay = min(_NATS_RETRY_CAP_S, delay * 2)
+                continue
+            outage.recovered(f"{doing} again")
+            return done
 
     @asynccontextmanager
     async def _gate(self, key: str) -> AsyncIterator[None]:
