@@ -1,7 +1,11 @@
 """Workflow definitions as the engine serves them: files loaded at start and definitions registered
 over the API, stored in PostgreSQL (every version, content-addressed) and cached in memory by
 (id, hash). A cached definition never changes, so replicas only ask PostgreSQL which version is
-current.
+current. The cache keeps the ``cache_size`` definitions used last (a parsed definition is a few
+to tens of kilobytes, and every registered version is a new one: an unbounded cache grew with
+every registration); one that fell out is read again from PostgreSQL and parsed when a run or a
+request needs it. (A list of more current workflows than the cache holds parses some on every
+list: the price of a bound.)
 
 A workflow is addressed by its id (``id:``, or the slug of its display name). A version is
 immutable: registering the same id and version with other content is refused
@@ -15,6 +19,7 @@ for it by id is answered with a clear error; it never fails a list, and readines
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from pathlib import Path
 
 from omni_contract.rpc import FieldProblem
@@ -83,22 +88,46 @@ def payload_problems(defn: WorkflowDefinition, payload: object) -> list[FieldPro
     return [FieldProblem(field=p.field, message=p.message) for p in validate_payload(defn, payload)]
 
 
+DEFAULT_CACHE_SIZE = 1000
+
+
 class Definitions:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
+        if cache_size < 1:
+            raise ValueError(f"cache_size must be at least 1, not {cache_size}")
         self.store = store
-        self._by_hash: dict[tuple[str, str], WorkflowDefinition] = {}
+        # Least recently used first; at most ``cache_size`` entries.
+        self._by_hash: OrderedDict[tuple[str, str], WorkflowDefinition] = OrderedDict()
+        self.cache_size = cache_size
         self.load_errors: list[WorkflowError] = []
+
+    @property
+    def cached(self) -> int:
+        """How many parsed definitions the cache holds."""
+        return len(self._by_hash)
+
+    def _cached(self, key: tuple[str, str]) -> WorkflowDefinition | None:
+        found = self._by_hash.get(key)
+        if found is not None:
+            self._by_hash.move_to_end(key)
+        return found
+
+    def _keep(self, defn: WorkflowDefinition, key: tuple[str, str]) -> None:
+        self._by_hash[key] = defn
+        self._by_hash.move_to_end(key)
+        while len(self._by_hash) > self.cache_size:
+            self._by_hash.popitem(last=False)
 
     def _parse_row(self, row: DefinitionRow) -> WorkflowDefinition:
         """The definition of a stored row; raises ``StoredDefinitionInvalid`` when it no longer loads."""
         key = (row.id, row.hash)
-        cached = self._by_hash.get(key)
+        cached = self._cached(key)
         if cached is None:
             try:
                 cached = parse_workflow(row.definition, source=f"{row.id}@{row.hash[:12]}")
             except WorkflowValidationError as exc:
                 raise StoredDefinitionInvalid(row.id, row.hash, exc) from None
-            self._by_hash[key] = cached
+            self._keep(cached, key)
         return cached
 
     def _parse_rows(self, rows: list[DefinitionRow]) -> tuple[list[WorkflowDefinition], list[WorkflowError]]:
@@ -147,7 +176,7 @@ class Definitions:
             raise DefinitionConflict(
                 "id_taken", message, FieldProblem(field=field, message=message, file=defn.source)
             ) from None
-        self._by_hash[(defn.id, defn.content_hash)] = defn
+        self._keep(defn, (defn.id, defn.content_hash))
         return new
 
     async def load_dir(self, directory: Path) -> list[WorkflowDefinition]:
@@ -199,7 +228,7 @@ class Definitions:
         return None if row is None else self._parse_row(row)
 
     async def get(self, id_: str, hash_: str) -> WorkflowDefinition | None:
-        cached = self._by_hash.get((id_, hash_))
+        cached = self._cached((id_, hash_))
         if cached is not None:
             return cached
         row = await self.store.definition(id_, hash_)

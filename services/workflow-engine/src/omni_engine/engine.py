@@ -78,8 +78,17 @@ class _Pending(NamedTuple):
     future: asyncio.Future[RunState | None]
 
 
+# The ``workflow`` label of the engine's metrics names at most this many workflows per process;
+# the runs of any further one count under OTHER_WORKFLOWS. Every label set lives as long as the
+# process (and is in every scrape), and any caller may register workflows by the thousand.
+MAX_WORKFLOW_LABELS = 100
+OTHER_WORKFLOWS = "other"
+
+
 class EngineMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, max_workflow_labels: int = MAX_WORKFLOW_LABELS) -> None:
+        self.max_workflow_labels = max_workflow_labels
+        self._workflow_labels: set[str] = set()
         self.runs_started = Counter(
             "omni_engine_runs_started_total", "Runs started", ["workflow"], registry=registry
         )
@@ -101,6 +110,16 @@ class EngineMetrics:
             registry=registry,
             buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
         )
+
+    def workflow(self, name: str) -> str:
+        """The ``workflow`` label for ``name``: itself for the first ``max_workflow_labels``
+        workflows this process counts, ``other`` for the rest."""
+        if name in self._workflow_labels:
+            return name
+        if len(self._workflow_labels) < self.max_workflow_labels:
+            self._workflow_labels.add(name)
+            return name
+        return OTHER_WORKFLOWS
 
 
 class Engine:
@@ -206,7 +225,7 @@ class Engine:
                 if existing_state is None:
                     raise EngineError("conflict", f"run '{run_id}' could not be created")
                 return existing_state
-            self.metrics.runs_started.labels(spec.name).inc()
+            self.metrics.runs_started.labels(self.metrics.workflow(spec.name)).inc()
             self._after_commit(state, batch)
             await self.relay.publish(written)
             return state
@@ -334,7 +353,7 @@ class Engine:
 
     def _after_commit(self, state: RunState, batch: Batch) -> None:
         if state.finished:
-            self.metrics.runs_finished.labels(state.workflow, state.status).inc()
+            self.metrics.runs_finished.labels(self.metrics.workflow(state.workflow), state.status).inc()
         self._remember(state)
         earliest = batch.effects.earliest
         if earliest is not None and self.on_timer_set is not None:
@@ -356,7 +375,8 @@ class Engine:
 
         state = await self._update(result.run_id, take)
         if state is not None:
-            self.metrics.steps.labels(state.workflow, "completed" if result.success else "failed").inc()
+            outcome = "completed" if result.success else "failed"
+            self.metrics.steps.labels(self.metrics.workflow(state.workflow), outcome).inc()
             self.metrics.transition_seconds.observe(time.perf_counter() - started)
             return
         if problem is not None:

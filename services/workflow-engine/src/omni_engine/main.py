@@ -16,8 +16,8 @@ from pydantic_settings import SettingsConfigDict
 
 from omni_engine.api import EngineApi
 from omni_engine.consumers import ResultHandler, TriggerHandler, consume
-from omni_engine.definitions import Definitions
-from omni_engine.engine import Engine, EngineMetrics
+from omni_engine.definitions import DEFAULT_CACHE_SIZE, Definitions
+from omni_engine.engine import MAX_WORKFLOW_LABELS, Engine, EngineMetrics
 from omni_engine.relay import OutboxRelay
 from omni_engine.store import Store, init_connection
 from omni_engine.timers import TimerPoller, oldest_unprocessed_result
@@ -39,6 +39,16 @@ class EngineSettings(DatabaseSettings):
     )
     timer_poll_s: float = Field(
         default=0.5, description="Longest sleep between looks for due timers set by other replicas"
+    )
+    definition_cache_size: int = Field(
+        default=DEFAULT_CACHE_SIZE,
+        ge=1,
+        description="Parsed workflow definitions (versions) kept in memory, the least recently used dropped",
+    )
+    metrics_max_workflows: int = Field(
+        default=MAX_WORKFLOW_LABELS,
+        ge=0,
+        description="Workflows named in the workflow label of the engine's metrics; others count as 'other'",
     )
 
 
@@ -64,10 +74,11 @@ async def body(ctx: ServiceContext, settings: EngineSettings) -> None:
     assert ctx.nc is not None
     assert ctx.micro is not None
     store = Store(pool)
-    definitions = Definitions(store)
+    definitions = Definitions(store, cache_size=settings.definition_cache_size)
     await definitions.load_dir(settings.workflows_dir)
     relay = OutboxRelay(ctx.nc, store, ctx.registry, stale_after_s=settings.outbox_stale_after_s)
-    engine = Engine(store, definitions, relay, EngineMetrics(ctx.registry))
+    metrics = EngineMetrics(ctx.registry, max_workflow_labels=settings.metrics_max_workflows)
+    engine = Engine(store, definitions, relay, metrics)
     js = ctx.js
     timers = TimerPoller(
         engine, store, poll_s=settings.timer_poll_s, pending_since=lambda: oldest_unprocessed_result(js)
