@@ -758,7 +758,12 @@ def validate_payload(defn: WorkflowDefinition, payload: Any) -> list[FieldError]
 # YAML
 
 
-class _Loader(yaml.SafeLoader):
+# libyaml's parser when PyYAML has it (the wheels do): some twenty times faster than the pure
+# Python one, which took seconds to refuse a 10,000-step definition on a busy machine.
+_SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_SafeLoader):  # type: ignore[valid-type,misc]  # chosen at import time
     """Safe YAML with YAML 1.2 booleans and no implicit timestamps: values stay JSON data."""
 
 
