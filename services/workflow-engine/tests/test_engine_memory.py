@@ -1,19 +1,24 @@
 """What the engine keeps in memory is bounded (issue 9, item 16: the engine grew from 83 to 210 MB
 under a probe of mixed traffic, most of it held by parsed definitions of registered workflows).
 The parsed-definition cache keeps the definitions used last, not every version ever registered
-or read; the metrics' ``workflow`` label names a bounded number of workflows."""
+or read; the states of runs in progress are cached up to a number of bytes, not only a count; the
+metrics' ``workflow`` label names a bounded number of workflows."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import pytest
 from engine_harness import Harness, ok
+from omni_contract.events import RunEventType as E
 from omni_contract.events import ToolInvoke, ToolResult
 from omni_engine.definitions import Definitions
-from omni_engine.engine import EngineMetrics
+from omni_engine.engine import Engine, EngineMetrics
+from omni_engine.state import RunState, apply
 from omni_engine.store import Store, init_connection
 from omni_runtime import db
 from omni_testkit import wait_for
@@ -117,3 +122,71 @@ def test_the_workflow_label_names_the_first_workflows_and_counts_the_rest_as_oth
         if sample.name.endswith("_total")
     }
     assert counts == {"random-0": 2, "random-1": 1, "other": 48}
+
+
+STUCK = """
+name: memory-stuck
+version: '1'
+trigger:
+  event: app.test.memory.stuck
+  payload:
+    text: string
+steps:
+  - name: only
+    tool: util.echo
+    provider: p
+    input:
+      text: "${trigger.payload.text}"
+"""
+
+
+def running_state(run_id: str, text: str) -> RunState:
+    now = datetime.now(UTC)
+    data = {"workflow": "w", "hash": "h", "payload": {"text": text}, "steps": [{"name": "a", "tool": "t.t"}]}
+    return apply(None, run_id, E.RUN_STARTED, data, now)
+
+
+def bare_engine(**kwargs: Any) -> Engine:
+    """An engine whose state cache alone is exercised (nothing here reaches a store or NATS)."""
+    none: Any = None
+    return Engine(none, none, none, EngineMetrics(CollectorRegistry()), **kwargs)
+
+
+def test_the_states_of_runs_in_progress_are_cached_up_to_the_byte_bound() -> None:
+    engine = bare_engine(cache_bytes=50_000)
+    for i in range(100):
+        engine._remember(running_state(f"run-{i}", "x" * 4_000))
+    assert engine.cached_bytes <= 50_000
+    assert 5 <= engine.cached_runs <= 12  # about 4 kB each
+    assert engine._forget("run-99") is not None  # the latest stay, the oldest went first
+    assert engine._forget("run-0") is None
+
+
+def test_a_state_larger_than_the_byte_bound_is_not_cached_and_a_finished_one_is_dropped() -> None:
+    engine = bare_engine(cache_bytes=10_000)
+    engine._remember(running_state("big", "x" * 20_000))
+    assert engine.cached_runs == 0
+    small = running_state("small", "x")
+    engine._remember(small)
+    assert engine.cached_runs == 1
+    small.status = "completed"
+    engine._remember(small)
+    assert (engine.cached_runs, engine.cached_bytes) == (0, 0)
+
+
+async def test_runs_are_completed_when_their_states_do_not_all_fit_the_cache(harness: Harness) -> None:
+    await harness.stop_engine()
+    await harness.start_engine(run_cache_bytes=20_000)
+    release = asyncio.Event()
+
+    async def held(invoke: ToolInvoke) -> ToolResult | None:
+        await release.wait()
+        return ok(invoke)
+
+    harness.respond = held
+    await harness.register(STUCK)
+    runs = [await harness.start("memory-stuck", {"text": f"{i}" + "x" * 2_000}) for i in range(20)]
+    await wait_for(lambda: len(harness.invokes("only")) == 20, timeout=30)
+    release.set()
+    for run_id in runs:
+        assert (await harness.finished(run_id))["status"] == "completed"

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 tracer = trace.get_tracer("omni.workflow-engine")
 
 MAX_APPEND_RETRIES = 20
+# The states of runs in progress kept in memory: at most this many bytes (their JSON size).
+DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 # Save the run's whole state every this many events (and when it ends); readers fold the rest.
 SNAPSHOT_EVERY = 64
 
@@ -130,6 +132,7 @@ class Engine:
         relay: OutboxRelay,
         metrics: EngineMetrics,
         cache_size: int = 10_000,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
         on_timer_set: Callable[[datetime], None] | None = None,
     ) -> None:
         self.store = store
@@ -139,20 +142,42 @@ class Engine:
         # The projection of runs this replica advanced last, so that folding a result does not
         # begin with a read. The append's expected seq still guards it: when another replica (or
         # a concurrent handler) moved the run on, the append conflicts and the state is reloaded.
+        # Bounded by count and by bytes (the state's JSON size: payloads and outputs can be large,
+        # and runs waiting on a provider stay here until they end).
         self._states: OrderedDict[str, RunState] = OrderedDict()
+        self._state_bytes: dict[str, int] = {}
+        self.cached_bytes = 0
         self.cache_size = cache_size
+        self.cache_bytes = cache_bytes
         # Tells the timer poller of a timer this replica just set, so it can wake in time.
         self.on_timer_set = on_timer_set
         self._mailbox: dict[str, list[_Pending]] = {}  # changes waiting for a run's transaction
         self._busy: set[str] = set()  # runs with a transaction in flight on this replica
 
     def _remember(self, state: RunState) -> None:
+        self._forget(state.run_id)
         if state.finished:
             return
+        size = len(msgspec.json.encode(state))
+        if size > self.cache_bytes:
+            return
         self._states[state.run_id] = state
-        self._states.move_to_end(state.run_id)
-        while len(self._states) > self.cache_size:
-            self._states.popitem(last=False)
+        self._state_bytes[state.run_id] = size
+        self.cached_bytes += size
+        while len(self._states) > self.cache_size or self.cached_bytes > self.cache_bytes:
+            oldest, _ = self._states.popitem(last=False)
+            self.cached_bytes -= self._state_bytes.pop(oldest)
+
+    def _forget(self, run_id: str) -> RunState | None:
+        """Take the run's state out of the cache (None when it is not there)."""
+        state = self._states.pop(run_id, None)
+        if state is not None:
+            self.cached_bytes -= self._state_bytes.pop(run_id)
+        return state
+
+    @property
+    def cached_runs(self) -> int:
+        return len(self._states)
 
     # -- starting ----------------------------------------------------------------------------
     async def start_run(
@@ -311,7 +336,7 @@ class Engine:
         use_cache = True
         for _ in range(MAX_APPEND_RETRIES):
             # Taken out of the cache while in hand: a concurrent handler of the same run reads it anew.
-            cached = self._states.pop(run_id, None) if use_cache else None
+            cached = self._forget(run_id) if use_cache else None
             state = cached or await self.store.load_run(run_id)
             if state is None:
                 return [None] * len(pending)

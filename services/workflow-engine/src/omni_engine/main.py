@@ -17,7 +17,7 @@ from pydantic_settings import SettingsConfigDict
 from omni_engine.api import EngineApi
 from omni_engine.consumers import ResultHandler, TriggerHandler, consume
 from omni_engine.definitions import DEFAULT_CACHE_SIZE, Definitions
-from omni_engine.engine import MAX_WORKFLOW_LABELS, Engine, EngineMetrics
+from omni_engine.engine import DEFAULT_CACHE_BYTES, MAX_WORKFLOW_LABELS, Engine, EngineMetrics
 from omni_engine.relay import OutboxRelay
 from omni_engine.store import Store, init_connection
 from omni_engine.timers import TimerPoller, oldest_unprocessed_result
@@ -44,6 +44,11 @@ class EngineSettings(DatabaseSettings):
         default=DEFAULT_CACHE_SIZE,
         ge=1,
         description="Parsed workflow definitions (versions) kept in memory, the least recently used dropped",
+    )
+    run_cache_bytes: int = Field(
+        default=DEFAULT_CACHE_BYTES,
+        ge=0,
+        description="Bytes (JSON size) of the states of runs in progress kept in memory",
     )
     metrics_max_workflows: int = Field(
         default=MAX_WORKFLOW_LABELS,
@@ -78,7 +83,7 @@ async def body(ctx: ServiceContext, settings: EngineSettings) -> None:
     await definitions.load_dir(settings.workflows_dir)
     relay = OutboxRelay(ctx.nc, store, ctx.registry, stale_after_s=settings.outbox_stale_after_s)
     metrics = EngineMetrics(ctx.registry, max_workflow_labels=settings.metrics_max_workflows)
-    engine = Engine(store, definitions, relay, metrics)
+    engine = Engine(store, definitions, relay, metrics, cache_bytes=settings.run_cache_bytes)
     js = ctx.js
     timers = TimerPoller(
         engine, store, poll_s=settings.timer_poll_s, pending_since=lambda: oldest_unprocessed_result(js)
