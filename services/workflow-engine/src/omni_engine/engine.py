@@ -40,7 +40,7 @@ tracer = trace.get_tracer("omni.workflow-engine")
 
 MAX_APPEND_RETRIES = 20
 # The states of runs in progress kept in memory: at most this many bytes (their JSON size).
-DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
+DEFAULT_CACHE_BYTES = 32 * 1024 * 1024
 # Save the run's whole state every this many events (and when it ends); readers fold the rest.
 SNAPSHOT_EVERY = 64
 
