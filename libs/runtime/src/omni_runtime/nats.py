@@ -350,29 +350,46 @@ async def stop_watch(watcher: KeyValue.KeyWatcher) -> None:
 async def read_latest(kv: KeyValue, keys: str = ">", *, wait_s: float = 10.0) -> list[KeyValue.Entry]:
     """The latest entry of every live key matching ``keys``, as the bucket holds them now.
 
-    Unlike nats-py's ``keys()`` and the watcher's "nothing more" marker, which may come before
-    entries already on their way (it is judged from the consumer's pending count, 0 as soon as
-    the server has sent everything), the end is the server's own word: the bucket's stream says
-    first whether any key matches, and the read ends at the entry delivered with nothing pending
-    after it. Deleted keys are left out.
+    nats-py's ``keys()`` ends at the watcher's "nothing more" marker, which may come before
+    entries already on their way (it is judged from the consumer's pending count, 0 as soon as the
+    server has sent everything). Here the read ends at the entry delivered with nothing pending
+    after it, or, when the watch falls quiet (after the marker, or when entries expired or were
+    purged meanwhile), once every key the bucket's stream holds now has been read. Deleted keys
+    are left out.
     """
-    stream = kv._stream  # nats-py keeps the bucket's stream and subject prefix here
-    info = await kv._js.stream_info(stream, subjects_filter=f"{kv._pre}{keys}")
-    if not info.state.subjects:
+    js, stream, prefix = kv._js, kv._stream, kv._pre  # nats-py keeps the bucket's stream here
+
+    async def held() -> set[str]:
+        info = await js.stream_info(stream, subjects_filter=f"{prefix}{keys}")
+        return {subject[len(prefix) :] for subject in info.state.subjects or {}}
+
+    if not await held():
         return []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
     watcher = await watch(kv, keys)
     latest: dict[str, KeyValue.Entry] = {}
     try:
         while True:
-            entry = await watcher.updates(timeout=wait_s)  # type: ignore[no-untyped-call]
-            if entry is None:  # nats-py's marker: not to be trusted, see above
+            try:
+                entry = await watcher.updates(timeout=_READ_QUIET_S)  # type: ignore[no-untyped-call]
+            except nats.errors.TimeoutError:
+                entry = None
+            if entry is not None:
+                latest[entry.key] = entry
+                if entry.delta == 0:
+                    break
                 continue
-            latest[entry.key] = entry
-            if entry.delta == 0:
+            if await held() <= set(latest):
                 break
+            if loop.time() > deadline:
+                raise TimeoutError(f"reading {keys} of {stream} did not settle within {wait_s:g} s")
     finally:
         await stop_watch(watcher)
     return [entry for entry in latest.values() if entry.operation not in KV_DELETES]
+
+
+_READ_QUIET_S = 0.05
 
 
 class KeyFollower:
