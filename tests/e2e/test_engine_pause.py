@@ -20,10 +20,11 @@ pytestmark = pytest.mark.e2e
 
 RUNS = 60
 LATENCY_MS = 300
-TIMEOUT_MS = 4000
-PAUSE_S = 8.0  # longer than a step's timeout: every timer of a step in flight falls due meanwhile
+TIMEOUT_MS = 8000
+PAUSE_S = 11.0  # longer than a step's timeout: every timer of a step in flight falls due meanwhile
 
-# Two steps side by side, then a third: each allowed 4 s and two attempts, so a timeout would
+# Two steps side by side, then a third: each allowed 8 s (the answers take 0.3 s; the slack is for
+# a loaded machine) and two attempts, so a timeout would
 # mean a second call. At the pause, results of 60 runs' steps are on their way (more than one
 # pull's batch), and the answers of the steps in flight reach JetStream during it.
 WORKFLOW = f"""
