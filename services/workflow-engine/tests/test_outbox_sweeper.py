@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import asyncpg
@@ -18,8 +17,7 @@ from omni_contract.events import RunEventType as E
 from omni_engine import relay
 from omni_engine.relay import OutboxRelay
 from omni_engine.state import NewEvent, apply
-from omni_engine.store import OutboxMessage, Store, init_connection
-from omni_runtime import db
+from omni_engine.store import OutboxMessage, Store
 from omni_runtime import nats as omni_nats
 from omni_runtime.db import Conn
 from omni_testkit import wait_for
@@ -41,17 +39,6 @@ class FlakyStore(Store):
         if self.failures:
             raise self.failures.pop(0)
         return await super().claim_stale_outbox(conn, older_than_s, limit)
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await db.create_pool(database_url, "engine", min_size=1, max_size=4, init=init_connection)
-    async with pool.acquire() as conn:
-        await db.apply_migrations(conn, "engine", db.migration_files("omni_engine"))
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 async def leave_behind(store: Store, run_id: str) -> OutboxMessage:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import asyncpg
@@ -38,17 +37,6 @@ async def test_an_append_behind_another_writer_is_a_conflict(database_url: str) 
         loaded = await store.load_run("run-1")
         assert loaded is not None
         assert loaded.last_seq == 2
-    finally:
-        await pool.close()
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await db.create_pool(database_url, "engine", min_size=1, max_size=4, init=init_connection)
-    async with pool.acquire() as conn:
-        await db.apply_migrations(conn, "engine", db.migration_files("omni_engine"))
-    try:
-        yield pool
     finally:
         await pool.close()
 
