@@ -111,7 +111,7 @@ _RETENTION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "
 # Limits, checked before a definition is stored (a stored definition must fit in one RPC reply,
 # and a run's summary with one entry per step too).
 MAX_FILE_BYTES = MAX_DEFINITION_BYTES  # the YAML or JSON text, and the stored (canonical) JSON
-MAX_STEPS = 200
+MAX_STEPS = 1000  # the long-history benchmark runs 1,000 sequential steps
 MAX_DEPTH = 32  # nesting of mappings and lists, from the top of the document
 MAX_NAME_LENGTH = 200
 MAX_VERSION_LENGTH = 64
