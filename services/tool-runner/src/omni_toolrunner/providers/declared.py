@@ -19,7 +19,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -33,8 +33,18 @@ from omni_contract.declared import (
 )
 
 from omni_toolrunner.providers.base import ProviderError, ProviderErrorKind, ToolCall, ToolOutcome
+from omni_toolrunner.providers.declaration import (
+    Idempotency,
+    ProviderBinding,
+    ProviderDeclaration,
+    ProviderEnv,
+    fixed_model,
+)
 from omni_toolrunner.providers.http_client import HttpAdapter, failures_logged
 from omni_toolrunner.providers.http_errors import classify_status, retry_after, send, shorten
+
+if TYPE_CHECKING:
+    from omni_toolrunner.settings import ToolRunnerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -227,3 +237,21 @@ def _first_error(errors: Any) -> str | None:
         return str(first["message"])
     parts = [str(first[key]) for key in ("field", "code") if first.get(key)]
     return " ".join(parts) or None
+
+
+def _bind(
+    settings: ToolRunnerSettings, environ: Mapping[str, str], client: httpx.AsyncClient
+) -> ProviderBinding:
+    adapter = DeclaredHttpAdapter(client, environ=environ, allowed_secrets=settings.declared_secrets)
+    return ProviderBinding(adapter, "execute_tool", fixed_model(None), None)
+
+
+DECLARATION = ProviderDeclaration(
+    name=DECLARED_PROVIDER,
+    env=ProviderEnv(),  # each declaration names its credential, from OMNI_TOOLRUNNER_DECLARED_SECRETS
+    tools=(),
+    bind=_bind,
+    idempotency=Idempotency.PER_TOOL,
+    per_tool_credentials=True,
+    tools_at_run_time=True,
+)
