@@ -17,7 +17,9 @@ has a value, the last one's outcome stands (its error, or null).
 A path walks objects by key and lists by index, written ``.0`` or ``[0]``:
 ``${steps.speech_to_text.output.segments[0].text}`` equals ``...output.segments.0.text``.
 ``$${`` writes a literal ``${``. There are no expressions or filters: a template is a lookup,
-and nothing is ever evaluated (conditions are CEL, in ``when:``; see ``conditions.py``).
+and nothing is ever evaluated (conditions are CEL, in ``when:``; see ``conditions.py``). The
+syntax is ``omni_contract.templates``, shared with declared tools; the roots and rules here are
+the workflow's.
 
 Rendering rules (``render``):
 
@@ -39,22 +41,18 @@ from __future__ import annotations
 
 import copy
 import json
-import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any, Literal, TypeAlias
 
-PathPart: TypeAlias = str | int
+from omni_contract.templates import PathPart, Placeholder, TemplateSyntaxError, format_path, scan
+from omni_contract.templates import parse_path as parse_path_syntax
+
 Path: TypeAlias = tuple[PathPart, ...]
 Root: TypeAlias = Literal["trigger", "steps", "context", "item", "index"]
 
 ROOTS: tuple[Root, ...] = ("trigger", "steps", "context", "item", "index")
-
-_NAME = r"[A-Za-z_][A-Za-z0-9_\-]*"
-_FIRST_RE = re.compile(_NAME)
-# After the first name: ``.name``, ``.0`` or ``[0]``.
-_NEXT_RE = re.compile(rf"\.({_NAME})|\.(\d+)|\[(\d+)\]")
 
 
 class TemplateError(ValueError):
@@ -132,36 +130,12 @@ class Scope:
     index: int | None = None
 
 
-def format_path(parts: Sequence[PathPart]) -> str:
-    """``("segments", 0, "text")`` -> ``segments[0].text``."""
-    out = ""
-    for part in parts:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else part
-    return out
-
-
 def parse_path(expression: str) -> Path:
     """Split ``a.b[0].c`` / ``a.b.0.c`` into ``("a", "b", 0, "c")``; raise on anything else."""
-    text = expression.strip()
-    first = _FIRST_RE.match(text)
-    if first is None:
-        raise TemplateError(expression, "expected a path such as trigger.payload.<field>")
-    parts: list[PathPart] = [first.group(0)]
-    pos = first.end()
-    while pos < len(text):
-        m = _NEXT_RE.match(text, pos)
-        if m is None:
-            raise TemplateError(expression, f"invalid path syntax at {text[pos:]!r}")
-        name, dotted_index, bracket_index = m.groups()
-        if name is not None:
-            parts.append(name)
-        else:
-            parts.append(int(dotted_index if dotted_index is not None else bracket_index))
-        pos = m.end()
-    return tuple(parts)
+    try:
+        return parse_path_syntax(expression, "trigger.payload.<field>")
+    except TemplateSyntaxError as exc:
+        raise TemplateError(exc.expression, exc.message) from None
 
 
 def parse_reference(expression: str) -> Reference:
@@ -201,27 +175,10 @@ def _parse_one(expression: str) -> Reference:
 @lru_cache(maxsize=4096)
 def parse_template(text: str) -> Template:
     """Parse a string into literal text and references (cached: definitions reuse their strings)."""
-    parts: list[str | Reference] = []
-    buf: list[str] = []
-    i = 0
-    while i < len(text):
-        if text.startswith("$${", i):
-            buf.append("${")
-            i += 3
-        elif text.startswith("${", i):
-            end = text.find("}", i + 2)
-            if end == -1:
-                raise TemplateError(text[i + 2 :], "missing the closing '}'", snippet=text[i:])
-            if buf:
-                parts.append("".join(buf))
-                buf = []
-            parts.append(parse_reference(text[i + 2 : end]))
-            i = end + 1
-        else:
-            buf.append(text[i])
-            i += 1
-    if buf:
-        parts.append("".join(buf))
+    try:
+        parts = [parse_reference(p.expression) if isinstance(p, Placeholder) else p for p in scan(text)]
+    except TemplateSyntaxError as exc:
+        raise TemplateError(exc.expression, exc.message, snippet=exc.snippet) from None
     if len(parts) == 1 and isinstance(parts[0], Reference):
         parts[0] = replace(parts[0], whole=True)
     return Template(tuple(parts))

@@ -14,6 +14,7 @@ import types
 import typing
 from typing import Any, get_args, get_origin
 
+from omni_contract.templates import PathPart
 from pydantic import BaseModel, ValidationError
 
 from omni_engine.conditions import ConditionError, compile_condition
@@ -28,7 +29,7 @@ from omni_engine.definition.model import (
     WorkflowDefinition,
 )
 from omni_engine.definition.schema import json_type
-from omni_engine.templating import PathPart, TemplateError, collect_references, parse_template
+from omni_engine.templating import TemplateError, collect_references, parse_template
 
 # Types a template path may go below (``${steps.x.output.grammar.errors}``).
 _CONTAINER_TYPES = frozenset({"object", "array", "any"})

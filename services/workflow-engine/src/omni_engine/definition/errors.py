@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
+from omni_contract.templates import PathPart, format_path
 
 from omni_engine.definition.limits import MAX_ERRORS, MAX_FIELD_LENGTH, MAX_MESSAGE_LENGTH
-from omni_engine.templating import PathPart, format_path
 
 
 class WorkflowError(Exception):

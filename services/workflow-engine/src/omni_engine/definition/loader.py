@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from omni_contract.templates import PathPart
 
 from omni_engine.definition.checks import check_document
 from omni_engine.definition.errors import Problems, WorkflowError, WorkflowValidationError, quote
 from omni_engine.definition.limits import MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES
 from omni_engine.definition.model import WorkflowDefinition, address_field, canonical_json
-from omni_engine.templating import PathPart
 
 # libyaml's parser when PyYAML has it (the wheels do): some twenty times faster than the pure
 # Python one, which took seconds to refuse a 10,000-step definition on a busy machine.
