@@ -9,6 +9,8 @@ direct execution -> HTTP call with the credential -> mapped output.
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -38,14 +40,14 @@ def ticket_declaration(base_url: str, **overrides: Any) -> dict[str, Any]:
         },
         "request": {
             "method": "POST",
-            "url": base_url + "/queues/{{ input.queue }}/tickets",
-            "body": {"subject": "{{ input.subject }}", "priority": "{{ input.priority }}"},
+            "url": base_url + "/queues/${input.queue}/tickets",
+            "body": {"subject": "${input.subject}", "priority": "${input.priority}"},
         },
         "auth": {"env": "HELPDESK_TOKEN", "scheme": "header", "name": "X-Api-Key"},
         "output": {
-            "ticket": "{{ response.id }}",
-            "link": "{{ response.links.self }}",
-            "code": "{{ status }}",
+            "ticket": "${response.id}",
+            "link": "${response.links.self}",
+            "code": "${status}",
         },
     }
     value.update(overrides)
@@ -95,6 +97,7 @@ async def test_a_tool_declared_over_http_is_served_called_and_withdrawn(
         stored = await created.json()
         assert stored["origin"] == "api"
         assert stored["declaration"]["name"] == "helpdesk.open_ticket"
+        assert stored["warnings"] == []
 
         async def served() -> bool:
             tool = await tool_status(gateway, "helpdesk.open_ticket")
@@ -153,6 +156,70 @@ async def test_a_tool_declared_over_http_is_served_called_and_withdrawn(
         assert (await gateway.get("/tools/declarations/helpdesk.open_ticket")).status == 404
 
 
+def deprecated_syntax(value: Any) -> Any:
+    """``value`` with its templates written the deprecated way: ``{{ input.queue }}``."""
+    if isinstance(value, str):
+        return re.sub(r"\$\{([^}]*)\}", r"{{ \1 }}", value)
+    if isinstance(value, dict):
+        return {key: deprecated_syntax(item) for key, item in value.items()}
+    return value
+
+
+async def test_a_declaration_in_the_deprecated_syntax_is_served_the_same_and_warned_of(
+    nats_url: str,
+    make_gateway: GatewayFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv("HELPDESK_TOKEN", TOKEN)
+    gateway = await make_gateway()
+    async with helpdesk() as (base_url, received), integrations_runner(nats_url):
+        declared = deprecated_syntax(ticket_declaration(base_url))
+        assert declared["request"]["url"].endswith("/queues/{{ input.queue }}/tickets")
+        with caplog.at_level(logging.WARNING, logger="omni_gateway.declarations"):
+            created = await gateway.put("/tools/declarations/helpdesk.legacy_ticket", json=declared)
+        assert created.status == 201, await created.text()
+        warnings = {warning["field"]: warning for warning in (await created.json())["warnings"]}
+        assert sorted(warnings) == [
+            "$.output.code",
+            "$.output.link",
+            "$.output.ticket",
+            "$.request.body.priority",
+            "$.request.body.subject",
+            "$.request.url",
+        ]
+        url = warnings["$.request.url"]
+        assert url["replacement"] == base_url + "/queues/${input.queue}/tickets"
+        assert "deprecated" in url["message"]
+        assert "0.3.0" in url["message"]
+        assert warnings["$.output.ticket"]["replacement"] == "${response.id}"
+        logged = [r.getMessage() for r in caplog.records if r.name == "omni_gateway.declarations"]
+        assert len(logged) == 1
+        assert "helpdesk.legacy_ticket" in logged[0]
+        assert "$.request.url" in logged[0]
+        # Stored as written: it keeps working until the old syntax goes.
+        stored = await (await gateway.get("/tools/declarations/helpdesk.legacy_ticket")).json()
+        assert stored["declaration"]["request"]["url"] == declared["request"]["url"]
+
+        async def served() -> bool:
+            tool = await tool_status(gateway, "helpdesk.legacy_ticket")
+            return tool is not None and tool["status"] == "available"
+
+        await wait_for(served, timeout=20, message="the runner registered the declared tool")
+        response = await gateway.post(
+            "/tools/helpdesk/legacy_ticket/integrations",
+            json={"input": {"queue": "billing/eu", "subject": "Refund"}},
+        )
+        assert response.status == 200, await response.text()
+        assert (await response.json())["output"] == {"ticket": "T-1", "link": "/tickets/T-1", "code": 201}
+        assert received == [{"queue": "billing/eu", "subject": "Refund"}]
+
+        rewritten = ticket_declaration(base_url)
+        replaced = await gateway.put("/tools/declarations/helpdesk.legacy_ticket", json=rewritten)
+        assert replaced.status == 200
+        assert (await replaced.json())["warnings"] == []
+
+
 async def test_a_declared_tool_without_its_secret_is_registered_unavailable_with_the_reason(
     nats_url: str, make_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -192,7 +259,9 @@ async def test_a_declared_tool_without_its_secret_is_registered_unavailable_with
 @pytest.mark.parametrize(
     ("change", "status", "field"),
     [
+        ({"request": {"method": "POST", "url": "https://${input.host}/x"}}, 422, "$.request.url"),
         ({"request": {"method": "POST", "url": "https://{{ input.host }}/x"}}, 422, "$.request.url"),
+        ({"output": {"ticket": "${response.id} ({{ status }})"}}, 422, "$.output.ticket"),
         ({"auth": {"env": "lower-case"}}, 422, "$.auth.env"),
         ({"inputSchema": {"type": "objekt"}}, 422, "$.inputSchema.type"),
         ({"timeoutMs": "soon"}, 422, "$.timeoutMs"),
@@ -217,6 +286,11 @@ async def test_post_creates_once_and_refuses_a_taken_name(gateway: TestClient[An
     declared = {"name": "helpdesk.open_ticket", **ticket_declaration("https://helpdesk.test")}
     first = await gateway.post("/tools/declarations", json=declared)
     assert first.status == 201, await first.text()
+    assert (await first.json())["warnings"] == []
+    legacy = {**deprecated_syntax(declared), "name": "helpdesk.legacy_ticket"}
+    warned = await gateway.post("/tools/declarations", json=legacy)
+    assert warned.status == 201, await warned.text()
+    assert "$.request.url" in [warning["field"] for warning in (await warned.json())["warnings"]]
     again = await gateway.post("/tools/declarations", json=declared)
     assert again.status == 409
     assert "PUT /tools/declarations/helpdesk.open_ticket" in (await again.json())["error"]["message"]

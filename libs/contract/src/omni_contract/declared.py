@@ -9,8 +9,8 @@ watches the bucket and serves every declared tool as ``(name, integrations)``.
 A declaration says:
 
 - ``request``: the method, the URL, query parameters, headers and a JSON body, each a *template*
-  over the call: ``{{ input.owner }}`` is the step input's ``owner``; ``{{ idempotencyKey }}`` the
-  call's idempotency key. A string that is one whole template keeps the value's type (a list stays a
+  over the call: ``${input.owner}`` is the step input's ``owner``; ``${idempotencyKey}`` the call's
+  idempotency key. A string that is one whole template keeps the value's type (a list stays a
   list); templates inside a longer string are written out as text. A body or query entry whose
   template finds nothing is left out, so optional input fields need no special syntax. Values put
   into the URL's path are percent-encoded.
@@ -19,9 +19,15 @@ A declaration says:
   ``query`` parameter, or ``url`` when the secret *is* the address, as a Zapier hook's is).
 - ``rateLimit``: the service's quota (requests and tokens per minute), shared by the runner's
   replicas and by every tool of the same integration (category).
-- ``output``: the step output, as templates over the answer: ``{{ response.html_url }}`` (the JSON
-  body), ``{{ status }}``, ``{{ headers.etag }}``, ``{{ input.title }}``. Without it the output is
+- ``output``: the step output, as templates over the answer: ``${response.html_url}`` (the JSON
+  body), ``${status}``, ``${headers.etag}``, ``${input.title}``. Without it the output is
   ``{status, body}``.
+
+Templates are the workflows' ``${...}`` (``omni_contract.templates``): the same paths
+(``response.items[0].id`` or ``response.items.0.id``), ``$${`` for a literal ``${``. The older
+``{{ path }}`` still works and reads the same paths, but it is deprecated: registering a declaration
+that uses it answers with a warning per field, with the field rewritten, and it will be refused
+from Omni :data:`LEGACY_TEMPLATES_REFUSED_FROM` on. One string cannot mix the two.
 
 The host of the URL is literal: input can choose paths and parameters, never where the request (and
 its credential) goes. ``request.baseUrlEnv`` names a runner variable that replaces the URL's origin
@@ -31,12 +37,13 @@ its credential) goes. ``request.baseUrlEnv`` names a runner variable that replac
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
+from omni_contract.templates import Placeholder, TemplateSyntaxError, parse_path, scan
 from omni_contract.tools import Capability, ToolSpec
 
 DECLARED_TOOLS_BUCKET: Final = "omni_declared_tools"
@@ -51,9 +58,9 @@ ORIGIN_FILE_PREFIX: Final = "file:"
 
 TOOL_NAME = re.compile(r"^[a-z][a-z0-9_-]*\.[a-z][a-z0-9_-]*$")
 ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
-TEMPLATE = re.compile(r"\{\{\s*(.*?)\s*\}\}")
-_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(?:\.[A-Za-z_][A-Za-z0-9_-]*|\[\d+\])*$")
-_SEGMENT = re.compile(r"\.?([A-Za-z_][A-Za-z0-9_-]*)|\[(\d+)\]")
+# The deprecated template syntax: ``{{ input.owner }}``, read like ``${input.owner}``.
+LEGACY_TEMPLATE = re.compile(r"\{\{\s*(.*?)\s*\}\}")
+LEGACY_TEMPLATES_REFUSED_FROM: Final = "0.3.0"
 
 REQUEST_ROOTS: Final = frozenset({"input", "idempotencyKey"})
 OUTPUT_ROOTS: Final = frozenset({"input", "response", "status", "headers"})
@@ -146,6 +153,20 @@ class Problem(msgspec.Struct, frozen=True):
     message: str
 
 
+class DeclarationWarning(msgspec.Struct, frozen=True):
+    """What a declaration should change though it still works; ``replacement`` is the field rewritten."""
+
+    field: str  # a JSON path into the declaration, e.g. ``$.request.url``
+    message: str
+    replacement: str
+
+
+class RegisteredDeclaration(StoredDeclaration, kw_only=True):
+    """The answer to a registration: the declaration as stored, and what to change in it."""
+
+    warnings: list[DeclarationWarning] = []
+
+
 def decode_declaration(raw: bytes | dict[str, Any]) -> HttpToolDeclaration:
     """Decode and check a declaration; raises :class:`DeclarationError` naming every bad field."""
     try:
@@ -178,32 +199,23 @@ def check(declaration: HttpToolDeclaration) -> Iterator[Problem]:
         )
     request = declaration.request
     auth = declaration.auth
-    for where, template in _templates(request.url, "$.request.url"):
-        yield from _check_template(where, template, REQUEST_ROOTS)
-    origin = TEMPLATE.split(request.url, maxsplit=1)[0]
+    for where, text, roots in _template_fields(declaration):
+        yield from _check_template(where, text, roots)
+    origin, templated = _origin(request.url)
     if auth is not None and auth.scheme == "url":
         if request.url.startswith(("http://", "https://")):
             yield Problem(
                 "$.request.url",
                 "with auth scheme 'url' the address is the secret: request.url is only a path to append",
             )
-    elif not re.match(
-        r"^https?://[^/{}\s]+/" if origin != request.url else r"^https?://[^/{}\s]+(/|$)", origin
-    ):
+    elif not re.match(r"^https?://[^/{}\s]+/" if templated else r"^https?://[^/{}\s]+(/|$)", origin):
         yield Problem(
             "$.request.url",
             "must start with a literal http:// or https:// origin (templates may fill in the path only)",
         )
-    for name, value in request.query.items():
-        for where, template in _templates(value, f"$.request.query.{name}"):
-            yield from _check_template(where, template, REQUEST_ROOTS)
-    for name, value in request.headers.items():
+    for name in request.headers:
         if name.lower() == "authorization" and auth is not None:
             yield Problem(f"$.request.headers.{name}", "set by auth; do not declare it as well")
-        for where, template in _templates(value, f"$.request.headers.{name}"):
-            yield from _check_template(where, template, REQUEST_ROOTS)
-    for where, template in _templates(request.body, "$.request.body"):
-        yield from _check_template(where, template, REQUEST_ROOTS)
     if request.body is not None and request.method in ("GET", "DELETE"):
         yield Problem("$.request.body", f"a {request.method} request has no body")
     if request.base_url_env is not None and not ENV_NAME.match(request.base_url_env):
@@ -213,61 +225,141 @@ def check(declaration: HttpToolDeclaration) -> Iterator[Problem]:
             yield Problem("$.auth.env", f"{auth.env!r} is not an environment variable name (A-Z, 0-9, _)")
         if auth.scheme in ("header", "query") and not auth.name:
             yield Problem("$.auth.name", f"auth scheme {auth.scheme!r} needs the header or parameter name")
-    if declaration.output is not None:
-        for where, template in _templates(declaration.output, "$.output"):
-            yield from _check_template(where, template, OUTPUT_ROOTS)
+
+
+def _origin(url: str) -> tuple[str, bool]:
+    """The URL's literal text before its first template, and whether it has one. (A malformed
+    template is reported on its own; the URL is then read as it is written.)"""
+    try:
+        first = next(_parts(url), "")
+        templated = any(isinstance(part, Placeholder) for part in _parts(url))
+    except TemplateSyntaxError:
+        return url, False
+    return (first if isinstance(first, str) else ""), templated
 
 
 # -- templates --------------------------------------------------------------------------------------
 
+_EXAMPLE_PATH = "input.owner or response.items[0].id"
+_MIXED = "mixes ${...} and {{ ... }} templates: write every template in it as ${...}"
 
-def _templates(value: Any, where: str) -> Iterator[tuple[str, str]]:
-    """Every ``{{ ... }}`` expression in ``value`` (strings inside lists and objects too), with its path."""
+
+def _template_fields(declaration: HttpToolDeclaration) -> Iterator[tuple[str, str, frozenset[str]]]:
+    """Every string that is a template, with its path in the declaration and the roots it may read."""
+    request = declaration.request
+    yield from _strings(request.url, "$.request.url", REQUEST_ROOTS)
+    for name, value in request.query.items():
+        yield from _strings(value, f"$.request.query.{name}", REQUEST_ROOTS)
+    for name, value in request.headers.items():
+        yield from _strings(value, f"$.request.headers.{name}", REQUEST_ROOTS)
+    yield from _strings(request.body, "$.request.body", REQUEST_ROOTS)
+    if declaration.output is not None:
+        yield from _strings(declaration.output, "$.output", OUTPUT_ROOTS)
+
+
+def _strings(value: Any, where: str, roots: frozenset[str]) -> Iterator[tuple[str, str, frozenset[str]]]:
+    """The strings in ``value`` (inside lists and objects too), each with its path."""
     if isinstance(value, str):
-        for match in TEMPLATE.finditer(value):
-            yield where, match.group(1)
+        yield where, value, roots
     elif isinstance(value, dict):
         for key, item in value.items():
-            yield from _templates(item, f"{where}.{key}")
+            yield from _strings(item, f"{where}.{key}", roots)
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            yield from _templates(item, f"{where}[{index}]")
+            yield from _strings(item, f"{where}[{index}]", roots)
 
 
-def _check_template(where: str, expression: str, roots: frozenset[str]) -> Iterator[Problem]:
-    if not _PATH.match(expression):
-        yield Problem(
-            where, f"{{{{ {expression} }}}} is not a path such as input.owner or response.items[0].id"
-        )
+def _is_legacy(text: str) -> bool:
+    """Whether ``text`` is written in ``{{ }}`` templates (and so has no ``${``)."""
+    return "${" not in text and LEGACY_TEMPLATE.search(text) is not None
+
+
+def _is_mixed(text: str) -> bool:
+    return "${" in text and LEGACY_TEMPLATE.search(text) is not None
+
+
+def _parts(text: str) -> Iterator[str | Placeholder]:
+    """One declared string as literal text and placeholders, in either syntax; raises
+    ``TemplateSyntaxError`` for an unclosed ``${`` or a string that mixes the two."""
+    if _is_mixed(text):
+        raise TemplateSyntaxError(text, _MIXED, snippet=text)
+    if not _is_legacy(text):
+        yield from scan(text)
         return
-    root = parse_path(expression)[0]
-    if root not in roots:
-        yield Problem(
-            where, f"{{{{ {expression} }}}}: unknown root {root!r} (use {', '.join(sorted(roots))})"
+    end = 0
+    for match in LEGACY_TEMPLATE.finditer(text):
+        if match.start() > end:
+            yield text[end : match.start()]
+        yield Placeholder(match.group(1))
+        end = match.end()
+    if end < len(text):
+        yield text[end:]
+
+
+def _modernised(text: str) -> str:
+    """``text`` with its ``{{ path }}`` templates written ``${path}``."""
+    return LEGACY_TEMPLATE.sub(lambda match: f"${{{match.group(1)}}}", text)
+
+
+def _check_template(where: str, text: str, roots: frozenset[str]) -> Iterator[Problem]:
+    if _is_mixed(text):
+        yield Problem(where, _MIXED)
+        return
+    shown = "{{{{ {} }}}}" if _is_legacy(text) else "${{{}}}"
+    try:
+        for part in _parts(text):
+            if isinstance(part, str):
+                continue
+            expression = part.expression.strip()
+            try:
+                root = parse_path(expression, _EXAMPLE_PATH)[0]
+            except TemplateSyntaxError:
+                yield Problem(where, f"{shown.format(expression)} is not a path such as {_EXAMPLE_PATH}")
+                continue
+            if root not in roots:
+                yield Problem(
+                    where,
+                    f"{shown.format(expression)}: unknown root {root!r} (use {', '.join(sorted(roots))})",
+                )
+    except TemplateSyntaxError as exc:
+        yield Problem(where, f"{exc.snippet!r}: {exc.message}")
+
+
+def deprecations(declaration: HttpToolDeclaration) -> list[DeclarationWarning]:
+    """A warning for each field written in ``{{ }}`` templates, with the field rewritten."""
+    return [
+        DeclarationWarning(
+            where,
+            f"{{{{ ... }}}} templates are deprecated and refused from Omni {LEGACY_TEMPLATES_REFUSED_FROM}"
+            f" on: write {_modernised(text)!r}",
+            _modernised(text),
         )
-
-
-def parse_path(expression: str) -> list[str | int]:
-    """``response.items[0].id`` as ``["response", "items", 0, "id"]``."""
-    return [name if name else int(index) for name, index in _SEGMENT.findall(expression)]
-
-
-_MISSING: Final = object()
+        for where, text, _ in _template_fields(declaration)
+        if _is_legacy(text)
+    ]
 
 
 def lookup(scope: dict[str, Any], expression: str) -> Any:
-    """The value at ``expression`` in ``scope``, or None when any part of the path is missing."""
+    """The value at ``expression`` (a path) in ``scope``, or None when any part of it is missing.
+
+    Raises ``TemplateSyntaxError`` when ``expression`` is not a path (``check`` refuses those)."""
     value: Any = scope
-    for part in parse_path(expression):
-        if isinstance(part, int):
-            if not isinstance(value, list) or part >= len(value):
-                return None
+    for part in parse_path(expression, _EXAMPLE_PATH):
+        if isinstance(value, dict):
+            value = value.get(str(part))
+        elif isinstance(value, list) and isinstance(part, int) and part < len(value):
             value = value[part]
         else:
-            if not isinstance(value, dict) or part not in value:
-                return None
-            value = value[part]
+            return None
+        if value is None:
+            return None
     return value
+
+
+def substitute(text: str, fill: Callable[[str], str]) -> str:
+    """``text`` with each template replaced by ``fill(path)``: for the caller that writes values its
+    own way (the URL, whose path values are percent-encoded)."""
+    return "".join(part if isinstance(part, str) else fill(part.expression.strip()) for part in _parts(text))
 
 
 def render(value: Any, scope: dict[str, Any]) -> Any:
@@ -276,10 +368,13 @@ def render(value: Any, scope: dict[str, Any]) -> Any:
     Objects drop entries whose whole-value template found nothing; lists keep their items.
     """
     if isinstance(value, str):
-        whole = TEMPLATE.fullmatch(value.strip())
-        if whole is not None:
-            return lookup(scope, whole.group(1))
-        return TEMPLATE.sub(lambda m: as_text(lookup(scope, m.group(1))), value)
+        pieces = list(_parts(value.strip()))
+        if len(pieces) == 1 and isinstance(pieces[0], Placeholder):
+            return lookup(scope, pieces[0].expression.strip())
+        return "".join(
+            part if isinstance(part, str) else as_text(lookup(scope, part.expression.strip()))
+            for part in _parts(value)
+        )
     if isinstance(value, dict):
         out = {}
         for key, item in value.items():

@@ -9,10 +9,16 @@ Declarations are kept in the JetStream KV bucket ``omni_declared_tools``.
 Routes: ``GET /tools/declarations``, ``GET|PUT|DELETE /tools/declarations/{name}`` (PUT creates or
 replaces: 201 or 200), ``POST /tools/declarations`` (creates; 409 when the name is taken). A
 declaration is sent as JSON, or as YAML with a YAML content type (``application/yaml``).
+
+A registration answers with the declaration as stored and ``warnings``: what still works but should
+change. Templates written ``{{ path }}`` instead of ``${path}`` are such a thing (deprecated, and
+refused from ``LEGACY_TEMPLATES_REFUSED_FROM`` on): each field that has them is named, with its
+value rewritten, and the registration is logged with them.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,9 +35,11 @@ from omni_contract.declared import (
     TOOL_NAME,
     DeclarationError,
     HttpToolDeclaration,
+    RegisteredDeclaration,
     StoredDeclaration,
     declared_key,
     decode_declaration,
+    deprecations,
 )
 from omni_runtime import nats as omni_nats
 
@@ -40,6 +48,8 @@ from omni_gateway.errors import ApiError, ErrorDetail
 from omni_gateway.state import GATEWAY
 from omni_gateway.tools import jetstream_errors, read_entries
 from omni_gateway.views import DeclarationList
+
+log = logging.getLogger(__name__)
 
 
 async def _bucket(request: web.Request) -> KeyValue:
@@ -119,6 +129,21 @@ def _view(stored: StoredDeclaration, status: int = 200) -> web.Response:
     return web.Response(status=status, body=msgspec.json.encode(stored), content_type="application/json")
 
 
+def _registered(stored: StoredDeclaration, status: int) -> web.Response:
+    """The answer to a registration: the declaration as stored, with its warnings (logged too)."""
+    warnings = deprecations(stored.declaration)
+    if warnings:
+        log.warning(
+            "declared tool %s registered with warnings: %s",
+            stored.declaration.name,
+            "; ".join(f"{warning.field}: {warning.message}" for warning in warnings),
+        )
+    registered = RegisteredDeclaration(
+        declaration=stored.declaration, origin=stored.origin, updated_at=stored.updated_at, warnings=warnings
+    )
+    return _view(registered, status)
+
+
 async def list_declarations(request: web.Request) -> web.Response:
     kv = await _bucket(request)
     with jetstream_errors("read the declared tools"):
@@ -170,7 +195,7 @@ async def put_declaration(request: web.Request) -> web.Response:
     declaration = _declaration_of(body, name)
     kv = await _bucket(request)
     existed = await _stored(kv, name) is not None
-    return _view(await _save(kv, declaration), status=200 if existed else 201)
+    return _registered(await _save(kv, declaration), status=200 if existed else 201)
 
 
 async def create_declaration(request: web.Request) -> web.Response:
@@ -188,7 +213,7 @@ async def create_declaration(request: web.Request) -> web.Response:
                 f"a tool {declaration.name!r} is already declared; "
                 f"PUT /tools/declarations/{declaration.name} replaces it",
             ) from None
-    return _view(stored, status=201)
+    return _registered(stored, status=201)
 
 
 async def delete_declaration(request: web.Request) -> web.Response:

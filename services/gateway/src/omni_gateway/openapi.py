@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 import msgspec.inspect as mi
-from omni_contract.declared import HttpToolDeclaration, StoredDeclaration
+from omni_contract.declared import HttpToolDeclaration, RegisteredDeclaration, StoredDeclaration
 from omni_contract.events import RunStatus
 from omni_contract.rpc import RunEventsReply, RunPage, RunSummary, WorkflowVersions
 
@@ -70,6 +70,7 @@ BODY_TYPES: tuple[type[msgspec.Struct], ...] = (
     ToolExecution,
     DeclarationList,
     StoredDeclaration,
+    RegisteredDeclaration,
     HttpToolDeclaration,
     ServerList,
     ServerDetail,
@@ -586,7 +587,7 @@ def _paths() -> dict[str, Any]:
                 "declareTool",
                 "tools",
                 "Declare a new tool backed by one HTTP call",
-                {"201": _json("The declaration as stored", "StoredDeclaration")},
+                {"201": _json("The declaration as stored, with warnings", "RegisteredDeclaration")},
                 errors=(
                     "BadRequest",
                     "PayloadTooLarge",
@@ -597,8 +598,10 @@ def _paths() -> dict[str, Any]:
                 description=(
                     "The integrations runner serves it as (name, integrations) moments later. The "
                     "request's method, URL, query, headers and body are templates over the call "
-                    "({{ input.owner }}); the credential is named by auth.env, an environment variable "
-                    "of the runner, and never travels in the declaration."
+                    "(${input.owner}); the credential is named by auth.env, an environment variable "
+                    "of the runner, and never travels in the declaration. The answer's warnings name "
+                    "what still works but should change, such as templates in the deprecated "
+                    "{{ input.owner }} form, with the field rewritten."
                 ),
                 request_body={
                     "required": True,
@@ -623,8 +626,8 @@ def _paths() -> dict[str, Any]:
                 "tools",
                 "Declare a tool, or replace its declaration",
                 {
-                    "200": _json("The declaration replaced the previous one", "StoredDeclaration"),
-                    "201": _json("The tool is newly declared", "StoredDeclaration"),
+                    "200": _json("The declaration replaced the previous one", "RegisteredDeclaration"),
+                    "201": _json("The tool is newly declared", "RegisteredDeclaration"),
                 },
                 errors=("BadRequest", "PayloadTooLarge", "InvalidDeclaration", "ToolsUnavailable"),
                 request_body={

@@ -4,7 +4,8 @@ At start the runner writes the declarations it ships (YAML files in ``declaratio
 ``omni_declared_tools`` bucket, each under origin ``file:<file name>``. A declaration registered
 over the API (origin ``api``) under the same name wins: files never overwrite it, so an edit made
 over the API survives a restart. A file that does not validate is logged with its file name and the
-field at fault, and skipped; the rest still load.
+field at fault, and skipped; the rest still load. One that uses the deprecated ``{{ }}`` templates
+loads, with a warning per field.
 
 Then it watches the bucket: every put or delete swaps the adapter's set of tools and re-announces
 the registry entries, so a declaration registered over the API is callable within moments on every
@@ -32,6 +33,7 @@ from omni_contract.declared import (
     StoredDeclaration,
     declared_key,
     decode_declaration,
+    deprecations,
 )
 from omni_runtime import nats as omni_nats
 
@@ -64,6 +66,8 @@ def load_files(directory: Path) -> list[tuple[str, HttpToolDeclaration]]:
         except (OSError, msgspec.DecodeError) as exc:
             log.error("declared tool file %s cannot be read: %s (skipped)", path.name, exc)
             continue
+        for warning in deprecations(declaration):
+            log.warning("declared tool file %s: %s: %s", path.name, warning.field, warning.message)
         found.append((path.name, declaration))
     return found
 

@@ -4,6 +4,8 @@ HTTP: what is sent (path, credential, headers, body), what comes back, and each 
 
 from __future__ import annotations
 
+import logging
+import re
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,7 +22,7 @@ from integrations_fake import (
     NOTION_VERSION,
     IntegrationsFake,
 )
-from omni_contract.declared import decode_declaration
+from omni_contract.declared import decode_declaration, deprecations
 from omni_toolrunner.declarations import load_files
 from omni_toolrunner.providers import ProviderError, ProviderErrorKind, ToolCall
 from omni_toolrunner.providers.declared import DeclaredHttpAdapter
@@ -66,15 +68,52 @@ async def failure_of(adapter: DeclaredHttpAdapter, request: ToolCall) -> Provide
     return caught.value
 
 
-def test_every_shipped_declaration_loads() -> None:
-    names = {declaration.name for _, declaration in load_files(SHIPPED)}
-    assert names == {
+def test_every_shipped_declaration_loads_and_uses_no_deprecated_template() -> None:
+    shipped = [declaration for _, declaration in load_files(SHIPPED)]
+    assert {declaration.name for declaration in shipped} == {
         "github.create_issue",
         "github.get_issue",
         "notion.create_page",
         "asana.create_task",
         "zapier.trigger",
     }
+    assert [warning for declaration in shipped for warning in deprecations(declaration)] == []
+
+
+def legacy(text: str) -> str:
+    """A declaration's text with its templates written the deprecated way: ``{{ input.x }}``."""
+    return re.sub(r"\$\{([^}]*)\}", r"{{ \1 }}", text)
+
+
+async def test_a_declaration_in_the_deprecated_syntax_sends_and_answers_the_same(
+    fake: IntegrationsFake, http_client: httpx.AsyncClient, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = (SHIPPED / "github.create_issue.yaml").read_text()
+    (tmp_path / "github.create_issue.yaml").write_text(legacy(source))
+    assert "{{ input.owner }}" in legacy(source)
+    with caplog.at_level(logging.WARNING, logger="omni_toolrunner.declarations"):
+        loaded = load_files(tmp_path)
+    assert "github.create_issue.yaml: $.request.url: {{ ... }} templates are deprecated" in caplog.text
+    fake.repository("omni-org", "omni")
+    results = []
+    for declarations in ([declaration for _, declaration in load_files(SHIPPED)], [d for _, d in loaded]):
+        adapter = DeclaredHttpAdapter(http_client, environ=environ(fake))
+        adapter.replace(declarations)
+        outcome = await adapter.call(
+            call("github.create_issue", {"owner": "omni-org", "repo": "omni", "title": "T", "labels": ["ci"]})
+        )
+        sent = fake.requests_to("github")[-1]
+        results.append((outcome.output["url"], outcome.output["state"], sent.path, sent.json))
+    assert (
+        results[0][2:]
+        == results[1][2:]
+        == ("/github/repos/omni-org/omni/issues", {"title": "T", "labels": ["ci"]})
+    )
+    assert [result[1] for result in results] == ["open", "open"]
+    assert [result[0] for result in results] == [
+        "https://github.com/omni-org/omni/issues/1",
+        "https://github.com/omni-org/omni/issues/2",
+    ]
 
 
 async def test_github_issue_is_created_and_read_back(

@@ -25,12 +25,13 @@ from urllib.parse import quote, urlsplit
 import httpx
 from omni_contract.declared import (
     DECLARED_PROVIDER,
-    TEMPLATE,
     HttpToolDeclaration,
     as_text,
     lookup,
     render,
+    substitute,
 )
+from omni_contract.templates import TemplateSyntaxError
 
 from omni_toolrunner.providers.base import ProviderError, ProviderErrorKind, ToolCall, ToolOutcome
 from omni_toolrunner.providers.declaration import (
@@ -115,10 +116,18 @@ class DeclaredHttpAdapter(HttpAdapter):
             reason = self.unavailable_reason(declaration)
             if reason is not None:
                 raise ProviderError(ProviderErrorKind.UNAVAILABLE, reason, retryable=False)
-            prepared = self._prepare(declaration, request)
-            who = f"{declaration.name} ({prepared.url.netloc.decode()})"
-            response = await send(self._client, prepared, provider=who, timeout_s=request.timeout_s)
-            return _outcome(declaration, request, response)
+            try:
+                prepared = self._prepare(declaration, request)
+                who = f"{declaration.name} ({prepared.url.netloc.decode()})"
+                response = await send(self._client, prepared, provider=who, timeout_s=request.timeout_s)
+                return _outcome(declaration, request, response)
+            except TemplateSyntaxError as exc:
+                # Registration refuses these; a declaration stored before the rules changed can hold one.
+                raise ProviderError(
+                    ProviderErrorKind.BAD_REQUEST,
+                    f"the declaration of {declaration.name} has an invalid template: {exc}",
+                    retryable=False,
+                ) from None
 
     # -- building the request ---------------------------------------------------------------------
 
@@ -154,16 +163,16 @@ class DeclaredHttpAdapter(HttpAdapter):
     def _url(self, declaration: HttpToolDeclaration, scope: dict[str, Any]) -> str:
         spec = declaration.request
 
-        def fill(match: Any) -> str:
-            value = lookup(scope, match.group(1))
+        def fill(path: str) -> str:
+            value = lookup(scope, path)
             if value is None or value == "":
                 raise ProviderError(
                     ProviderErrorKind.BAD_REQUEST,
-                    f"the URL needs {match.group(1)}, and the input has no value for it",
+                    f"the URL needs {path}, and the input has no value for it",
                 )
             return quote(as_text(value), safe="")
 
-        path = TEMPLATE.sub(fill, spec.url)
+        path = substitute(spec.url, fill)
         auth = declaration.auth
         if auth is not None and auth.scheme == "url":
             return self._environ[auth.env].strip() + path
