@@ -298,6 +298,7 @@ async def declare_json(s: Session, command: str) -> None:
     stored = answer.json()
     assert stored["declaration"]["name"] == "status.check"
     assert stored["origin"] == "api"
+    assert stored["warnings"] == []  # written in ${...}, not the deprecated {{ ... }}
     tool = await declared_tool_served(s, "status.check")
     assert tool["status"] == "available", tool  # it needs no credential
 
@@ -308,6 +309,7 @@ async def declare_yaml(s: Session, command: str) -> None:
     stored = answer.json()
     assert stored["declaration"]["name"] == "my.create_issue"
     assert stored["declaration"]["request"]["method"] == "POST"
+    assert stored["warnings"] == []
     # Served (available, or unavailable naming the missing token) moments later.
     await declared_tool_served(s, "my.create_issue")
 
