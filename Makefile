@@ -45,13 +45,15 @@ fmt: install ## Format the code and fix what ruff can
 	@$(RUN) ruff format .
 	@$(RUN) ruff check --fix .
 
-proto: install ## Regenerate proto/ (JSON Schemas, AsyncAPI, OpenAPI) from the code
+proto: install ## Regenerate proto/ (JSON Schemas, AsyncAPI, OpenAPI) and the contract's provider table from the code
 	@$(RUN) python -m omni_contract.proto write proto
 	@$(RUN) python -m omni_gateway.openapi write proto/openapi.json
+	@$(RUN) python -m omni_toolrunner.provider_table write libs/contract/src/omni_contract/provider_table.py
 
-proto-check: install ## Fail when proto/ differs from what the code generates
+proto-check: install ## Fail when proto/ or the provider table differs from what the code generates
 	@$(RUN) python -m omni_contract.proto check proto
 	@$(RUN) python -m omni_gateway.openapi check proto/openapi.json
+	@$(RUN) python -m omni_toolrunner.provider_table check libs/contract/src/omni_contract/provider_table.py
 
 bench: install ## Omni vs Temporal vs DBOS, full sizes (~10 min): bench/results/<date>.json, bench/README.md
 	@$(BENCH) $(BENCH_ARGS)

@@ -160,14 +160,3 @@ async def test_unknown_server_and_unknown_parameters(gateway: TestClient[Any, An
 
 def json_text(body: Any) -> str:
     return msgspec.json.encode(body).decode()
-
-
-def test_the_providers_omni_knows_are_those_the_tool_runner_binds_with_the_same_keys() -> None:
-    from omni_toolrunner.adapters import KNOWN_PROVIDERS, MOCK, NO_CREDENTIALS, OWN_ENV, PER_TOOL_CREDENTIALS
-    from omni_toolrunner.providers.openai_compatible import PROFILES
-
-    assert set(PROVIDER_KEYS) == set(KNOWN_PROVIDERS) - {MOCK}
-    runner_keys = {name: (p.api_key_env, *p.api_key_aliases) for name, p in PROFILES.items()}
-    runner_keys |= {name: (env.api_key, *env.key_aliases) for name, env in OWN_ENV.items() if env.api_key}
-    runner_keys |= {name: () for name in (NO_CREDENTIALS | PER_TOOL_CREDENTIALS) - {MOCK}}
-    assert dict(PROVIDER_KEYS) == runner_keys

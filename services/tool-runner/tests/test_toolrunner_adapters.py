@@ -1,55 +1,30 @@
-"""Which adapter each provider gets, and how a missing key is reported."""
+"""The registry of provider declarations: what it accepts, what it derives, and the contract's table
+generated from it. (What each adapter owes the runner is ``providers/test_adapter_contract.py``.)"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import pytest
-from omni_toolrunner.adapters import KNOWN_PROVIDERS, NO_CREDENTIALS, PER_TOOL_CREDENTIALS, bind_provider
+from omni_contract import provider_table, providers
+from omni_toolrunner.adapters import (
+    NO_CREDENTIALS,
+    PER_TOOL_CREDENTIALS,
+    PROVIDERS,
+    bind_provider,
+    declaration_of,
+)
+from omni_toolrunner.catalogue import CATALOGUE
+from omni_toolrunner.provider_table import main, render
+from omni_toolrunner.providers.openai_compatible import OPENROUTER
 from omni_toolrunner.settings import ToolRunnerSettings
 
-KEY_VARIABLE = {
-    "openrouter": "OPENROUTER_API_KEY",
-    "deepseek": "DEEPSEEK_API_KEY",
-    "qwen": "QWEN_MAX_API_KEY",
-    "grok": "GROK_API_KEY",
-    "minimax": "MINIMAX_API_KEY",
-    "gemini": "GEMINI_API_KEY",
-    "elevenlabs": "ELEVENLABS_API_KEY",
-    "perplexity": "PERPLEXITY_API_KEY",
-    "firecrawl": "FIRECRAWL_API_KEY",
-}
 
-
-def test_every_provider_is_known() -> None:
-    assert set(KNOWN_PROVIDERS) == set(KEY_VARIABLE) | NO_CREDENTIALS | PER_TOOL_CREDENTIALS
-
-
-@pytest.mark.parametrize("provider", sorted(KEY_VARIABLE))
-async def test_a_provider_without_its_key_is_bound_and_says_which_variable_is_missing(provider: str) -> None:
-    settings = ToolRunnerSettings(provider=provider, openrouter_api_key=None)
-    async with httpx.AsyncClient() as client:
-        binding = bind_provider(settings, client, environ={})
-        assert binding.adapter.provider == provider
-        assert binding.adapter.tools
-        assert binding.missing_credentials == f"{KEY_VARIABLE[provider]} is not set"
-        await binding.aclose()
-
-
-@pytest.mark.parametrize("provider", sorted(set(KEY_VARIABLE) - {"openrouter"}))
-async def test_a_provider_with_its_key_is_ready(provider: str) -> None:
-    settings = ToolRunnerSettings(provider=provider)
-    async with httpx.AsyncClient() as client:
-        binding = bind_provider(settings, client, environ={KEY_VARIABLE[provider]: "k-123"})
-        assert binding.missing_credentials is None
-        await binding.aclose()
-
-
-@pytest.mark.parametrize("provider", sorted(NO_CREDENTIALS))
-async def test_local_providers_need_no_key(provider: str) -> None:
-    async with httpx.AsyncClient() as client:
-        binding = bind_provider(ToolRunnerSettings(provider=provider), client, environ={})
-        assert binding.missing_credentials is None
-        assert binding.adapter.tools
+def test_each_declaration_is_found_by_its_name_and_the_credential_sets_follow_them() -> None:
+    assert all(declaration_of(provider.name) is provider for provider in PROVIDERS)
+    assert {"local", "mock"} == NO_CREDENTIALS
+    assert {"integrations"} == PER_TOOL_CREDENTIALS
 
 
 async def test_an_unknown_provider_is_refused_naming_the_known_ones() -> None:
@@ -60,8 +35,57 @@ async def test_an_unknown_provider_is_refused_naming_the_known_ones() -> None:
 
 @pytest.mark.parametrize(("provider", "alias"), [("qwen", "DASHSCOPE_API_KEY"), ("grok", "XAI_API_KEY")])
 async def test_the_providers_own_name_for_the_key_is_accepted_too(provider: str, alias: str) -> None:
-    settings = ToolRunnerSettings(provider=provider, openrouter_api_key=None)
     async with httpx.AsyncClient() as client:
-        binding = bind_provider(settings, client, environ={alias: "sk-test"})
+        binding = bind_provider(ToolRunnerSettings(provider=provider), client, environ={alias: "sk-test"})
         assert binding.missing_credentials is None
         await binding.aclose()
+
+
+def test_the_settings_read_openrouter_under_the_names_its_declaration_documents(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env = OPENROUTER.env
+    assert env.api_key is not None
+    assert env.base_url is not None
+    assert env.model is not None
+    monkeypatch.setenv(env.api_key, "sk-or-declared")
+    monkeypatch.setenv(env.base_url, "http://127.0.0.1:9/api/v1")
+    monkeypatch.setenv(env.model, "openai/gpt-4o")
+
+    settings = ToolRunnerSettings()
+
+    assert settings.openrouter_api_key is not None
+    assert settings.openrouter_api_key.get_secret_value() == "sk-or-declared"
+    assert (settings.openrouter_base_url, settings.openrouter_model) == (
+        "http://127.0.0.1:9/api/v1",
+        "openai/gpt-4o",
+    )
+
+
+def test_every_tool_has_one_description_whichever_providers_serve_it() -> None:
+    for provider in PROVIDERS:
+        for doc in provider.tools:
+            assert CATALOGUE[doc.name] is doc, (provider.name, doc.name)
+
+
+def test_the_contracts_provider_table_is_the_one_the_declarations_generate() -> None:
+    assert Path(provider_table.__file__).read_text(encoding="utf-8") == render()
+    assert dict(providers.PROVIDER_KEYS) == {
+        provider.name: provider.env.key_variables for provider in PROVIDERS if provider.listed
+    }
+    assert {"openrouter", "local"} == providers.ALWAYS_STARTED
+    assert "mock" not in providers.PROVIDER_KEYS  # a test double: listed only while it runs
+
+
+def test_the_table_check_fails_on_a_stale_file_and_write_mends_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = tmp_path / "provider_table.py"
+    table.write_text(render().replace('"local": (),\n', ""), encoding="utf-8")
+
+    assert main(["check", str(table)]) == 1
+    assert "differs from the provider declarations" in capsys.readouterr().err
+    assert main(["write", str(table)]) == 0
+    assert main(["check", str(table)]) == 0
+    assert main(["check", str(tmp_path / "absent.py")]) == 1
+    assert main(["rewrite", str(table)]) == 2

@@ -2,39 +2,24 @@
 
 Shared by the devstack (which starts a provider's runner when its key is set) and the gateway
 (whose ``GET /servers`` lists every provider here, running or not, and names the missing
-variable of one that is not configured). The tool-runner binds the same names to its adapters.
+variable of one that is not configured). The table itself is generated from the declarations of
+the tool-runner's provider modules into :mod:`omni_contract.provider_table` (``make proto``), so
+it says what the tool-runner binds without either reader importing the tool-runner.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Final
 
-from omni_contract.declared import DECLARED_PROVIDER
+from omni_contract.provider_table import ALWAYS_STARTED, PROVIDER_KEYS
 
-OPENROUTER: Final = "openrouter"
-LOCAL: Final = "local"
+__all__ = ["ALWAYS_STARTED", "PROVIDER_KEYS", "configured", "key_variables"]
 
-PROVIDER_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
-    OPENROUTER: ("OPENROUTER_API_KEY",),
-    "deepseek": ("DEEPSEEK_API_KEY",),
-    "qwen": ("QWEN_MAX_API_KEY", "DASHSCOPE_API_KEY"),
-    "grok": ("GROK_API_KEY", "XAI_API_KEY"),
-    "minimax": ("MINIMAX_API_KEY",),
-    "gemini": ("GEMINI_API_KEY",),
-    "elevenlabs": ("ELEVENLABS_API_KEY",),
-    "perplexity": ("PERPLEXITY_API_KEY",),
-    "firecrawl": ("FIRECRAWL_API_KEY",),
-    LOCAL: (),
-    DECLARED_PROVIDER: (),
-}
-"""Each provider with the names of its API key, the documented one first, then aliases; an empty
-tuple: it needs none (``local`` tools run in the runner; each declared integration names its own
-credential). The ``mock`` provider of the tests is not listed: it appears only while it runs."""
-
-ALWAYS_STARTED: Final = frozenset({OPENROUTER, LOCAL})
-"""Providers ``make run`` starts whatever the environment holds (OpenRouter through a local
-simulator when ``OPENROUTER_API_KEY`` is unset)."""
+# PROVIDER_KEYS: each provider with the names of its API key, the documented one first, then
+# aliases; an empty tuple: it needs none (``local`` tools run in the runner; each declared
+# integration names its own credential). The ``mock`` provider of the tests is not listed: it
+# appears only while it runs. ALWAYS_STARTED: the providers ``make run`` starts whatever the
+# environment holds (OpenRouter through a local simulator when ``OPENROUTER_API_KEY`` is unset).
 
 
 def key_variables(provider: str) -> tuple[str, ...]:

@@ -8,9 +8,10 @@ from collections.abc import Sequence
 
 from omni_runtime.service import run_service
 
-from omni_toolrunner.adapters import KNOWN_PROVIDERS, OPENROUTER
+from omni_toolrunner.adapters import KNOWN_PROVIDERS
 from omni_toolrunner.app import make_body, service_name
 from omni_toolrunner.providers.local import LOCAL
+from omni_toolrunner.providers.openai_compatible import OPENROUTER
 from omni_toolrunner.settings import ToolRunnerSettings
 
 
@@ -33,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def main_openrouter() -> None:
-    main(["--provider", OPENROUTER, *sys.argv[1:]])
+    main(["--provider", OPENROUTER.name, *sys.argv[1:]])
 
 
 def main_local() -> None:

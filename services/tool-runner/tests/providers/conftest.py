@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from omni_simulator import RunningSimulator, running_simulator
-from omni_toolrunner.providers import OpenRouterAdapter
+from omni_toolrunner.providers.openai_compatible import OPENROUTER, OpenAICompatibleAdapter
 from openrouter_fixtures import API_KEY
 
 
@@ -24,8 +24,9 @@ async def http_client() -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-def adapter(simulator: RunningSimulator, http_client: httpx.AsyncClient) -> OpenRouterAdapter:
-    return OpenRouterAdapter(
+def adapter(simulator: RunningSimulator, http_client: httpx.AsyncClient) -> OpenAICompatibleAdapter:
+    return OpenAICompatibleAdapter(
+        OPENROUTER,
         api_key=API_KEY,
         base_url=simulator.base_url,
         client=http_client,

@@ -16,7 +16,7 @@ from gemini_fake import API_KEY, PCM_RATE, FakeGemini, b64, running_fake_gemini,
 from omni_toolrunner.providers import ProviderAdapter, ToolCall
 from omni_toolrunner.providers.audio import wav_from_pcm16
 from omni_toolrunner.providers.gemini import DEFAULT_PRICES, GeminiAdapter, gemini_schema
-from omni_toolrunner.providers.openrouter_tools import (
+from omni_toolrunner.providers.tool_specs import (
     FEEDBACK_PROMPT,
     MT_PROMPT,
     MT_SCHEMA,

@@ -11,15 +11,16 @@ from typing import Any
 import httpx
 import pytest
 from omni_simulator import RunningSimulator
-from omni_toolrunner.providers import OpenRouterAdapter, ProviderError, ProviderErrorKind
-from omni_toolrunner.providers.openrouter import _retry_after
+from omni_toolrunner.providers import ProviderError, ProviderErrorKind
+from omni_toolrunner.providers.http_errors import retry_after
+from omni_toolrunner.providers.openai_compatible import OPENROUTER, OpenAICompatibleAdapter
 from openrouter_fixtures import add_fault, call, learner_wav_base64, stats
 
 TRANSLATE = {"text": "Good morning", "targetLanguage": "es"}
 
 
 async def failure_of(
-    adapter: OpenRouterAdapter,
+    adapter: OpenAICompatibleAdapter,
     tool: str = "mt.translate",
     *,
     input: dict[str, Any] | None = None,
@@ -34,7 +35,7 @@ async def failure_of(
 
 
 async def test_rejected_key_is_auth_and_not_retryable(
-    adapter: OpenRouterAdapter, simulator: RunningSimulator
+    adapter: OpenAICompatibleAdapter, simulator: RunningSimulator
 ) -> None:
     simulator.state.expected_key = "a-different-key"
 
@@ -43,7 +44,7 @@ async def test_rejected_key_is_auth_and_not_retryable(
     assert (error.kind, error.status, error.retryable) == (ProviderErrorKind.AUTH, 401, False)
 
 
-async def test_forbidden_is_auth(adapter: OpenRouterAdapter, simulator: RunningSimulator) -> None:
+async def test_forbidden_is_auth(adapter: OpenAICompatibleAdapter, simulator: RunningSimulator) -> None:
     await add_fault(simulator, {"status": 403, "message": "flagged by moderation"})
 
     error = await failure_of(adapter)
@@ -52,8 +53,8 @@ async def test_forbidden_is_auth(adapter: OpenRouterAdapter, simulator: RunningS
     assert "flagged by moderation" in error.message
 
 
-async def test_rate_limit_is_retryable_and_carries_retry_after(
-    adapter: OpenRouterAdapter, simulator: RunningSimulator
+async def test_rate_limit_is_retryable_and_carriesretry_after(
+    adapter: OpenAICompatibleAdapter, simulator: RunningSimulator
 ) -> None:
     await add_fault(simulator, {"status": 429, "retry_after": 7})
 
@@ -65,7 +66,7 @@ async def test_rate_limit_is_retryable_and_carries_retry_after(
 
 @pytest.mark.parametrize("status", [500, 502, 503])
 async def test_server_errors_are_retryable(
-    adapter: OpenRouterAdapter, simulator: RunningSimulator, status: int
+    adapter: OpenAICompatibleAdapter, simulator: RunningSimulator, status: int
 ) -> None:
     await add_fault(simulator, {"status": status})
 
@@ -75,7 +76,7 @@ async def test_server_errors_are_retryable(
 
 
 async def test_request_timeout_status_is_a_retryable_timeout(
-    adapter: OpenRouterAdapter, simulator: RunningSimulator
+    adapter: OpenAICompatibleAdapter, simulator: RunningSimulator
 ) -> None:
     await add_fault(simulator, {"status": 408})
 
@@ -86,7 +87,7 @@ async def test_request_timeout_status_is_a_retryable_timeout(
 
 @pytest.mark.parametrize("status", [400, 402, 404, 422])
 async def test_other_client_errors_are_bad_requests(
-    adapter: OpenRouterAdapter, simulator: RunningSimulator, status: int
+    adapter: OpenAICompatibleAdapter, simulator: RunningSimulator, status: int
 ) -> None:
     await add_fault(simulator, {"status": status})
 
@@ -96,7 +97,7 @@ async def test_other_client_errors_are_bad_requests(
 
 
 async def test_error_reported_inside_a_200_body_is_classified_by_its_code(
-    adapter: OpenRouterAdapter, simulator: RunningSimulator
+    adapter: OpenAICompatibleAdapter, simulator: RunningSimulator
 ) -> None:
     await add_fault(simulator, {"in_band": True, "status": 502, "message": "upstream exploded"})
 
@@ -107,7 +108,7 @@ async def test_error_reported_inside_a_200_body_is_classified_by_its_code(
 
 
 async def test_error_in_the_middle_of_an_audio_stream_is_a_retryable_server_error(
-    adapter: OpenRouterAdapter, simulator: RunningSimulator
+    adapter: OpenAICompatibleAdapter, simulator: RunningSimulator
 ) -> None:
     await add_fault(simulator, {"in_band": True, "match": {"model": "openai/gpt-audio-mini"}})
 
@@ -117,7 +118,7 @@ async def test_error_in_the_middle_of_an_audio_stream_is_a_retryable_server_erro
 
 
 async def test_slow_answer_is_a_retryable_timeout_within_the_call_budget(
-    adapter: OpenRouterAdapter, simulator: RunningSimulator
+    adapter: OpenAICompatibleAdapter, simulator: RunningSimulator
 ) -> None:
     await add_fault(simulator, {"delay_ms": 2000})
 
@@ -129,7 +130,7 @@ async def test_slow_answer_is_a_retryable_timeout_within_the_call_budget(
 
 
 async def test_body_that_is_not_json_is_a_malformed_response(
-    adapter: OpenRouterAdapter, simulator: RunningSimulator
+    adapter: OpenAICompatibleAdapter, simulator: RunningSimulator
 ) -> None:
     await add_fault(simulator, {"malformed": True})
 
@@ -139,7 +140,7 @@ async def test_body_that_is_not_json_is_a_malformed_response(
 
 
 async def test_content_that_breaks_the_schema_is_a_malformed_response(
-    adapter: OpenRouterAdapter, simulator: RunningSimulator
+    adapter: OpenAICompatibleAdapter, simulator: RunningSimulator
 ) -> None:
     await add_fault(simulator, {"malformed_content": True})
 
@@ -150,7 +151,7 @@ async def test_content_that_breaks_the_schema_is_a_malformed_response(
 
 
 async def test_audio_that_is_not_base64_is_a_malformed_response(
-    adapter: OpenRouterAdapter, simulator: RunningSimulator
+    adapter: OpenAICompatibleAdapter, simulator: RunningSimulator
 ) -> None:
     await add_fault(simulator, {"malformed_content": True})
 
@@ -159,7 +160,7 @@ async def test_audio_that_is_not_base64_is_a_malformed_response(
     assert error.kind is ProviderErrorKind.MALFORMED_RESPONSE
 
 
-async def test_answer_cut_off_by_max_tokens_is_a_malformed_response(adapter: OpenRouterAdapter) -> None:
+async def test_answer_cut_off_by_max_tokens_is_a_malformed_response(adapter: OpenAICompatibleAdapter) -> None:
     error = await failure_of(adapter, config={"maxTokens": 3})
 
     assert error.kind is ProviderErrorKind.MALFORMED_RESPONSE
@@ -170,7 +171,9 @@ async def test_answer_cut_off_by_max_tokens_is_a_malformed_response(adapter: Ope
 async def test_missing_key_is_unavailable_without_calling_the_provider(
     simulator: RunningSimulator, http_client: httpx.AsyncClient, api_key: str | None
 ) -> None:
-    adapter = OpenRouterAdapter(api_key=api_key, base_url=simulator.base_url, client=http_client)
+    adapter = OpenAICompatibleAdapter(
+        OPENROUTER, api_key=api_key, base_url=simulator.base_url, client=http_client
+    )
 
     error = await failure_of(adapter)
 
@@ -179,7 +182,7 @@ async def test_missing_key_is_unavailable_without_calling_the_provider(
 
 
 async def test_unknown_tool_is_refused_without_calling_the_provider(
-    adapter: OpenRouterAdapter, simulator: RunningSimulator
+    adapter: OpenAICompatibleAdapter, simulator: RunningSimulator
 ) -> None:
     error = await failure_of(adapter, "image.generate")
 
@@ -199,7 +202,7 @@ async def test_unknown_tool_is_refused_without_calling_the_provider(
     ],
 )
 async def test_invalid_input_or_config_is_a_bad_request_without_calling_the_provider(
-    adapter: OpenRouterAdapter,
+    adapter: OpenAICompatibleAdapter,
     simulator: RunningSimulator,
     tool: str,
     input_: dict[str, object],
@@ -215,8 +218,8 @@ async def test_unreachable_provider_is_unavailable_but_retryable(http_client: ht
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]
-    adapter = OpenRouterAdapter(
-        api_key="k", base_url=f"http://127.0.0.1:{closed_port}/api/v1", client=http_client
+    adapter = OpenAICompatibleAdapter(
+        OPENROUTER, api_key="k", base_url=f"http://127.0.0.1:{closed_port}/api/v1", client=http_client
     )
 
     error = await failure_of(adapter, "stt.transcribe", input={"audioData": learner_wav_base64()})
@@ -227,9 +230,9 @@ async def test_unreachable_provider_is_unavailable_but_retryable(http_client: ht
 def test_retry_after_reads_seconds_and_http_dates() -> None:
     in_a_minute = format_datetime(datetime.now(UTC) + timedelta(seconds=60), usegmt=True)
 
-    assert _retry_after("12") == 12.0
-    assert _retry_after("0.5") == 0.5
-    assert 55 <= (_retry_after(in_a_minute) or 0) <= 60
-    assert _retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
-    assert _retry_after("soon") is None
-    assert _retry_after(None) is None
+    assert retry_after("12") == 12.0
+    assert retry_after("0.5") == 0.5
+    assert 55 <= (retry_after(in_a_minute) or 0) <= 60
+    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+    assert retry_after("soon") is None
+    assert retry_after(None) is None

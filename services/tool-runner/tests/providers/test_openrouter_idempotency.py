@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import pytest
 from omni_simulator import RunningSimulator
-from omni_toolrunner.providers import OpenRouterAdapter, ProviderError, ProviderErrorKind
+from omni_toolrunner.providers import ProviderError, ProviderErrorKind
+from omni_toolrunner.providers.openai_compatible import OpenAICompatibleAdapter
 from openrouter_fixtures import add_fault, call, stats
 
 TRANSLATE = {"text": "Good morning", "targetLanguage": "es"}
 
 
 async def test_redelivered_call_with_the_same_key_is_one_side_effect(
-    adapter: OpenRouterAdapter, simulator: RunningSimulator
+    adapter: OpenAICompatibleAdapter, simulator: RunningSimulator
 ) -> None:
     request = call("mt.translate", TRANSLATE, key="run-42:translate:attempt-1")
 
@@ -27,7 +28,7 @@ async def test_redelivered_call_with_the_same_key_is_one_side_effect(
 
 
 async def test_distinct_keys_are_distinct_side_effects(
-    adapter: OpenRouterAdapter, simulator: RunningSimulator
+    adapter: OpenAICompatibleAdapter, simulator: RunningSimulator
 ) -> None:
     await adapter.call(call("mt.translate", TRANSLATE, key="run-42:translate:attempt-1"))
     await adapter.call(call("mt.translate", TRANSLATE, key="run-42:translate:attempt-2"))
@@ -36,7 +37,7 @@ async def test_distinct_keys_are_distinct_side_effects(
 
 
 async def test_redelivery_after_a_client_timeout_gets_the_answer_already_paid_for(
-    adapter: OpenRouterAdapter, simulator: RunningSimulator
+    adapter: OpenAICompatibleAdapter, simulator: RunningSimulator
 ) -> None:
     await add_fault(simulator, {"delay_ms": 1500, "times": 1})
     request = call("nlu.analyze", {"text": "Hello Maria"}, key="run-7:nlu:attempt-1", timeout_s=0.3)
@@ -52,7 +53,7 @@ async def test_redelivery_after_a_client_timeout_gets_the_answer_already_paid_fo
 
 
 async def test_retry_after_a_server_error_executes_once(
-    adapter: OpenRouterAdapter, simulator: RunningSimulator
+    adapter: OpenAICompatibleAdapter, simulator: RunningSimulator
 ) -> None:
     await add_fault(simulator, {"status": 503, "times": 1})
     request = call("tts.speak", {"text": "Hola"}, key="run-9:tts:attempt-1")

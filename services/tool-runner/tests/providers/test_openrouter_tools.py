@@ -7,11 +7,12 @@ import io
 import wave
 
 from omni_simulator import RunningSimulator
-from omni_toolrunner.providers import OpenRouterAdapter, ProviderAdapter
+from omni_toolrunner.providers import ProviderAdapter
+from omni_toolrunner.providers.openai_compatible import OPENROUTER, OpenAICompatibleAdapter
 from openrouter_fixtures import SPOKEN, call, learner_wav_base64, recorded_requests
 
 
-def test_adapter_announces_its_provider_and_the_five_tools(adapter: OpenRouterAdapter) -> None:
+def test_adapter_announces_its_provider_and_the_five_tools(adapter: OpenAICompatibleAdapter) -> None:
     assert isinstance(adapter, ProviderAdapter)
     assert adapter.provider == "openrouter"
     assert adapter.tools == {
@@ -24,7 +25,7 @@ def test_adapter_announces_its_provider_and_the_five_tools(adapter: OpenRouterAd
 
 
 async def test_stt_transcribe_sends_audio_as_input_audio_and_returns_the_transcript(
-    adapter: OpenRouterAdapter, simulator: RunningSimulator
+    adapter: OpenAICompatibleAdapter, simulator: RunningSimulator
 ) -> None:
     request = call("stt.transcribe", {"audioData": learner_wav_base64(), "language": "en"})
 
@@ -60,7 +61,7 @@ async def test_stt_transcribe_sends_audio_as_input_audio_and_returns_the_transcr
 
 
 async def test_stt_transcribe_accepts_a_data_uri_and_sends_plain_base64(
-    adapter: OpenRouterAdapter, simulator: RunningSimulator
+    adapter: OpenAICompatibleAdapter, simulator: RunningSimulator
 ) -> None:
     plain = learner_wav_base64()
 
@@ -71,7 +72,7 @@ async def test_stt_transcribe_accepts_a_data_uri_and_sends_plain_base64(
 
 
 async def test_nlu_analyze_returns_intent_grammar_entities_sentiment(
-    adapter: OpenRouterAdapter, simulator: RunningSimulator
+    adapter: OpenAICompatibleAdapter, simulator: RunningSimulator
 ) -> None:
     outcome = await adapter.call(
         call("nlu.analyze", {"text": SPOKEN, "language": "en", "context": "language_learning_coaching"})
@@ -89,7 +90,7 @@ async def test_nlu_analyze_returns_intent_grammar_entities_sentiment(
 
 
 async def test_step_config_chooses_model_max_tokens_and_temperature(
-    adapter: OpenRouterAdapter, simulator: RunningSimulator
+    adapter: OpenAICompatibleAdapter, simulator: RunningSimulator
 ) -> None:
     config = {"model": "deepseek-r1", "maxTokens": 2000, "temperature": 0.3, "timeout": 15000}
 
@@ -103,7 +104,7 @@ async def test_step_config_chooses_model_max_tokens_and_temperature(
     assert outcome.output["entities"] == [{"text": "Maria", "type": "proper_noun"}]
 
 
-async def test_mt_translate_returns_the_translation(adapter: OpenRouterAdapter) -> None:
+async def test_mt_translate_returns_the_translation(adapter: OpenAICompatibleAdapter) -> None:
     outcome = await adapter.call(
         call("mt.translate", {"text": "Good morning", "sourceLanguage": "en", "targetLanguage": "es"})
     )
@@ -112,7 +113,9 @@ async def test_mt_translate_returns_the_translation(adapter: OpenRouterAdapter) 
     assert outcome.model == "openai/gpt-4o-mini"
 
 
-async def test_feedback_generate_returns_feedback_score_and_suggestions(adapter: OpenRouterAdapter) -> None:
+async def test_feedback_generate_returns_feedback_score_and_suggestions(
+    adapter: OpenAICompatibleAdapter,
+) -> None:
     outcome = await adapter.call(
         call(
             "feedback.generate",
@@ -133,7 +136,7 @@ async def test_feedback_generate_returns_feedback_score_and_suggestions(adapter:
 
 
 async def test_tts_speak_streams_pcm16_and_returns_a_wav(
-    adapter: OpenRouterAdapter, simulator: RunningSimulator
+    adapter: OpenAICompatibleAdapter, simulator: RunningSimulator
 ) -> None:
     outcome = await adapter.call(
         call("tts.speak", {"text": "Fui al mercado ayer.", "language": "es", "voice": "nova"})
@@ -157,7 +160,7 @@ async def test_tts_speak_streams_pcm16_and_returns_a_wav(
 
 
 async def test_tts_speak_can_ask_for_wav_directly(
-    adapter: OpenRouterAdapter, simulator: RunningSimulator
+    adapter: OpenAICompatibleAdapter, simulator: RunningSimulator
 ) -> None:
     outcome = await adapter.call(
         call("tts.speak", {"text": "Hola"}, config={"audioFormat": "wav", "voice": "echo"})
@@ -171,17 +174,17 @@ async def test_tts_speak_can_ask_for_wav_directly(
 
 
 async def test_adapter_without_a_client_owns_and_closes_its_own(simulator: RunningSimulator) -> None:
-    async with OpenRouterAdapter(api_key="k", base_url=simulator.base_url) as owned:
+    async with OpenAICompatibleAdapter(OPENROUTER, api_key="k", base_url=simulator.base_url) as owned:
         outcome = await owned.call(call("mt.translate", {"text": "Hi", "targetLanguage": "it"}))
 
     assert outcome.output["translatedText"] == "[it] Hi"
 
 
 async def test_model_for_prefers_step_config_then_tool_default_then_adapter_default(
-    adapter: OpenRouterAdapter,
+    adapter: OpenAICompatibleAdapter,
 ) -> None:
-    custom = OpenRouterAdapter(
-        api_key="k", default_model="mistralai/mistral-small", tool_models={"mt.translate": "x/y"}
+    custom = OpenAICompatibleAdapter(
+        OPENROUTER, api_key="k", default_model="mistralai/mistral-small", tool_models={"mt.translate": "x/y"}
     )
 
     assert adapter.model_for("nlu.analyze", {"model": "deepseek-r1"}) == "deepseek/deepseek-r1"

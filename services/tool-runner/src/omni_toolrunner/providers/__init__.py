@@ -1,4 +1,8 @@
-"""Provider adapters: how the tool runner reaches each AI provider over HTTP."""
+"""Provider adapters: how the tool runner reaches each AI provider, one module per provider.
+
+Each provider module declares itself (:mod:`omni_toolrunner.providers.declaration`);
+:mod:`omni_toolrunner.adapters` holds the tuple of those declarations.
+"""
 
 from omni_toolrunner.providers.base import (
     ProviderAdapter,
@@ -8,10 +12,8 @@ from omni_toolrunner.providers.base import (
     ToolOutcome,
     Usage,
 )
-from omni_toolrunner.providers.openrouter import OpenRouterAdapter
 
 __all__ = [
-    "OpenRouterAdapter",
     "ProviderAdapter",
     "ProviderError",
     "ProviderErrorKind",

@@ -15,13 +15,20 @@ import base64
 import logging
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import msgspec
 
 from omni_toolrunner.providers.audio import sniff_format, wav_from_pcm16
 from omni_toolrunner.providers.base import ProviderError, ProviderErrorKind, ToolCall, ToolOutcome, Usage
+from omni_toolrunner.providers.declaration import (
+    ProviderBinding,
+    ProviderDeclaration,
+    ProviderEnv,
+    env_value,
+    fixed_model,
+)
 from omni_toolrunner.providers.http_client import HttpAdapter, failures_logged
 from omni_toolrunner.providers.http_errors import (
     convert,
@@ -30,11 +37,20 @@ from omni_toolrunner.providers.http_errors import (
     post_json,
     status_error,
 )
-from omni_toolrunner.providers.openrouter_tools import TTS_SPEAK, TtsInput
+from omni_toolrunner.providers.tool_specs import TOOL_DOCS, TTS_SPEAK, TtsInput
+
+if TYPE_CHECKING:
+    from omni_toolrunner.settings import ToolRunnerSettings
 
 logger = logging.getLogger(__name__)
 
 PROVIDER = "elevenlabs"
+ENV = ProviderEnv(
+    "ELEVENLABS_API_KEY",
+    base_url="ELEVENLABS_BASE_URL",
+    model="ELEVENLABS_MODEL",
+    extras=("ELEVENLABS_VOICE_ID",),  # the voice of steps that name none
+)
 DEFAULT_BASE_URL = "https://api.elevenlabs.io"
 # Flash v2.5: low latency, 32 languages, and it honours language_code (multilingual v2 rejects it).
 DEFAULT_MODEL = "eleven_flash_v2_5"
@@ -130,7 +146,9 @@ class ElevenLabsAdapter(HttpAdapter):
         if request.tool != TTS_SPEAK:
             raise ProviderError(ProviderErrorKind.UNKNOWN_TOOL, f"elevenlabs does not serve {request.tool!r}")
         if self._api_key is None:
-            raise ProviderError(ProviderErrorKind.UNAVAILABLE, "no ElevenLabs API key is configured")
+            raise ProviderError(
+                ProviderErrorKind.UNAVAILABLE, f"no ElevenLabs API key is configured ({ENV.api_key})"
+            )
         data = convert(request.input, TtsInput, "input")
         config = convert(request.config, ElevenLabsConfig, "config")
         voice_id = self.voice_id_for(data.voice or config.voice)
@@ -237,3 +255,24 @@ def _int_header(value: str | None) -> int | None:
 
 def _snake(name: str) -> str:
     return re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower()
+
+
+# --- declaration -------------------------------------------------------------------------------------
+
+
+def _bind(
+    settings: ToolRunnerSettings, environ: Mapping[str, str], client: httpx.AsyncClient
+) -> ProviderBinding:
+    key, base_url, model = ENV.read(environ)
+    (voice_variable,) = ENV.extras
+    adapter = ElevenLabsAdapter(
+        key,
+        base_url or DEFAULT_BASE_URL,
+        client,
+        model=model or DEFAULT_MODEL,
+        default_voice_id=env_value(environ, voice_variable) or DEFAULT_VOICE_ID,
+    )
+    return ProviderBinding(adapter, "text_to_speech", fixed_model(model or DEFAULT_MODEL), ENV.missing(key))
+
+
+DECLARATION = ProviderDeclaration(name=PROVIDER, env=ENV, tools=(TOOL_DOCS[TTS_SPEAK],), bind=_bind)

@@ -11,13 +11,24 @@ own ``timeout`` passed), 429 and 5xx.
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any, Literal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
 import msgspec
+from omni_contract.tools import Capability
 
 from omni_toolrunner.providers.base import ProviderError, ProviderErrorKind, ToolCall, ToolOutcome
+from omni_toolrunner.providers.declaration import (
+    ProviderBinding,
+    ProviderDeclaration,
+    ProviderEnv,
+    ToolDoc,
+    fixed_model,
+    input_schema_of,
+    object_schema,
+)
 from omni_toolrunner.providers.http_client import HttpAdapter, failures_logged
 from omni_toolrunner.providers.http_errors import (
     convert,
@@ -28,9 +39,13 @@ from omni_toolrunner.providers.http_errors import (
     status_error,
 )
 
+if TYPE_CHECKING:
+    from omni_toolrunner.settings import ToolRunnerSettings
+
 logger = logging.getLogger(__name__)
 
 PROVIDER = "firecrawl"
+ENV = ProviderEnv("FIRECRAWL_API_KEY", base_url="FIRECRAWL_BASE_URL")
 WEB_SCRAPE = "web.scrape"
 DEFAULT_BASE_URL = "https://api.firecrawl.dev"
 # Firecrawl is told to give up this long before the step's deadline, so a slow page ends in its 408
@@ -84,7 +99,9 @@ class FirecrawlAdapter(HttpAdapter):
         if request.tool != WEB_SCRAPE:
             raise ProviderError(ProviderErrorKind.UNKNOWN_TOOL, f"firecrawl does not serve {request.tool!r}")
         if self._api_key is None:
-            raise ProviderError(ProviderErrorKind.UNAVAILABLE, "no Firecrawl API key is configured")
+            raise ProviderError(
+                ProviderErrorKind.UNAVAILABLE, f"no Firecrawl API key is configured ({ENV.api_key})"
+            )
         data = convert(request.input, ScrapeInput, "input")
         config = convert(request.config, ScrapeConfig, "config")
         target = urlsplit(data.url)
@@ -166,3 +183,30 @@ def _message_of(body: Any) -> str | None:
         return None
     details = body.get("details")
     return f"{error} ({details})" if isinstance(details, str) and details else error
+
+
+# --- declaration -------------------------------------------------------------------------------------
+
+WEB_SCRAPE_DOC = ToolDoc(
+    WEB_SCRAPE,
+    "Fetch a web page as Markdown",
+    input_schema_of(ScrapeInput),
+    object_schema(
+        {"markdown": {"type": "string"}, "url": {"type": "string"}},
+        # A page without a <title> has none.
+        {"title": {"type": ["string", "null"]}, "statusCode": {"type": "integer"}},
+    ),
+    (Capability(name="scraping", input_types=["text/uri-list"], output_types=["text/markdown"]),),
+    timeout_ms=60_000,
+)
+
+
+def _bind(
+    settings: ToolRunnerSettings, environ: Mapping[str, str], client: httpx.AsyncClient
+) -> ProviderBinding:
+    key, base_url, _model = ENV.read(environ)
+    adapter = FirecrawlAdapter(key, base_url or DEFAULT_BASE_URL, client)
+    return ProviderBinding(adapter, "execute_tool", fixed_model(None), ENV.missing(key))
+
+
+DECLARATION = ProviderDeclaration(name=PROVIDER, env=ENV, tools=(WEB_SCRAPE_DOC,), bind=_bind)

@@ -27,7 +27,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
@@ -41,6 +41,7 @@ from omni_toolrunner.providers.base import (
     ToolOutcome,
     Usage,
 )
+from omni_toolrunner.providers.declaration import ProviderBinding, ProviderDeclaration, ProviderEnv
 from omni_toolrunner.providers.http_client import HttpAdapter, failures_logged, within_deadline
 from omni_toolrunner.providers.http_errors import (
     classify_status,
@@ -50,18 +51,23 @@ from omni_toolrunner.providers.http_errors import (
     retry_after,
     shorten,
 )
-from omni_toolrunner.providers.openrouter_tools import (
+from omni_toolrunner.providers.tool_specs import (
     ALL_TOOLS,
     JSON_TOOLS,
     TTS_SPEAK,
     JsonToolSpec,
     ToolConfig,
     TtsInput,
+    tool_docs,
 )
+
+if TYPE_CHECKING:
+    from omni_toolrunner.settings import ToolRunnerSettings
 
 logger = logging.getLogger(__name__)
 
 PROVIDER = "gemini"
+ENV = ProviderEnv("GEMINI_API_KEY", base_url="GEMINI_BASE_URL", model="GEMINI_MODEL")
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 API_VERSION = "v1beta"
 DEFAULT_MODEL = "gemini-2.5-flash"
@@ -166,7 +172,9 @@ class GeminiAdapter(HttpAdapter):
         if request.tool not in ALL_TOOLS:
             raise ProviderError(ProviderErrorKind.UNKNOWN_TOOL, f"gemini does not serve {request.tool!r}")
         if self._api_key is None:
-            raise ProviderError(ProviderErrorKind.UNAVAILABLE, "no Gemini API key is configured")
+            raise ProviderError(
+                ProviderErrorKind.UNAVAILABLE, f"no Gemini API key is configured ({ENV.api_key})"
+            )
         config = convert(request.config, ToolConfig, "config")
         model = self.model_for(request.tool, request.config)
         started = time.monotonic()
@@ -477,3 +485,17 @@ def retry_delay(details: list[dict[str, Any]]) -> float | None:
             if match:
                 return float(match.group("seconds"))
     return None
+
+
+# --- declaration -------------------------------------------------------------------------------------
+
+
+def _bind(
+    settings: ToolRunnerSettings, environ: Mapping[str, str], client: httpx.AsyncClient
+) -> ProviderBinding:
+    key, base_url, model = ENV.read(environ)
+    adapter = GeminiAdapter(key, base_url or DEFAULT_BASE_URL, model or DEFAULT_MODEL, client)
+    return ProviderBinding(adapter, "generate_content", adapter.model_for, ENV.missing(key))
+
+
+DECLARATION = ProviderDeclaration(name=PROVIDER, env=ENV, tools=tool_docs(ALL_TOOLS), bind=_bind)

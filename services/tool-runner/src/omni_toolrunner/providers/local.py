@@ -22,15 +22,29 @@ import contextlib
 import re
 import shutil
 import threading
-from collections.abc import Iterable
-from typing import Annotated, Any, TypeVar
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
+import httpx
 import msgspec
 from lingua import IsoCode639_1, Language, LanguageDetector, LanguageDetectorBuilder
+from omni_contract.tools import Capability
 
 from omni_toolrunner.providers.audio import sniff_format
 from omni_toolrunner.providers.base import ProviderError, ProviderErrorKind, ToolCall, ToolOutcome
-from omni_toolrunner.providers.openrouter_tools import TTS_SPEAK, TtsInput
+from omni_toolrunner.providers.declaration import (
+    ProviderBinding,
+    ProviderDeclaration,
+    ProviderEnv,
+    ToolDoc,
+    fixed_model,
+    input_schema_of,
+    object_schema,
+)
+from omni_toolrunner.providers.tool_specs import TOOL_DOCS, TTS_SPEAK, TtsInput
+
+if TYPE_CHECKING:
+    from omni_toolrunner.settings import ToolRunnerSettings
 
 LOCAL = "local"
 ECHO = "util.echo"
@@ -187,3 +201,41 @@ def _convert(value: dict[str, Any], kind: type[_S]) -> _S:
         return msgspec.convert(value, kind, strict=False)
     except msgspec.ValidationError as exc:
         raise ProviderError(ProviderErrorKind.BAD_REQUEST, f"invalid input: {exc}") from exc
+
+
+# --- declaration -------------------------------------------------------------------------------------
+
+ECHO_DOC = ToolDoc(
+    ECHO,
+    "Return the input as the output (moving data, benchmarks)",
+    {"type": "object"},
+    {"type": "object"},
+    timeout_ms=1_000,
+)
+LANG_DETECT_DOC = ToolDoc(
+    LANG_DETECT,
+    "Detect the language of a text, offline",
+    input_schema_of(LangDetectInput),
+    object_schema(
+        {"language": {"type": "string"}, "confidence": {"type": "number"}},
+        {"candidates": {"type": "array", "items": {"type": "object"}}},
+    ),
+    (Capability(name="language-detection", input_types=["text"], output_types=["text"]),),
+    timeout_ms=10_000,
+)
+
+
+def _bind(
+    settings: ToolRunnerSettings, environ: Mapping[str, str], client: httpx.AsyncClient
+) -> ProviderBinding:
+    return ProviderBinding(LocalAdapter(), "execute_tool", fixed_model(None), None)
+
+
+DECLARATION = ProviderDeclaration(
+    name=LOCAL,
+    env=ProviderEnv(),
+    tools=(ECHO_DOC, LANG_DETECT_DOC, TOOL_DOCS[TTS_SPEAK]),
+    bind=_bind,
+    in_process=True,
+    always_started=True,  # the last fallback of every workflow
+)

@@ -34,20 +34,32 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+import httpx
 import msgspec
 
 from omni_toolrunner.providers.base import ProviderError, ProviderErrorKind, ToolCall, ToolOutcome
-from omni_toolrunner.providers.local import ECHO, LANG_DETECT
-from omni_toolrunner.providers.openrouter_tools import ALL_TOOLS
+from omni_toolrunner.providers.declaration import (
+    Idempotency,
+    ProviderBinding,
+    ProviderDeclaration,
+    ProviderEnv,
+    fixed_model,
+)
+from omni_toolrunner.providers.local import ECHO_DOC, LANG_DETECT_DOC
+from omni_toolrunner.providers.tool_specs import TOOL_DOCS
+
+if TYPE_CHECKING:
+    from omni_toolrunner.settings import ToolRunnerSettings
 
 MOCK = "mock"
 MOCK_RULES_ENV = "OMNI_MOCK_RULES"
 
 # What the mock serves unless told otherwise: every tool another provider serves today. Tools that
 # rules name are served as well.
-DEFAULT_TOOLS = frozenset({*ALL_TOOLS, ECHO, LANG_DETECT})
+_DEFAULT_TOOL_DOCS = (*TOOL_DOCS.values(), ECHO_DOC, LANG_DETECT_DOC)
+DEFAULT_TOOLS = frozenset(doc.name for doc in _DEFAULT_TOOL_DOCS)
 
 _GLOB = re.compile(r"[*?\[]")
 _RULE_PATH = re.compile(r"^(?P<message>.*) - at `\$(?:\.rules)?\[(?P<index>\d+)\](?P<field>\S*)`$", re.DOTALL)
@@ -330,3 +342,25 @@ class MockAdapter:
 
 def _default_output(request: ToolCall) -> dict[str, Any]:
     return {"echo": copy.deepcopy(request.input), "tool": request.tool}
+
+
+# --- declaration -------------------------------------------------------------------------------------
+
+
+def _bind(
+    settings: ToolRunnerSettings, environ: Mapping[str, str], client: httpx.AsyncClient
+) -> ProviderBinding:
+    return ProviderBinding(MockAdapter.from_env(environ), "execute_tool", fixed_model(None), None)
+
+
+DECLARATION = ProviderDeclaration(
+    name=MOCK,
+    env=ProviderEnv(extras=(MOCK_RULES_ENV,)),
+    tools=_DEFAULT_TOOL_DOCS,
+    bind=_bind,
+    idempotency=Idempotency.REPLAYED,
+    tools_at_run_time=True,  # any tool its rules name
+    in_process=True,
+    shaped_outputs=False,
+    listed=False,  # a test double: GET /servers shows it only while it runs
+)

@@ -26,7 +26,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import msgspec
@@ -39,6 +39,13 @@ from omni_toolrunner.providers.base import (
     ToolOutcome,
     Usage,
 )
+from omni_toolrunner.providers.declaration import (
+    Bind,
+    Idempotency,
+    ProviderBinding,
+    ProviderDeclaration,
+    ProviderEnv,
+)
 from omni_toolrunner.providers.http_client import HttpAdapter, failures_logged, within_deadline
 from omni_toolrunner.providers.http_errors import (
     classify_status,
@@ -47,7 +54,7 @@ from omni_toolrunner.providers.http_errors import (
     shorten,
     status_error,
 )
-from omni_toolrunner.providers.openrouter_tools import (
+from omni_toolrunner.providers.tool_specs import (
     ALL_TOOLS,
     FEEDBACK_GENERATE,
     JSON_TOOLS,
@@ -58,8 +65,12 @@ from omni_toolrunner.providers.openrouter_tools import (
     JsonToolSpec,
     ToolConfig,
     TtsInput,
+    tool_docs,
     tts_prompt,
 )
+
+if TYPE_CHECKING:
+    from omni_toolrunner.settings import ToolRunnerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -114,15 +125,14 @@ class ProviderProfile:
     ``json_schema_models`` lists model-name prefixes that get strict ``json_schema`` output even though
     the provider's general mode is weaker (Qwen enforces schemas on qwen-plus only). ``temperature_range``
     clamps the step's temperature into what the provider accepts. ``extra_body`` is merged into every
-    request body. ``docs`` names where the profile's facts were checked.
+    request body. ``env`` names the key (the name the product documents first, then the provider's own),
+    base URL and model variables. ``docs`` names where the profile's facts were checked.
     """
 
     name: str
     label: str
     base_url: str
-    api_key_env: str  # the name the product documents (the seed's), tried first
-    base_url_env: str
-    model_env: str
+    env: ProviderEnv
     default_model: str
     tools: frozenset[str]
     tool_models: Mapping[str, str] = field(default_factory=dict)
@@ -138,7 +148,6 @@ class ProviderProfile:
     temperature_range: tuple[float, float] = (0.0, 2.0)
     extra_body: Mapping[str, Any] = field(default_factory=dict)
     default_voice: str = "alloy"
-    api_key_aliases: tuple[str, ...] = ()  # the provider's own name for the key, also accepted
     docs: tuple[str, ...] = ()
 
     def resolve_model(self, model: str) -> str:
@@ -157,9 +166,7 @@ OPENROUTER = ProviderProfile(
     name="openrouter",
     label="OpenRouter",
     base_url="https://openrouter.ai/api/v1",
-    api_key_env="OPENROUTER_API_KEY",
-    base_url_env="OPENROUTER_BASE_URL",
-    model_env="OPENROUTER_MODEL",
+    env=ProviderEnv("OPENROUTER_API_KEY", base_url="OPENROUTER_BASE_URL", model="OPENROUTER_MODEL"),
     default_model="openai/gpt-4o-mini",
     tools=ALL_TOOLS,
     # Tools that need a modality the default text model lacks get a model that has it.
@@ -184,9 +191,7 @@ DEEPSEEK = ProviderProfile(
     # DeepSeek documents https://api.deepseek.com; /v1 is accepted for OpenAI compatibility (it is not
     # a model version), and clients that append /chat/completions need it.
     base_url="https://api.deepseek.com/v1",
-    api_key_env="DEEPSEEK_API_KEY",
-    base_url_env="DEEPSEEK_BASE_URL",
-    model_env="DEEPSEEK_MODEL",
+    env=ProviderEnv("DEEPSEEK_API_KEY", base_url="DEEPSEEK_BASE_URL", model="DEEPSEEK_MODEL"),
     default_model="deepseek-chat",
     # Text in, text out only: no audio input or output, so neither stt.transcribe nor tts.speak.
     tools=TEXT_TOOLS,
@@ -209,10 +214,12 @@ QWEN = ProviderProfile(
     label="Qwen",
     # International (Singapore) endpoint; Beijing is https://dashscope.aliyuncs.com/compatible-mode/v1.
     base_url="https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
-    api_key_env="QWEN_MAX_API_KEY",
-    api_key_aliases=("DASHSCOPE_API_KEY",),
-    base_url_env="DASHSCOPE_BASE_URL",
-    model_env="QWEN_MODEL",
+    env=ProviderEnv(
+        "QWEN_MAX_API_KEY",
+        key_aliases=("DASHSCOPE_API_KEY",),
+        base_url="DASHSCOPE_BASE_URL",
+        model="QWEN_MODEL",
+    ),
     default_model="qwen-plus",
     # Qwen's audio models (qwen-omni, qwen3-asr) answer only streamed, take data-URI audio and no
     # response_format: not the shape these tools are written for, so the text tools only.
@@ -236,10 +243,7 @@ GROK = ProviderProfile(
     name="grok",
     label="xAI",
     base_url="https://api.x.ai/v1",
-    api_key_env="GROK_API_KEY",
-    api_key_aliases=("XAI_API_KEY",),
-    base_url_env="XAI_BASE_URL",
-    model_env="XAI_MODEL",
+    env=ProviderEnv("GROK_API_KEY", key_aliases=("XAI_API_KEY",), base_url="XAI_BASE_URL", model="XAI_MODEL"),
     default_model="grok-4-1-fast-non-reasoning",
     # Chat completions take text and images only (voice is a separate realtime API).
     tools=TEXT_TOOLS,
@@ -254,9 +258,7 @@ MINIMAX = ProviderProfile(
     label="MiniMax",
     # International endpoint; mainland China is https://api.minimaxi.com/v1.
     base_url="https://api.minimax.io/v1",
-    api_key_env="MINIMAX_API_KEY",
-    base_url_env="MINIMAX_BASE_URL",
-    model_env="MINIMAX_MODEL",
+    env=ProviderEnv("MINIMAX_API_KEY", base_url="MINIMAX_BASE_URL", model="MINIMAX_MODEL"),
     default_model="MiniMax-M2",
     # Speech is MiniMax's separate T2A/ASR APIs, not chat completions.
     tools=TEXT_TOOLS,
@@ -355,7 +357,7 @@ class OpenAICompatibleAdapter(HttpAdapter):
         if self._api_key is None:
             raise ProviderError(
                 ProviderErrorKind.UNAVAILABLE,
-                f"no {self._profile.label} API key is configured ({self._profile.api_key_env})",
+                f"no {self._profile.label} API key is configured ({self._profile.env.api_key})",
             )
         config = convert(request.config, ToolConfig, "config")
         model = self.model_for(request.tool, request.config)
@@ -556,6 +558,51 @@ def adapter_for(
         known = ", ".join(PROFILES)
         raise ValueError(f"no OpenAI-compatible profile {profile_name!r} (known: {known})") from None
     return OpenAICompatibleAdapter(profile, api_key, base_url, default_model, client)
+
+
+# --- declarations: one provider per profile ----------------------------------------------------------
+
+
+def _binder(profile: ProviderProfile) -> Bind:
+    def bind(
+        settings: ToolRunnerSettings, environ: Mapping[str, str], client: httpx.AsyncClient
+    ) -> ProviderBinding:
+        key, base_url, model = profile.env.read(environ)
+        adapter = OpenAICompatibleAdapter(profile, key, base_url, model, client)
+        return ProviderBinding(adapter, "chat", adapter.model_for, profile.env.missing(key))
+
+    return bind
+
+
+def _bind_openrouter(
+    settings: ToolRunnerSettings, environ: Mapping[str, str], client: httpx.AsyncClient
+) -> ProviderBinding:
+    # The default provider's variables are fields of the settings (read under the same names).
+    key = settings.openrouter_api_key.get_secret_value() if settings.openrouter_api_key else None
+    adapter = OpenAICompatibleAdapter(
+        OPENROUTER, key, settings.openrouter_base_url, settings.openrouter_model, client
+    )
+    return ProviderBinding(adapter, "chat", adapter.model_for, OPENROUTER.env.missing(key))
+
+
+def _declaration(
+    profile: ProviderProfile, bind: Bind, *, always_started: bool = False
+) -> ProviderDeclaration:
+    return ProviderDeclaration(
+        name=profile.name,
+        env=profile.env,
+        tools=tool_docs(profile.tools),
+        bind=bind,
+        idempotency=Idempotency.HEADER if profile.idempotency_key else Idempotency.NONE,
+        always_started=always_started,
+    )
+
+
+DECLARATIONS = (
+    # `make run` serves OpenRouter through the provider simulator when its key is unset.
+    _declaration(OPENROUTER, _bind_openrouter, always_started=True),
+    *(_declaration(profile, _binder(profile)) for profile in (DEEPSEEK, QWEN, GROK, MINIMAX)),
+)
 
 
 # --- prompts -----------------------------------------------------------------------------------------

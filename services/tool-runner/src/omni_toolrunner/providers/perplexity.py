@@ -20,12 +20,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import httpx
 import msgspec
+from omni_contract.tools import Capability
 
 from omni_toolrunner.providers.base import ProviderError, ProviderErrorKind, ToolCall, ToolOutcome, Usage
+from omni_toolrunner.providers.declaration import (
+    ProviderBinding,
+    ProviderDeclaration,
+    ProviderEnv,
+    ToolDoc,
+    fixed_model,
+    input_schema_of,
+    object_schema,
+)
 from omni_toolrunner.providers.http_client import HttpAdapter, failures_logged
 from omni_toolrunner.providers.http_errors import (
     classify_status,
@@ -37,9 +47,13 @@ from omni_toolrunner.providers.http_errors import (
     status_error,
 )
 
+if TYPE_CHECKING:
+    from omni_toolrunner.settings import ToolRunnerSettings
+
 logger = logging.getLogger(__name__)
 
 PROVIDER = "perplexity"
+ENV = ProviderEnv("PERPLEXITY_API_KEY", base_url="PERPLEXITY_BASE_URL", model="PERPLEXITY_MODEL")
 SEARCH_ANSWER = "search.answer"
 DEFAULT_BASE_URL = "https://api.perplexity.ai"
 DEFAULT_MODEL = "perplexity/sonar"
@@ -95,7 +109,9 @@ class PerplexityAdapter(HttpAdapter):
         if request.tool != SEARCH_ANSWER:
             raise ProviderError(ProviderErrorKind.UNKNOWN_TOOL, f"perplexity does not serve {request.tool!r}")
         if self._api_key is None:
-            raise ProviderError(ProviderErrorKind.UNAVAILABLE, "no Perplexity API key is configured")
+            raise ProviderError(
+                ProviderErrorKind.UNAVAILABLE, f"no Perplexity API key is configured ({ENV.api_key})"
+            )
         data = convert(request.input, SearchInput, "input")
         config = convert(request.config, SearchConfig, "config")
         model = MODEL_ALIASES.get(config.model or self._model, config.model or self._model)
@@ -208,3 +224,28 @@ def _usage(raw: object) -> Usage | None:
         if isinstance(total_cost, int | float) and not isinstance(total_cost, bool)
         else None,
     )
+
+
+# --- declaration -------------------------------------------------------------------------------------
+
+SEARCH_ANSWER_DOC = ToolDoc(
+    SEARCH_ANSWER,
+    "Answer a question from a live web search, with citations",
+    input_schema_of(SearchInput),
+    object_schema(
+        {"answer": {"type": "string"}, "citations": {"type": "array", "items": {"type": "string"}}}
+    ),
+    (Capability(name="web-search", input_types=["text"], output_types=["text"]),),
+    timeout_ms=60_000,
+)
+
+
+def _bind(
+    settings: ToolRunnerSettings, environ: Mapping[str, str], client: httpx.AsyncClient
+) -> ProviderBinding:
+    key, base_url, model = ENV.read(environ)
+    adapter = PerplexityAdapter(key, base_url or DEFAULT_BASE_URL, client, model=model or DEFAULT_MODEL)
+    return ProviderBinding(adapter, "chat", fixed_model(model or DEFAULT_MODEL), ENV.missing(key))
+
+
+DECLARATION = ProviderDeclaration(name=PROVIDER, env=ENV, tools=(SEARCH_ANSWER_DOC,), bind=_bind)

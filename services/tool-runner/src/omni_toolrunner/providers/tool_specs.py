@@ -1,9 +1,11 @@
-"""The five bilingual-coach tools as OpenRouter chat completions: prompts, schemas, typed I/O.
+"""The five bilingual-coach tools, whichever provider serves them: names, typed I/O, schemas, prompts.
 
-Input and output field names are the workflow's (camelCase). Each JSON-producing tool asks for
-structured output (``response_format.json_schema`` with ``strict: true``); the schemas keep to the
-subset strict mode accepts everywhere (every property required, ``additionalProperties: false``, no
-numeric bounds), and bounds are enforced here after decoding instead.
+Input and output field names are the workflow's (camelCase). The chat-completion providers (the
+OpenAI-compatible family, Gemini) answer each JSON-producing tool with structured output
+(``response_format.json_schema`` with ``strict: true``, or the provider's equivalent); the schemas
+keep to the subset strict mode accepts everywhere (every property required, ``additionalProperties:
+false``, no numeric bounds), and bounds are enforced here after decoding instead. :data:`TOOL_DOCS`
+are the tools' registry descriptions, which every provider serving them declares.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import msgspec
+from omni_contract.tools import Capability
 
 from omni_toolrunner.providers.audio import read_base64_audio
+from omni_toolrunner.providers.declaration import ToolDoc, input_schema_of, object_schema
 
 STT_TRANSCRIBE = "stt.transcribe"
 NLU_ANALYZE = "nlu.analyze"
@@ -365,3 +369,71 @@ JSON_TOOLS: Mapping[str, JsonToolSpec] = {
 }
 
 ALL_TOOLS = frozenset({*JSON_TOOLS, TTS_SPEAK})
+
+# --- registry descriptions ---------------------------------------------------------------------------
+
+AUDIO_OUTPUT_SCHEMA = object_schema(
+    {"text": {"type": "string"}, "format": {"type": "string"}},
+    {"audioData": {"type": "string", "contentEncoding": "base64"}, "degraded": {"type": "boolean"}},
+)
+"""What ``tts.speak`` answers: audio with its format and text, or (degraded) the text alone."""
+
+TOOL_DOCS: Mapping[str, ToolDoc] = {
+    doc.name: doc
+    for doc in (
+        ToolDoc(
+            STT_TRANSCRIBE,
+            "Transcribe recorded speech into text with timed segments",
+            input_schema_of(SttInput),
+            STT_SCHEMA,
+            (
+                Capability(
+                    name="transcription", input_types=["audio/wav", "audio/mpeg"], output_types=["text"]
+                ),
+            ),
+            timeout_ms=60_000,
+        ),
+        ToolDoc(
+            NLU_ANALYZE,
+            "Find the intent, grammar issues, entities and sentiment of a text",
+            input_schema_of(NluInput),
+            NLU_SCHEMA,
+            (
+                Capability(
+                    name="language-understanding", input_types=["text"], output_types=["application/json"]
+                ),
+            ),
+        ),
+        ToolDoc(
+            MT_TRANSLATE,
+            "Translate a text into another language",
+            input_schema_of(MtInput),
+            MT_SCHEMA,
+            (Capability(name="translation", input_types=["text"], output_types=["text"]),),
+        ),
+        ToolDoc(
+            FEEDBACK_GENERATE,
+            "Write feedback on a learner's utterance, with a score and suggestions",
+            input_schema_of(FeedbackInput),
+            FEEDBACK_SCHEMA,
+            (Capability(name="feedback", input_types=["text"], output_types=["text"]),),
+        ),
+        ToolDoc(
+            TTS_SPEAK,
+            "Speak a text aloud (or return it as text when degraded)",
+            input_schema_of(TtsInput),
+            AUDIO_OUTPUT_SCHEMA,
+            (
+                Capability(
+                    name="speech-synthesis", input_types=["text"], output_types=["audio/wav", "audio/mpeg"]
+                ),
+            ),
+            timeout_ms=60_000,
+        ),
+    )
+}
+
+
+def tool_docs(tools: frozenset[str]) -> tuple[ToolDoc, ...]:
+    """The descriptions of ``tools`` (names of :data:`TOOL_DOCS`), in name order."""
+    return tuple(TOOL_DOCS[name] for name in sorted(tools))
