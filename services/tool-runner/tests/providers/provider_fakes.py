@@ -237,7 +237,7 @@ class Integrations(Served):
     def tool_sending_the_key(self, adapter: ProviderAdapter) -> tuple[str, dict[str, Any]]:
         assert isinstance(adapter, DeclaredHttpAdapter)
         hook = next(d for d in self.declarations if d.name == "zapier.trigger")
-        headers = {**hook.request.headers, "Idempotency-Key": "{{ idempotencyKey }}"}
+        headers = {**hook.request.headers, "Idempotency-Key": "${idempotencyKey}"}
         keyed: HttpToolDeclaration = msgspec.structs.replace(
             hook, name="zapier.trigger_once", request=msgspec.structs.replace(hook.request, headers=headers)
         )
