@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+from dataclasses import replace
 
 import asyncpg
 import httpx
 import nats
 import pytest
+from nats.js.api import StorageType
+from omni_contract.kv import KvBucketSpec
 from omni_contract.streams import StreamSpec
 from omni_runtime import db
 from omni_runtime import nats as omni_nats
@@ -71,6 +75,34 @@ async def test_streams_are_provisioned_idempotently_and_updated(nats_url: str) -
         assert info.config.max_age == 60
     finally:
         await nc.close()
+
+
+async def test_a_bucket_is_made_from_its_spec_and_one_made_otherwise_is_used_as_it_is(
+    nats_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    spec = KvBucketSpec(
+        name="t_bucket", description="test bucket", ttl_s=60.0, history=3, max_value_size=1024, direct=True
+    )
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        kv = await omni_nats.ensure_key_value(js, spec)
+        await kv.put("k", b"v")
+        with caplog.at_level(logging.WARNING, logger="omni_runtime.nats"):
+            await omni_nats.ensure_key_value(js, spec)
+            assert caplog.records == []  # the same configuration again: nothing to say
+            other = await omni_nats.ensure_key_value(js, replace(spec, ttl_s=5.0, direct=False))
+        entry = await other.get("k")
+        config = (await js.stream_info("KV_t_bucket")).config
+    finally:
+        await nc.close()
+
+    assert entry.value == b"v"
+    assert (config.description, config.max_age, config.max_msgs_per_subject) == ("test bucket", 60, 3)
+    assert (config.max_msg_size, config.allow_direct, config.storage) == (1024, True, StorageType.FILE)
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
+        "KV bucket t_bucket exists with another configuration"
+    ]
 
 
 async def test_a_service_answers_discovery_and_health_and_stops_on_request(nats_url: str) -> None:

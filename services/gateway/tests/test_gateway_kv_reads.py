@@ -12,9 +12,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 from nats.aio.client import Client as NATS
 from omni_contract.declared import DECLARED_TOOLS_BUCKET
+from omni_contract.kv import DECLARED_TOOLS, PROVIDER_HEALTH, TOOL_REGISTRY
 from omni_contract.tools import (
     PROVIDER_HEALTH_BUCKET,
-    REGISTRATION_TTL_S,
     TOOL_REGISTRY_BUCKET,
     ProviderHealth,
     ToolRegistration,
@@ -47,16 +47,16 @@ async def test_repeated_reads_of_tools_and_servers_leave_no_consumer_behind(
     gateway: TestClient[Any, Any], nc: NATS
 ) -> None:
     js = nc.jetstream()
-    tools = await ensure_key_value(js, TOOL_REGISTRY_BUCKET, ttl_s=REGISTRATION_TTL_S, description="t")
+    tools = await ensure_key_value(js, TOOL_REGISTRY)
     spec = ToolSpec(name="mt.translate", provider="mock", description="d", category="mt")
     await tools.put(
         registry_key("mock", "mt.translate", "a"),
         msgspec.json.encode(ToolRegistration(spec=spec, runner="a")),
     )
-    health = await ensure_key_value(js, PROVIDER_HEALTH_BUCKET, ttl_s=REGISTRATION_TTL_S, description="t")
+    health = await ensure_key_value(js, PROVIDER_HEALTH)
     view = ProviderHealth(provider="mock", runner="a", status="healthy")
     await health.put(health_key("mock", "a"), msgspec.json.encode(view))
-    await ensure_key_value(js, DECLARED_TOOLS_BUCKET, ttl_s=None, description="t")
+    await ensure_key_value(js, DECLARED_TOOLS)
     before = await consumers(nc)
 
     for _ in range(10):

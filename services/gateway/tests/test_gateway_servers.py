@@ -10,8 +10,9 @@ import msgspec
 import pytest
 from aiohttp.test_utils import TestClient
 from nats.aio.client import Client as NATS
+from omni_contract.kv import PROVIDER_HEALTH
 from omni_contract.providers import PROVIDER_KEYS
-from omni_contract.tools import PROVIDER_HEALTH_BUCKET, REGISTRATION_TTL_S, ProviderHealth, health_key
+from omni_contract.tools import ProviderHealth, health_key
 from omni_runtime.nats import ensure_key_value
 
 pytestmark = pytest.mark.integration
@@ -29,9 +30,7 @@ T0 = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
 
 
 async def publish(nc: NATS, **fields: Any) -> None:
-    kv = await ensure_key_value(
-        nc.jetstream(), PROVIDER_HEALTH_BUCKET, ttl_s=REGISTRATION_TTL_S, description="t"
-    )
+    kv = await ensure_key_value(nc.jetstream(), PROVIDER_HEALTH)
     view = ProviderHealth(**{"updated_at": T0, **fields})
     await kv.put(health_key(view.provider, view.runner), msgspec.json.encode(view))
 

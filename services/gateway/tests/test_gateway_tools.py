@@ -21,9 +21,8 @@ from nats.js.kv import KeyValue
 from omni_contract import streams, subjects
 from omni_contract.envelope import HDR_MSG_ID, decode_envelope, payload_of
 from omni_contract.events import TOOL_INVOKE_V1, ToolInvoke
+from omni_contract.kv import TOOL_REGISTRY
 from omni_contract.tools import (
-    REGISTRATION_TTL_S,
-    TOOL_REGISTRY_BUCKET,
     UNAVAILABLE,
     Capability,
     ToolRegistration,
@@ -74,9 +73,7 @@ async def register(
 
 @pytest.fixture
 async def registry(nc: NATS) -> KeyValue:
-    return await ensure_key_value(
-        nc.jetstream(), TOOL_REGISTRY_BUCKET, ttl_s=REGISTRATION_TTL_S, description="test tool registry"
-    )
+    return await ensure_key_value(nc.jetstream(), TOOL_REGISTRY)
 
 
 @pytest.fixture

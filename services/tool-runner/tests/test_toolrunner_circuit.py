@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import nats
 import pytest
 from nats.js.kv import KeyValue
+from omni_contract.kv import CIRCUITS
 from omni_runtime import nats as omni_nats
 from omni_toolrunner.circuit import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, CircuitSet
 
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 async def kv(nats_url: str) -> AsyncIterator[KeyValue]:
     nc = await nats.connect(nats_url)
-    yield await omni_nats.ensure_key_value(nc.jetstream(), "omni_circuits", ttl_s=None, description="test")
+    yield await omni_nats.ensure_key_value(nc.jetstream(), CIRCUITS)
     await nc.close()
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import msgspec
 import nats
 import pytest
 from nats.js.kv import KeyValue
+from omni_contract.kv import TOOL_REGISTRY
 from omni_contract.tools import (
     AVAILABLE,
     UNAVAILABLE,
@@ -75,7 +77,7 @@ async def test_a_runner_without_its_key_registers_its_tools_as_unavailable_with_
 async def test_heartbeats_keep_entries_alive_and_a_silent_runner_expires(nats_url: str) -> None:
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
-    kv = await omni_nats.ensure_key_value(js, "omni_tools_test", ttl_s=2.0, description="test")
+    kv = await omni_nats.ensure_key_value(js, replace(TOOL_REGISTRY, name="omni_tools_test", ttl_s=2.0))
     announcer = ToolAnnouncer(
         kv, [spec_for("util.echo", "local", requires_auth=False)], "replica-1", heartbeat_s=0.2
     )

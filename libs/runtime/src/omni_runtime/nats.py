@@ -26,6 +26,7 @@ from nats.js.api import (
 )
 from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
+from omni_contract.kv import KvBucketSpec, Storage
 from omni_contract.streams import ConsumerSpec, Retention, StreamSpec
 
 from omni_runtime.outage import OutageLog
@@ -296,17 +297,23 @@ class Puller:
             self._not_before = now + _BACK_OFF_S
 
 
-async def ensure_key_value(
-    js: JetStreamContext, bucket: str, *, ttl_s: float | None, description: str
-) -> KeyValue:
-    """Open the KV bucket, creating it when missing (a bucket made with other settings is used as
-    is). ``ttl_s`` None: entries never expire."""
-    config = KeyValueConfig(bucket=bucket, description=description, ttl=ttl_s, storage=StorageType.FILE)
+async def ensure_key_value(js: JetStreamContext, spec: KvBucketSpec) -> KeyValue:
+    """Open the bucket of ``spec``, creating it when missing. A bucket that exists with another
+    configuration (an older release's, another replica's settings) is used as it is, with a warning."""
+    config = KeyValueConfig(
+        bucket=spec.name,
+        description=spec.description,
+        ttl=spec.ttl_s,
+        history=spec.history,
+        storage=StorageType.FILE if spec.storage is Storage.FILE else StorageType.MEMORY,
+        max_value_size=spec.max_value_size,
+        direct=spec.direct or None,  # None: the server's default (off), as buckets were always made
+    )
     try:
         return await js.create_key_value(config)
     except BadRequestError as exc:
-        log.warning("KV bucket %s exists with another configuration (%s); using it as is", bucket, exc)
-        return await js.key_value(bucket)
+        log.warning("KV bucket %s exists with another configuration (%s); using it as is", spec.name, exc)
+        return await js.key_value(spec.name)
 
 
 KV_DELETES = ("DEL", "PURGE")

@@ -30,7 +30,6 @@ from aiohttp import web
 from nats.js.kv import KeyValue
 from omni_contract.declared import (
     DECLARED_TOOLS_BUCKET,
-    DECLARED_TOOLS_DESCRIPTION,
     ORIGIN_API,
     TOOL_NAME,
     DeclarationError,
@@ -41,6 +40,7 @@ from omni_contract.declared import (
     decode_declaration,
     deprecations,
 )
+from omni_contract.kv import DECLARED_TOOLS
 from omni_runtime import nats as omni_nats
 
 from omni_gateway.bodies import MAX_DEPTH, json_type, read_json_object, read_text
@@ -59,9 +59,7 @@ async def _bucket(request: web.Request) -> KeyValue:
             return await js.key_value(DECLARED_TOOLS_BUCKET)
         except nats.js.errors.BucketNotFoundError:
             # The first declaration before any integrations runner started: make the bucket it uses.
-            return await omni_nats.ensure_key_value(
-                js, DECLARED_TOOLS_BUCKET, ttl_s=None, description=DECLARED_TOOLS_DESCRIPTION
-            )
+            return await omni_nats.ensure_key_value(js, DECLARED_TOOLS)
 
 
 async def _stored(kv: KeyValue, name: str) -> StoredDeclaration | None:

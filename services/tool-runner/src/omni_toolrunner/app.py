@@ -19,11 +19,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BadRequestError
 from nats.js.kv import KeyValue
 from omni_contract import streams, subjects
 from omni_contract.declared import HttpToolDeclaration, integration_limits
+from omni_contract.kv import CIRCUITS, TOOL_RESULTS
 from omni_contract.tools import ProviderHealth
 from omni_runtime import nats as omni_nats
 from omni_runtime.service import ServiceContext
@@ -38,7 +37,7 @@ from omni_toolrunner.adapters import (
     http_client,
 )
 from omni_toolrunner.catalogue import spec_for
-from omni_toolrunner.circuit import CIRCUITS_BUCKET, CircuitSet
+from omni_toolrunner.circuit import CircuitSet
 from omni_toolrunner.declarations import DeclarationWatcher, declarations_bucket, publish_files
 from omni_toolrunner.metrics import RunnerMetrics
 from omni_toolrunner.mock_rules import MockRulesWatcher, mock_rules_bucket
@@ -46,7 +45,7 @@ from omni_toolrunner.providers.declared import DeclaredHttpAdapter
 from omni_toolrunner.providers.mock import MockAdapter
 from omni_toolrunner.ratelimit import RateLimitSet, rate_limit_bucket
 from omni_toolrunner.registry import ToolAnnouncer, health_bucket, registry_bucket
-from omni_toolrunner.results import RESULTS_BUCKET, KvResultStore, ResultStore
+from omni_toolrunner.results import KvResultStore, ResultStore
 from omni_toolrunner.runner import InvokeRunner
 from omni_toolrunner.settings import ToolRunnerSettings
 
@@ -103,9 +102,7 @@ class ToolRunnerApp:
         circuits = None
         if self.settings.provider not in NO_CREDENTIALS:  # local tools have no far side to trip
             circuits = CircuitSet(
-                await omni_nats.ensure_key_value(
-                    js, CIRCUITS_BUCKET, ttl_s=None, description="Circuit breaker state per provider"
-                ),
+                await omni_nats.ensure_key_value(js, CIRCUITS),
                 self.settings.provider,
                 # Declared tools each call their own service: one circuit per integration.
                 per_category=self.settings.provider in PER_TOOL_CREDENTIALS,
@@ -147,20 +144,8 @@ class ToolRunnerApp:
         )
 
     async def _results_bucket(self, js: JetStreamContext) -> KeyValue:
-        config = KeyValueConfig(
-            bucket=RESULTS_BUCKET,
-            description="Tool results by idempotency key (sha256), for redelivered invokes",
-            ttl=self.settings.result_ttl_s,
-            storage=StorageType.FILE,
-            # Lookups read the last value straight from the stream, no JSON/base64 envelope.
-            direct=True,
-        )
-        try:
-            return await js.create_key_value(config)
-        except BadRequestError as exc:
-            # Made by a replica with other settings (another TTL): use it as it is.
-            log.warning("results bucket exists with another configuration (%s); using it as is", exc)
-            return await js.key_value(RESULTS_BUCKET)
+        # With this deployment's TTL; a bucket made by a replica with another is used as it is.
+        return await omni_nats.ensure_key_value(js, replace(TOOL_RESULTS, ttl_s=self.settings.result_ttl_s))
 
     def provider_health(self, unavailable_reason: str | None) -> Callable[[], ProviderHealth]:
         """How to take this replica's view of its provider, for the registry heartbeat."""

@@ -32,7 +32,6 @@ from nats.js.kv import KeyValue
 
 log = logging.getLogger(__name__)
 
-CIRCUITS_BUCKET: Final = "omni_circuits"
 CLOSED: Final = "closed"
 OPEN: Final = "open"
 HALF_OPEN: Final = "half_open"

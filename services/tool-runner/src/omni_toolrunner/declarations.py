@@ -24,8 +24,6 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from omni_contract.declared import (
-    DECLARED_TOOLS_BUCKET,
-    DECLARED_TOOLS_DESCRIPTION,
     ORIGIN_API,
     ORIGIN_FILE_PREFIX,
     DeclarationError,
@@ -35,18 +33,14 @@ from omni_contract.declared import (
     decode_declaration,
     deprecations,
 )
+from omni_contract.kv import DECLARED_TOOLS
 from omni_runtime import nats as omni_nats
 
 log = logging.getLogger(__name__)
 
 
 async def declarations_bucket(js: JetStreamContext) -> KeyValue:
-    return await omni_nats.ensure_key_value(
-        js,
-        DECLARED_TOOLS_BUCKET,
-        ttl_s=None,
-        description=DECLARED_TOOLS_DESCRIPTION,
-    )
+    return await omni_nats.ensure_key_value(js, DECLARED_TOOLS)
 
 
 def load_files(directory: Path) -> list[tuple[str, HttpToolDeclaration]]:

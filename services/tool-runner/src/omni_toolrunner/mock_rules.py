@@ -17,20 +17,18 @@ from typing import Final
 
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
+from omni_contract.kv import MOCK_RULES
 from omni_runtime import nats as omni_nats
 
 from omni_toolrunner.providers.mock import MockAdapter, MockRule, MockRulesError, decode_rules
 
 log = logging.getLogger(__name__)
 
-MOCK_RULES_BUCKET: Final = "omni_mock_rules"
 MOCK_RULES_KEY: Final = "rules"
 
 
 async def mock_rules_bucket(js: JetStreamContext) -> KeyValue:
-    return await omni_nats.ensure_key_value(
-        js, MOCK_RULES_BUCKET, ttl_s=None, description="The mock provider's rules, followed by its runners"
-    )
+    return await omni_nats.ensure_key_value(js, MOCK_RULES)
 
 
 class MockRulesWatcher:
@@ -57,7 +55,7 @@ class MockRulesWatcher:
             log.info("mock rules deleted: back to the %d rules the runner started with", len(rules))
             return True
         try:
-            loaded = decode_rules(entry.value, f"{MOCK_RULES_BUCKET}/{MOCK_RULES_KEY}")
+            loaded = decode_rules(entry.value, f"{MOCK_RULES.name}/{MOCK_RULES_KEY}")
             self._adapter.configure(loaded.rules, strict=loaded.strict)
         except MockRulesError as exc:
             log.error("mock rules refused, the rules in force stay: %s", exc)

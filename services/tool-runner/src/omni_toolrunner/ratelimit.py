@@ -47,14 +47,10 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.errors import BadRequestError, KeyNotFoundError
 from nats.js.kv import KeyValue
+from omni_contract.kv import RATE_LIMITS, RATE_LIMITS_TTL_S
 from omni_runtime.nats import ensure_key_value
 
 log = logging.getLogger(__name__)
-
-RATE_LIMITS_BUCKET: Final = "omni_ratelimits"
-RATE_LIMITS_TTL_S: Final = 3600.0
-"""How long a counter outlives its last change. A window must be shorter, or an idle stretch inside
-it would expire the counter and start it again from zero."""
 
 _CAS_ATTEMPTS: Final = 16
 """Compare-and-set attempts before giving up. Every conflict means another replica's write went
@@ -85,12 +81,7 @@ class _Contended(Exception):
 
 async def rate_limit_bucket(js: JetStreamContext) -> KeyValue:
     """The bucket of the shared rate-limit counters, created when missing."""
-    return await ensure_key_value(
-        js,
-        RATE_LIMITS_BUCKET,
-        ttl_s=RATE_LIMITS_TTL_S,
-        description="Requests and tokens used per provider and rate-limit window, shared by replicas",
-    )
+    return await ensure_key_value(js, RATE_LIMITS)
 
 
 class RateLimiter:

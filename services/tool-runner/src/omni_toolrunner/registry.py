@@ -16,12 +16,10 @@ from datetime import UTC, datetime
 import msgspec
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
+from omni_contract.kv import PROVIDER_HEALTH, TOOL_REGISTRY
 from omni_contract.tools import (
     AVAILABLE,
     HEARTBEAT_S,
-    PROVIDER_HEALTH_BUCKET,
-    REGISTRATION_TTL_S,
-    TOOL_REGISTRY_BUCKET,
     UNAVAILABLE,
     ProviderHealth,
     ToolRegistration,
@@ -35,21 +33,11 @@ log = logging.getLogger(__name__)
 
 
 async def registry_bucket(js: JetStreamContext) -> KeyValue:
-    return await omni_nats.ensure_key_value(
-        js,
-        TOOL_REGISTRY_BUCKET,
-        ttl_s=REGISTRATION_TTL_S,
-        description="Tool registrations of live tool-runner replicas (refreshed by heartbeats)",
-    )
+    return await omni_nats.ensure_key_value(js, TOOL_REGISTRY)
 
 
 async def health_bucket(js: JetStreamContext) -> KeyValue:
-    return await omni_nats.ensure_key_value(
-        js,
-        PROVIDER_HEALTH_BUCKET,
-        ttl_s=REGISTRATION_TTL_S,
-        description="Each live tool-runner replica's view of its provider (refreshed by heartbeats)",
-    )
+    return await omni_nats.ensure_key_value(js, PROVIDER_HEALTH)
 
 
 class ToolAnnouncer:

@@ -1,8 +1,9 @@
 """Stored results, keyed by idempotency key, so a redelivered invoke never calls the provider twice.
 
-The store is a JetStream key-value bucket: every replica of every runner sees the same entries,
-and entries expire after ``result_ttl_s``. A value is the encoded result envelope exactly as it was
-first published, so a republish is byte for byte the same message.
+The store is the JetStream key-value bucket ``omni_contract.kv.TOOL_RESULTS``: every replica of
+every runner sees the same entries, and entries expire after ``result_ttl_s``. A value is the
+encoded result envelope exactly as it was first published, so a republish is byte for byte the
+same message.
 """
 
 from __future__ import annotations
@@ -12,9 +13,6 @@ from typing import Protocol
 
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
-
-# Not in the contract: nothing but tool-runners reads it, and they only through this module.
-RESULTS_BUCKET = "omni_tool_results"
 
 
 def storage_key(idempotency_key: str) -> str:
