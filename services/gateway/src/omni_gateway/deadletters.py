@@ -21,15 +21,14 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import msgspec
-import nats.errors
 import nats.js.errors
 from aiohttp import web
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 from omni_contract import streams, subjects
-from omni_contract.envelope import HDR_MSG_ID, Envelope, decode_envelope, payload_of
+from omni_contract.envelope import Envelope, decode_envelope, payload_of
 from omni_contract.events import DEADLETTER_V1, DeadLetter
-from omni_runtime.telemetry import inject_headers
+from omni_runtime.publish import NoStream, PublishRefused, PublishUnavailable, publish
 
 from omni_gateway.bodies import query_int, respond
 from omni_gateway.errors import ApiError
@@ -156,20 +155,25 @@ class DeadLetterStore:
         _, letter = read
         _check_publishable(seq, letter.original_subject)
         body = _original_body(seq, letter)
-        headers = inject_headers({HDR_MSG_ID: REDRIVE_MSG_ID.format(id=seq)})
         try:
-            ack = await self.js.publish(letter.original_subject, body, timeout=timeout_s, headers=headers)
-        except nats.js.errors.NoStreamResponseError:
+            # The original body as it came, whose content type the letter does not keep.
+            ack = await publish(
+                self.js,
+                letter.original_subject,
+                body,
+                msg_id=REDRIVE_MSG_ID.format(id=seq),
+                timeout_s=timeout_s,
+                envelope=False,
+            )
+        except NoStream:
             raise _not_redrivable(
                 seq, f"no JetStream stream takes {letter.original_subject!r} any more"
             ) from None
-        except nats.errors.TimeoutError:
-            raise _unavailable(f"JetStream did not acknowledge the redrive within {timeout_s:g} s") from None
-        except nats.js.errors.APIError as exc:
-            log.error("JetStream refused the redrive of dead letter %d: %s", seq, exc)
-            raise _unavailable(f"JetStream refused the redrive: {exc.description}") from None
-        except nats.errors.Error as exc:
-            raise _unavailable(f"NATS connection: {exc}") from None
+        except PublishRefused as exc:
+            log.error("the redrive of dead letter %d was not stored: %s", seq, exc.reason)
+            raise _unavailable(exc.reason) from None
+        except PublishUnavailable as exc:
+            raise _unavailable(exc.reason) from None
         try:
             with _jetstream("delete the redriven dead letter"):
                 await self.js.delete_msg(STREAM, seq)
@@ -190,7 +194,7 @@ class DeadLetterStore:
             subject=letter.original_subject,
             stream=ack.stream,
             seq=ack.seq,
-            duplicate=bool(ack.duplicate),
+            duplicate=ack.duplicate,
         )
 
     async def _get(self, seq: int, *, next_on: str | None = None) -> RawStreamMsg:

@@ -6,12 +6,10 @@ import logging
 import re
 import uuid
 
-import nats.errors
-import nats.js.errors
 from aiohttp import web
 from omni_contract import streams, subjects
-from omni_contract.envelope import CONTENT_TYPE, HDR_CONTENT_TYPE, HDR_MSG_ID, encode_envelope, new_envelope
-from omni_runtime.telemetry import inject_headers
+from omni_contract.envelope import encode_envelope, new_envelope
+from omni_runtime.publish import NoStream, PublishRefused, PublishUnavailable, publish
 
 from omni_gateway.bodies import read_json_object, respond
 from omni_gateway.errors import ApiError
@@ -64,29 +62,25 @@ async def publish_event(request: web.Request) -> web.Response:
     event_id = event_id_of(request)
     payload = await read_json_object(request, gateway.settings.max_body_bytes)
     envelope = new_envelope(subject, EVENT_SOURCE, payload, id_=event_id)
-    # The id doubles as the JetStream de-duplication id: a retried POST is stored once.
-    headers = inject_headers({HDR_MSG_ID: event_id, HDR_CONTENT_TYPE: CONTENT_TYPE})
     try:
-        ack = await gateway.js.publish(
+        # The id doubles as the JetStream de-duplication id: a retried POST is stored once.
+        ack = await publish(
+            gateway.js,
             subject,
             encode_envelope(envelope),
-            timeout=gateway.settings.rpc_timeout_s,
+            msg_id=event_id,
             stream=streams.APP_EVENTS.name,
-            headers=headers,
+            timeout_s=gateway.settings.rpc_timeout_s,
         )
-    except nats.js.errors.NoStreamResponseError:
+    except NoStream:
         raise _events_unavailable("no JetStream stream takes application events") from None
-    except nats.errors.TimeoutError:
-        raise _events_unavailable(
-            f"JetStream did not acknowledge within {gateway.settings.rpc_timeout_s:g} s"
-        ) from None
-    except nats.js.errors.APIError as exc:
-        log.error("JetStream refused an event on %s: %s", subject, exc)
-        raise _events_unavailable(f"JetStream refused the event: {exc.description}") from None
-    except nats.errors.Error as exc:
-        raise _events_unavailable(f"NATS connection: {exc}") from None
+    except PublishRefused as exc:
+        log.error("an event on %s was not stored: %s", subject, exc.reason)
+        raise _events_unavailable(exc.reason) from None
+    except PublishUnavailable as exc:
+        raise _events_unavailable(exc.reason) from None
     accepted = EventAccepted(
-        id=event_id, subject=subject, stream=ack.stream, seq=ack.seq, duplicate=bool(ack.duplicate)
+        id=event_id, subject=subject, stream=ack.stream, seq=ack.seq, duplicate=ack.duplicate
     )
     return respond(accepted, status=202)
 

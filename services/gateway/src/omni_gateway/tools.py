@@ -38,17 +38,13 @@ from typing import Any, TypeVar
 import jsonschema  # type: ignore[import-untyped]  # ships no type information
 import msgspec
 import nats.errors
-import nats.js.errors
 from aiohttp import web
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import PubAck
 from nats.js.kv import KeyValue
 from omni_contract import streams, subjects
 from omni_contract.envelope import (
-    CONTENT_TYPE,
-    HDR_CONTENT_TYPE,
     HDR_MSG_ID,
     decode_envelope,
     encode_envelope,
@@ -67,7 +63,7 @@ from omni_contract.tools import (
 )
 from omni_runtime import nats as omni_nats
 from omni_runtime.logging import run_id_var
-from omni_runtime.telemetry import inject_headers
+from omni_runtime.publish import NoStream, Published, PublishRefused, PublishUnavailable, publish
 from opentelemetry import trace
 
 from omni_gateway import jetstream
@@ -531,27 +527,23 @@ class DirectCall:
         )
         await self._send(body, f"{invoke.idempotency_key}:replay:{uuid.uuid4().hex}")
 
-    async def _send(self, body: bytes, msg_id: str) -> PubAck:
-        headers = inject_headers({HDR_MSG_ID: msg_id, HDR_CONTENT_TYPE: CONTENT_TYPE})
+    async def _send(self, body: bytes, msg_id: str) -> Published:
         try:
-            return await self.js.publish(
+            return await publish(
+                self.js,
                 subjects.tool_invoke(self.invoke.provider),
                 body,
-                timeout=self.publish_timeout_s,
+                msg_id=msg_id,
                 stream=streams.TOOL_WORK.name,
-                headers=headers,
+                timeout_s=self.publish_timeout_s,
             )
-        except nats.js.errors.NoStreamResponseError:
+        except NoStream:
             raise tools_unavailable("no JetStream stream takes tool invokes") from None
-        except nats.errors.TimeoutError:
-            raise tools_unavailable(
-                f"JetStream did not acknowledge the invoke within {self.publish_timeout_s:g} s"
-            ) from None
-        except nats.js.errors.APIError as exc:
-            log.error("JetStream refused a direct invoke of %s: %s", self.invoke.tool, exc)
-            raise tools_unavailable(f"JetStream refused the invoke: {exc.description}") from None
-        except nats.errors.Error as exc:
-            raise tools_unavailable(f"NATS connection: {exc}") from None
+        except PublishRefused as exc:
+            log.error("a direct invoke of %s was not stored: %s", self.invoke.tool, exc.reason)
+            raise tools_unavailable(exc.reason) from None
+        except PublishUnavailable as exc:
+            raise tools_unavailable(exc.reason) from None
 
     async def _still_queued(self, seq: int) -> bool:
         try:
