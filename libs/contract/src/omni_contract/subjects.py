@@ -7,6 +7,8 @@ filters.
 
 from __future__ import annotations
 
+import re
+
 # Application trigger events: product teams publish here (e.g. ``app.coach.session.start``).
 APP_PREFIX = "app."
 APP_ALL = "app.>"
@@ -37,8 +39,13 @@ ENGINE_RUNS_RERUN = f"{ENGINE_RPC_PREFIX}.runs.rerun"
 ENGINE_WORKFLOWS_VERSIONS = f"{ENGINE_RPC_PREFIX}.workflows.versions"
 
 
+_SAFE_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def _token(value: str) -> str:
     """Make ``value`` safe as one subject token (no dots, spaces or wildcards)."""
+    if _SAFE_TOKEN.fullmatch(value):  # the usual case (ids, names), checked without a loop per character
+        return value
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in value) or "_"
 
 
