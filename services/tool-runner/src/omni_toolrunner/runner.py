@@ -50,9 +50,6 @@ from nats.js import JetStreamContext
 from omni_contract import deadletters, streams, subjects
 from omni_contract import events as ev
 from omni_contract.envelope import (
-    CONTENT_TYPE,
-    HDR_CONTENT_TYPE,
-    HDR_MSG_ID,
     Envelope,
     decode_envelope,
     encode_envelope,
@@ -64,7 +61,8 @@ from omni_contract.events import ToolError, ToolInvoke, ToolResult, Usage
 from omni_runtime.logging import run_id_var
 from omni_runtime.nats import Puller
 from omni_runtime.outage import OutageLog
-from omni_runtime.telemetry import extract_context, inject_headers
+from omni_runtime.publish import PublishError, PublishUnavailable, publish
+from omni_runtime.telemetry import extract_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 
@@ -93,9 +91,10 @@ _TAKE_TIMEOUT_S = 5.0
 _NATS_RETRY_FIRST_S = 0.25
 _NATS_RETRY_CAP_S = 5.0
 
-# What means NATS is away for now (rather than refusing the request): a timeout (also what a request
-# made while reconnecting ends in), a lost or reconnecting connection, JetStream unavailable. A
-# publish that no stream takes (no responders) is not: that work is given back as before.
+# What means NATS is away for now (rather than refusing the request): for the result store, a timeout
+# (also what a request made while reconnecting ends in), a lost or reconnecting connection, JetStream
+# unavailable; for a publish, PublishUnavailable (the same). A publish that is refused (PublishRefused:
+# no stream takes the result, say) is not: that work is given back.
 _NATS_AWAY: tuple[type[BaseException], ...] = (
     TimeoutError,
     OSError,
@@ -103,7 +102,11 @@ _NATS_AWAY: tuple[type[BaseException], ...] = (
     nats.errors.StaleConnectionError,
     nats.errors.OutboundBufferLimitError,
     nats.js.errors.ServiceUnavailableError,
+    PublishUnavailable,
 )
+# What makes the runner give work back (or, on its last delivery, dead-letter it): a NATS failure
+# that is not an outage retried in hand.
+_NATS_FAILED: tuple[type[BaseException], ...] = (NatsError, TimeoutError, PublishError)
 
 T = TypeVar("T")
 
@@ -286,7 +289,7 @@ class InvokeRunner:
         try:
             await self._dead_letter(msg, EXHAUSTED_KIND, reason)
             await msg.term()
-        except (NatsError, TimeoutError) as exc:
+        except _NATS_FAILED as exc:
             # JetStream delivers it no more either way; it stays in the work stream, unacknowledged.
             log.error(
                 "work %s #%s exhausted its deliveries and could not be dead-lettered (%r): %s",
@@ -301,7 +304,7 @@ class InvokeRunner:
     async def _run(self, msg: Msg) -> None:
         try:
             await self._process(msg)
-        except (NatsError, TimeoutError) as exc:
+        except _NATS_FAILED as exc:
             # NATS refused a request, or the ack or a dead letter failed (an outage during the store
             # or the publish is retried in hand instead): try this work again later.
             log.warning("giving work back after a NATS failure: %r", exc)
@@ -568,13 +571,13 @@ class InvokeRunner:
         )
 
     async def _publish_result(self, invoke: ToolInvoke, body: bytes) -> None:
-        headers = inject_headers({HDR_MSG_ID: invoke.idempotency_key, HDR_CONTENT_TYPE: CONTENT_TYPE})
-        await self._js.publish(
+        await publish(
+            self._js,
             self._result_subject,
             body,
-            timeout=self._publish_timeout_s,
+            msg_id=invoke.idempotency_key,
             stream=streams.TOOL_RESULTS.name,
-            headers=headers,
+            timeout_s=self._publish_timeout_s,
         )
 
     async def _dead_letter(self, msg: Msg, kind: str, reason: str) -> None:
@@ -587,12 +590,13 @@ class InvokeRunner:
             stream_seq=_stream_seq(msg),
             source=self._source,
         )
-        await self._js.publish(
+        await publish(
+            self._js,
             letter.subject,
             letter.body,
-            timeout=self._publish_timeout_s,
+            msg_id=letter.msg_id,
             stream=streams.DEADLETTERS.name,
-            headers=inject_headers({HDR_MSG_ID: letter.msg_id, HDR_CONTENT_TYPE: CONTENT_TYPE}),
+            timeout_s=self._publish_timeout_s,
         )
         self._metrics.deadletters.labels(self._provider, kind).inc()
         log.warning("dead-lettered work on %s (%s): %s", msg.subject, kind, reason)
