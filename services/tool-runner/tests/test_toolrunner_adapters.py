@@ -3,6 +3,7 @@ generated from it. (What each adapter owes the runner is ``providers/test_adapte
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,9 @@ from omni_toolrunner.catalogue import CATALOGUE
 from omni_toolrunner.provider_table import main, render
 from omni_toolrunner.providers.openai_compatible import OPENROUTER
 from omni_toolrunner.settings import ToolRunnerSettings
+
+SERVICE_README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT_README = Path(__file__).resolve().parents[3] / "README.md"
 
 
 def test_each_declaration_is_found_by_its_name_and_the_credential_sets_follow_them() -> None:
@@ -89,3 +93,21 @@ def test_the_table_check_fails_on_a_stale_file_and_write_mends_it(
     assert main(["check", str(table)]) == 0
     assert main(["check", str(tmp_path / "absent.py")]) == 1
     assert main(["rewrite", str(table)]) == 2
+
+
+def test_the_readmes_name_each_providers_tools_and_variables() -> None:
+    rows = {
+        found.group(1): line
+        for line in SERVICE_README.read_text(encoding="utf-8").splitlines()
+        if (found := re.match(r"^\| `([a-z0-9_-]+)`", line))
+    }
+    root = ROOT_README.read_text(encoding="utf-8")
+    for provider in PROVIDERS:
+        row = rows[provider.name]
+        for variable in provider.env.variables:
+            assert f"`{variable}`" in row, (provider.name, variable)
+        if not provider.tools_at_run_time:
+            named = sorted(re.findall(r"[a-z]+\.[a-z_]+", row.split("|")[2]))
+            assert named == sorted(doc.name for doc in provider.tools), provider.name
+        if provider.listed and provider.env.api_key:
+            assert f"`{provider.env.api_key}`" in root, provider.name

@@ -11,16 +11,16 @@ from collections.abc import Mapping
 from typing import Final
 
 PROVIDER_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
-    "openrouter": ("OPENROUTER_API_KEY",),
     "deepseek": ("DEEPSEEK_API_KEY",),
-    "qwen": ("QWEN_MAX_API_KEY", "DASHSCOPE_API_KEY"),
-    "grok": ("GROK_API_KEY", "XAI_API_KEY"),
-    "minimax": ("MINIMAX_API_KEY",),
-    "gemini": ("GEMINI_API_KEY",),
     "elevenlabs": ("ELEVENLABS_API_KEY",),
-    "perplexity": ("PERPLEXITY_API_KEY",),
     "firecrawl": ("FIRECRAWL_API_KEY",),
-    "local": (),
+    "gemini": ("GEMINI_API_KEY",),
+    "grok": ("GROK_API_KEY", "XAI_API_KEY"),
     "integrations": (),
+    "local": (),
+    "minimax": ("MINIMAX_API_KEY",),
+    "openrouter": ("OPENROUTER_API_KEY",),
+    "perplexity": ("PERPLEXITY_API_KEY",),
+    "qwen": ("QWEN_MAX_API_KEY", "DASHSCOPE_API_KEY"),
 }
 ALWAYS_STARTED: Final[frozenset[str]] = frozenset({"local", "openrouter"})

@@ -1,29 +1,23 @@
 """Which adapter serves which provider: the registry of provider declarations, and a replica's binding.
 
-:data:`PROVIDERS` is the one list of providers; each entry is the declaration its module makes
-(:mod:`omni_toolrunner.providers.declaration`). What ``--provider`` accepts, which providers need no
-credentials, the registry's tool descriptions and the contract's provider table
-(:mod:`omni_toolrunner.provider_table`) are all read from it.
+:data:`PROVIDERS` holds every provider: the declaration (:mod:`omni_toolrunner.providers.declaration`)
+each module of :mod:`omni_toolrunner.providers` makes as ``DECLARATION`` (``DECLARATIONS`` for the
+OpenAI-compatible family), so adding a provider is adding its module. What ``--provider`` accepts,
+which providers need no credentials, the registry's tool descriptions and the contract's provider
+table (:mod:`omni_toolrunner.provider_table`) are all read from it.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+import pkgutil
 from collections.abc import Mapping
 
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from omni_toolrunner.providers import (
-    declared,
-    elevenlabs,
-    firecrawl,
-    gemini,
-    local,
-    mock,
-    openai_compatible,
-    perplexity,
-)
+from omni_toolrunner import providers
 from omni_toolrunner.providers.declaration import ProviderBinding, ProviderDeclaration
 from omni_toolrunner.settings import ToolRunnerSettings
 
@@ -38,20 +32,24 @@ __all__ = [
     "http_client",
 ]
 
-PROVIDERS: tuple[ProviderDeclaration, ...] = (
-    *openai_compatible.DECLARATIONS,
-    gemini.DECLARATION,
-    elevenlabs.DECLARATION,
-    perplexity.DECLARATION,
-    firecrawl.DECLARATION,
-    local.DECLARATION,
-    mock.DECLARATION,
-    declared.DECLARATION,
-)
 
+def _declared() -> tuple[ProviderDeclaration, ...]:
+    """The declarations of the provider modules, by provider name; two of one name are refused."""
+    found: dict[str, ProviderDeclaration] = {}
+    for info in sorted(pkgutil.iter_modules(providers.__path__), key=lambda info: info.name):
+        module = importlib.import_module(f"{providers.__name__}.{info.name}")
+        single = getattr(module, "DECLARATION", None)
+        for declaration in (*getattr(module, "DECLARATIONS", ()), *([single] if single else [])):
+            if not isinstance(declaration, ProviderDeclaration):
+                raise TypeError(f"{module.__name__} declares {declaration!r}, not a ProviderDeclaration")
+            if declaration.name in found:
+                raise RuntimeError(f"{module.__name__} declares provider {declaration.name!r} again")
+            found[declaration.name] = declaration
+    return tuple(found[name] for name in sorted(found))
+
+
+PROVIDERS: tuple[ProviderDeclaration, ...] = _declared()
 _BY_NAME: Mapping[str, ProviderDeclaration] = {provider.name: provider for provider in PROVIDERS}
-if len(_BY_NAME) != len(PROVIDERS):
-    raise RuntimeError(f"two provider declarations share a name: {[p.name for p in PROVIDERS]}")
 
 KNOWN_PROVIDERS = tuple(_BY_NAME)
 # Providers whose calls need no credential at all (their tools run in the runner).

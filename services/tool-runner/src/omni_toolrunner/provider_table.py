@@ -33,7 +33,7 @@ from typing import Final
 
 
 def render(providers: Sequence[ProviderDeclaration] = PROVIDERS) -> str:
-    """The module source: ``PROVIDER_KEYS`` (listed providers in declaration order), ``ALWAYS_STARTED``."""
+    """The module source: ``PROVIDER_KEYS`` (the listed providers, by name) and ``ALWAYS_STARTED``."""
     listed = [provider for provider in providers if provider.listed]
     lines = [_HEADER, "PROVIDER_KEYS: Final[Mapping[str, tuple[str, ...]]] = {"]
     lines += [f"    {_quoted(p.name)}: {_tuple(p.env.key_variables)}," for p in listed]
