@@ -1,7 +1,8 @@
 """Relays outbox rows to NATS.
 
 The fast path: right after a transaction commits, the writer publishes the rows it wrote
-(pipelined JetStream publishes, each with its deterministic ``Nats-Msg-Id``) and deletes them.
+(pipelined JetStream publishes through ``omni_runtime.publish.Pipeline``, each with its
+deterministic ``Nats-Msg-Id``) and deletes them.
 The sweeper: rows that stay behind (the writer crashed, or NATS was down) are picked up by any
 replica after ``stale_after_s`` under ``FOR UPDATE SKIP LOCKED``. A row published twice (fast
 path and sweeper racing) is de-duplicated by JetStream through its message id.
@@ -19,10 +20,8 @@ import logging
 from collections.abc import Sequence
 
 from nats.aio.client import Client as NATS
-from nats.errors import Error as NatsError
-from nats.js import JetStreamContext
-from omni_contract.envelope import HDR_MSG_ID, HDR_TRACEPARENT
 from omni_runtime.outage import OutageLog
+from omni_runtime.publish import PUBLISH_TIMEOUT_S, Pipeline, PublishError
 from prometheus_client import CollectorRegistry, Counter
 
 from omni_engine.store import OutboxMessage, Store
@@ -44,14 +43,12 @@ class OutboxRelay:
         *,
         stale_after_s: float = 2.0,
         sweep_interval_s: float = 0.1,
-        publish_timeout_s: float = 5.0,
+        publish_timeout_s: float = PUBLISH_TIMEOUT_S,
     ) -> None:
-        self.nc = nc
-        self.js: JetStreamContext = nc.jetstream(timeout=publish_timeout_s)
+        self.pipeline = Pipeline(nc, timeout_s=publish_timeout_s)
         self.store = store
         self.stale_after_s = stale_after_s
         self.sweep_interval_s = sweep_interval_s
-        self.publish_timeout_s = publish_timeout_s
         self.published = Counter(
             "omni_engine_outbox_published_total",
             "Outbox messages relayed to NATS",
@@ -66,19 +63,6 @@ class OutboxRelay:
         self._sweep_outage = OutageLog(log, "outbox sweeper")
         self._sweep_faults = OutageLog(log, "outbox sweeper")
 
-    async def _send(self, messages: Sequence[OutboxMessage]) -> None:
-        futures = []
-        for m in messages:
-            headers = {HDR_MSG_ID: m.msg_id}
-            if m.traceparent:
-                headers[HDR_TRACEPARENT] = m.traceparent
-            if m.durable:
-                futures.append(await self.js.publish_async(m.subject, m.body, headers=headers))
-            else:
-                await self.nc.publish(m.subject, m.body, headers=headers)
-        if futures:
-            await asyncio.wait_for(asyncio.gather(*futures), timeout=self.publish_timeout_s)
-
     async def publish(self, messages: Sequence[OutboxMessage]) -> None:
         """Fast path. On failure the rows stay in the outbox for the sweeper.
 
@@ -89,8 +73,8 @@ class OutboxRelay:
         if not messages:
             return
         try:
-            await self._send(messages)
-        except (NatsError, TimeoutError) as exc:
+            await self.pipeline.publish(messages)
+        except PublishError as exc:
             self.failures.inc()
             self._fast_outage.failed("failed (%s: %s); rows left for the sweeper", type(exc).__name__, exc)
             return
@@ -112,7 +96,7 @@ class OutboxRelay:
             messages = await self.store.claim_stale_outbox(conn, self.stale_after_s, limit)
             if not messages:
                 return 0
-            await self._send(messages)
+            await self.pipeline.publish(messages)
             await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [m.id for m in messages])
         self.published.labels("sweeper").inc(len(messages))
         log.info("relayed %d outbox messages left behind", len(messages))
