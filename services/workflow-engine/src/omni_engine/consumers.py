@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from omni_contract import deadletters
+from omni_contract import deadletters, streams
 from omni_contract import events as ev
 from omni_contract.envelope import HDR_MSG_ID, decode_envelope, payload_of
 from omni_contract.events import ToolResult
@@ -29,6 +29,7 @@ from omni_contract.tools import DIRECT_RUN_PREFIX
 from omni_runtime.logging import run_id_var
 from omni_runtime.nats import Puller
 from omni_runtime.outage import OutageLog
+from omni_runtime.publish import publish
 from omni_runtime.telemetry import extract_context
 from opentelemetry import trace
 
@@ -75,7 +76,7 @@ async def dead_letter(js: JetStreamContext, msg: Msg, problem: Unprocessable) ->
         source=SOURCE,
         errors=problem.errors,
     )
-    await js.publish(letter.subject, letter.body, headers={HDR_MSG_ID: letter.msg_id})
+    await publish(js, letter.subject, letter.body, msg_id=letter.msg_id, stream=streams.DEADLETTERS.name)
     log.warning("dead-lettered %s message: %s", msg.subject, problem.reason)
 
 
