@@ -14,8 +14,8 @@ from typing import Any
 import asyncpg
 import pytest
 from engine_harness import Harness, ok
-from omni_contract.events import RunEventType as E
 from omni_contract.events import ToolInvoke, ToolResult
+from omni_contract.history import RunStarted, StepRef
 from omni_engine.definitions import Definitions
 from omni_engine.engine import Engine, EngineMetrics
 from omni_engine.state import RunState, apply
@@ -142,8 +142,15 @@ steps:
 
 def running_state(run_id: str, text: str) -> RunState:
     now = datetime.now(UTC)
-    data = {"workflow": "w", "hash": "h", "payload": {"text": text}, "steps": [{"name": "a", "tool": "t.t"}]}
-    return apply(None, run_id, E.RUN_STARTED, data, now)
+    started = RunStarted(
+        workflow="w",
+        hash="h",
+        version="1",
+        payload={"text": text},
+        context={},
+        steps=[StepRef(name="a", tool="t.t")],
+    )
+    return apply(None, run_id, started, now)
 
 
 def bare_engine(**kwargs: Any) -> Engine:

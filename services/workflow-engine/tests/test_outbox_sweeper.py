@@ -13,7 +13,7 @@ import nats
 import pytest
 from nats.aio.msg import Msg
 from omni_contract import streams, subjects
-from omni_contract.events import RunEventType as E
+from omni_contract.history import RunStarted, StepRef
 from omni_engine import relay
 from omni_engine.relay import OutboxRelay
 from omni_engine.state import NewEvent, apply
@@ -45,11 +45,12 @@ async def leave_behind(store: Store, run_id: str) -> OutboxMessage:
     """A run whose first outbox row nobody relays (as when its writer crashed after the commit)."""
     now = datetime.now(UTC)
     started = NewEvent(
-        type=E.RUN_STARTED,
+        data=RunStarted(
+            workflow="w", hash="h", version="1", payload={}, context={}, steps=[StepRef(name="a", tool="t.t")]
+        ),
         at=now,
-        data={"workflow": "w", "hash": "h", "steps": [{"name": "a", "tool": "t.t"}]},
     )
-    state = apply(None, run_id, started.type, started.data, now)
+    state = apply(None, run_id, started.data, now)
     state.last_seq = 1
     message = OutboxMessage(
         subject=subjects.tool_invoke("local"),

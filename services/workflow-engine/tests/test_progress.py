@@ -11,19 +11,40 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import pytest
 from omni_contract.envelope import decode_envelope, payload_of
-from omni_contract.events import RunEventType as E
 from omni_contract.events import RunStatus, StepStatus, ToolError, ToolInvoke, ToolResult, Usage
+from omni_contract.history import (
+    BudgetLimit,
+    BudgetUsed,
+    CompensationFailure,
+    HistoryEvent,
+    RunCompensating,
+    RunCompleted,
+    RunError,
+    RunStarted,
+    StepCompleted,
+    StepError,
+    StepEvent,
+    StepFallback,
+    StepRef,
+    StepRetrying,
+    StepTimedOut,
+    StepWaiting,
+    decode_data,
+    encode_data,
+)
 from omni_engine.definition import parse_workflow
 from omni_engine.progress import Batch, Decider
-from omni_engine.state import NewEvent, RunState, StepState, TaskState, apply
+from omni_engine.state import NewEvent, RunState, StepState, TaskState, WaitState, apply
+from omni_engine.timer_kinds import AnyTimer, AttemptTimeout, RetryDue, RunDeadline, WaitTimeout
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 RUN_ID = "run1"
+H = TypeVar("H", bound=HistoryEvent)
 
 HEADER = """\
 name: test
@@ -57,29 +78,30 @@ class Run:
         self.now = T0
         self.rng = rng
         self.events: list[NewEvent] = []
-        self.timers: dict[str, dict[str, Any]] = {}  # name -> {"fire_at", "data"}
+        self.timers: dict[str, dict[str, Any]] = {}  # name -> {"fire_at", "data": its TimerData}
         self.waits: dict[str, dict[str, Any]] = {}  # step -> {"subject", "key", "match"}
         self.invokes: list[ToolInvoke] = []
         self.last: Batch | None = None
 
         budget = self.spec.guards.budget if self.spec.guards else None
         deadline = self.now + timedelta(milliseconds=budget.max_ms) if budget and budget.max_ms else None
-        data: dict[str, Any] = {
-            "workflow": self.spec.name,
-            "hash": self.spec.content_hash,
-            "version": self.spec.version,
-            "payload": {"text": "hello"} if payload is None else payload,
-            "context": context or {},
-            "steps": [{"name": s.name, "tool": s.tool} for s in self.spec.steps],
-        }
-        if deadline is not None:
-            data["deadline_at"] = deadline
-        started = NewEvent(type=E.RUN_STARTED, at=self.now, data=data)
-        self.state: RunState = apply(None, RUN_ID, started.type, started.data, self.now)
+        started = NewEvent(
+            data=RunStarted(
+                workflow=self.spec.name,
+                hash=self.spec.content_hash,
+                version=self.spec.version,
+                payload={"text": "hello"} if payload is None else payload,
+                context=context or {},
+                steps=[StepRef(name=s.name, tool=s.tool) for s in self.spec.steps],
+                deadline_at=deadline,
+            ),
+            at=self.now,
+        )
+        self.state: RunState = apply(None, RUN_ID, started.data, self.now)
         batch = Batch(self.state, None)
         batch.record(started)
         if deadline is not None:
-            batch.effects.timer("deadline", deadline, {"kind": "deadline"})
+            batch.effects.timer("deadline", deadline, RunDeadline())
         self._decider(batch).advance()
         self._commit(batch)
 
@@ -168,12 +190,13 @@ class Run:
         """The durable timer ``name`` fires (the clock moves to its time): ``Engine.on_timer``."""
         timer = self.timers.pop(name)
         self.now = max(self.now, timer["fire_at"])
-        return self._update(lambda decider: decider.timer_fired(timer["data"]), cancel_timers=(name,))
+        data: AnyTimer = timer["data"]
+        return self._update(lambda decider: decider.timer_fired(data), cancel_timers=(name,))
 
     def deliver(self, step: str, data: dict[str, Any]) -> bool:
         """The outside event ``step`` waits for arrives: ``Engine.on_wait_event``."""
         return self._update(
-            lambda decider: decider.event_arrived(step, {"data": data}), cancel_timers=(f"wait:{step}",)
+            lambda decider: decider.event_arrived(step, None, data), cancel_timers=(f"wait:{step}",)
         )
 
     def cancel(self, reason: str = "changed my mind") -> bool:
@@ -197,10 +220,13 @@ class Run:
         assert task is not None
         return task
 
-    def of(self, type_: str, step: str | None = None) -> list[dict[str, Any]]:
-        """The data of every event of ``type_`` (about ``step``, when given), in order."""
+    def of(self, cls: type[H], step: str | None = None) -> list[H]:
+        """Every event of class ``cls`` (about ``step``, when given), in order."""
         return [
-            e.data for e in self.events if e.type == type_ and (step is None or e.data.get("step") == step)
+            e.data
+            for e in self.events
+            if isinstance(e.data, cls)
+            and (step is None or (isinstance(e.data, StepEvent) and e.data.step == step))
         ]
 
     def invoked(self, address: str | None = None) -> list[ToolInvoke]:
@@ -259,7 +285,7 @@ def test_independent_steps_are_dispatched_together_and_a_join_waits_for_both() -
 
     run.complete("join", {"text": "Lr"})
     assert run.status == RunStatus.COMPLETED
-    assert run.of(E.RUN_COMPLETED)[0]["output"] == {
+    assert run.of(RunCompleted)[0].output == {
         "left": {"text": "L"},
         "right": {"text": "r"},
         "join": {"text": "Lr"},
@@ -309,8 +335,8 @@ def test_a_step_that_needs_a_failed_step_is_skipped_and_the_run_fails() -> None:
     run.fail("first", "bad_request", "no")
     assert run.status == RunStatus.FAILED
     assert run.state.error is not None
-    assert run.state.error["step"] == "first"
-    assert run.state.error["kind"] == "bad_request"
+    assert run.state.error.step == "first"
+    assert run.state.error.kind == "bad_request"
     assert run.step("second").status == StepStatus.SKIPPED
     assert run.invoked("second") == []
 
@@ -370,8 +396,8 @@ def test_a_condition_that_fails_at_run_time_fails_the_step_with_kind_condition()
     praise = run.step("praise")
     assert praise.status == StepStatus.FAILED
     assert praise.error is not None
-    assert praise.error["kind"] == "condition"
-    assert "score" in praise.error["message"]
+    assert praise.error.kind == "condition"
+    assert "score" in praise.error.message
     assert run.status == RunStatus.FAILED
 
 
@@ -437,11 +463,11 @@ def test_retry_delays_grow_by_the_backoff_rate_up_to_max_interval() -> None:
     delays = []
     for attempt in range(1, 5):
         run.fail("call", "server")
-        retry = run.of(E.STEP_RETRYING, "call")[-1]
-        delays.append(retry["delay_ms"])
+        retry = run.of(StepRetrying, "call")[-1]
+        delays.append(retry.delay_ms)
         timer = run.timers[f"retry:call:{attempt}"]
-        assert timer["fire_at"] == run.now + timedelta(milliseconds=retry["delay_ms"])
-        assert timer["data"] == {"kind": "retry", "step": "call", "attempt": attempt}
+        assert timer["fire_at"] == run.now + timedelta(milliseconds=retry.delay_ms)
+        assert timer["data"] == RetryDue(step="call", attempt=attempt)
         assert run.step("call").status == StepStatus.RETRYING
         assert len(run.invoked("call")) == attempt  # nothing sent before the timer fires
 
@@ -459,32 +485,32 @@ def test_retry_delays_grow_by_the_backoff_rate_up_to_max_interval() -> None:
 def test_jitter_moves_the_delay_by_at_most_its_fraction(rng: float, delay: float) -> None:
     run = Run(retrying("{initialInterval: 1000, jitter: 0.2}"), rng=rng)
     run.fail("call", "timeout")
-    assert run.of(E.STEP_RETRYING, "call")[0]["delay_ms"] == pytest.approx(delay)
+    assert run.of(StepRetrying, "call")[0].delay_ms == pytest.approx(delay)
 
 
 @pytest.mark.parametrize(("retry_after_s", "delay"), [(7, 7000), (0.01, 1000)])
 def test_retry_after_lengthens_the_delay_but_never_shortens_it(retry_after_s: float, delay: float) -> None:
     run = Run(retrying("{initialInterval: 1000, jitter: 0}"))
     run.fail("call", "rate_limited", retry_after_s=retry_after_s)
-    assert run.of(E.STEP_RETRYING, "call")[0]["delay_ms"] == delay
+    assert run.of(StepRetrying, "call")[0].delay_ms == delay
     assert run.timers["retry:call:1"]["fire_at"] == T0 + timedelta(milliseconds=delay)
 
 
 def test_a_bad_request_is_neither_retried_nor_sent_to_another_provider() -> None:
     run = Run(retrying("{maxAttempts: 5}", provider="p1|p2"))
     run.fail("call", "bad_request", "the text is empty")
-    assert run.of(E.STEP_RETRYING) == []
-    assert run.of(E.STEP_FALLBACK) == []
+    assert run.of(StepRetrying) == []
+    assert run.of(StepFallback) == []
     assert [i.provider for i in run.invoked()] == ["p1"]
     assert run.step("call").status == StepStatus.FAILED
     assert run.state.error is not None
-    assert run.state.error["message"] == "the text is empty"
+    assert run.state.error.message == "the text is empty"
 
 
 def test_a_kind_outside_retry_on_falls_back_without_retrying() -> None:
     run = Run(retrying("{maxAttempts: 5, retryOn: [timeout]}", provider="p1|p2"))
     run.fail("call", "server")
-    assert run.of(E.STEP_RETRYING) == []
+    assert run.of(StepRetrying) == []
     assert [(i.provider, i.attempt) for i in run.invoked()] == [("p1", 1), ("p2", 2)]
 
 
@@ -530,15 +556,15 @@ def test_each_failure_falls_back_to_the_next_provider_with_a_new_attempt() -> No
     assert [(i.provider, i.attempt) for i in sent] == [("p1", 1), ("p2", 2), ("p3", 3), ("p4", 4), ("p5", 5)]
     keys = [i.idempotency_key for i in sent]
     assert keys == [f"{RUN_ID}:speak:{n}" for n in range(1, 6)]
-    fallbacks = run.of(E.STEP_FALLBACK, "speak")
-    assert [(f["from"], f["to"]) for f in fallbacks] == [
+    fallbacks = run.of(StepFallback, "speak")
+    assert [(f.from_, f.to) for f in fallbacks] == [
         ("p1", "p2"),
         ("p2", "p3"),
         ("p3", "p4"),
         ("p4", "p5"),
     ]
-    assert fallbacks[0]["reason"] == "unavailable from p1 after 1 attempt(s): falling back to p2"
-    assert fallbacks[0]["error"]["kind"] == "unavailable"
+    assert fallbacks[0].reason == "unavailable from p1 after 1 attempt(s): falling back to p2"
+    assert fallbacks[0].error.kind == "unavailable"
 
     run.fail("speak", "unavailable")  # the end of the chain
     assert run.step("speak").status == StepStatus.FAILED
@@ -578,9 +604,9 @@ def test_text_only_completes_the_step_with_its_text_without_calling_anyone() -> 
     assert speak.provider == "text-only"
     assert speak.reason is not None
     assert speak.reason.startswith("degraded to text")
-    completed = run.of(E.STEP_COMPLETED, "speak")[0]
-    assert completed["degraded"] is True
-    assert completed["attempt"] == 2
+    completed = run.of(StepCompleted, "speak")[0]
+    assert completed.degraded is True
+    assert completed.attempt == 2
     assert run.status == RunStatus.COMPLETED
 
 
@@ -604,10 +630,10 @@ def test_a_step_timeout_sets_a_timer_for_each_attempt() -> None:
     assert run.invoked("slow")[0].timeout_ms == 2000
     timer = run.timers["timeout:slow:1"]
     assert timer["fire_at"] == T0 + timedelta(seconds=2)
-    assert timer["data"] == {"kind": "timeout", "step": "slow", "attempt": 1, "timeout_ms": 2000}
+    assert timer["data"] == AttemptTimeout(step="slow", attempt=1, timeout_ms=2000)
 
     run.fire("timeout:slow:1")
-    assert run.of(E.STEP_TIMED_OUT, "slow")[0]["error"]["kind"] == "timeout"
+    assert run.of(StepTimedOut, "slow")[0].error.kind == "timeout"
     assert run.step("slow").status == StepStatus.RETRYING  # timeouts are retried by default
     assert run.complete("slow", attempt=1) is False  # the late result of the timed-out attempt
 
@@ -634,7 +660,7 @@ def test_a_timeout_on_the_last_attempt_fails_the_step() -> None:
     run.fire("timeout:slow:1")
     assert run.step("slow").status == StepStatus.FAILED
     assert run.state.error is not None
-    assert run.state.error["kind"] == "timeout"
+    assert run.state.error.kind == "timeout"
 
 
 DEADLINE = workflow(
@@ -656,12 +682,12 @@ DEADLINE = workflow(
 
 def test_the_run_deadline_times_the_run_out_and_cancels_work_in_flight() -> None:
     run = Run(DEADLINE)
-    assert run.timers["deadline"] == {"fire_at": T0 + timedelta(seconds=5), "data": {"kind": "deadline"}}
+    assert run.timers["deadline"] == {"fire_at": T0 + timedelta(seconds=5), "data": RunDeadline()}
     assert run.state.deadline_at == T0 + timedelta(seconds=5)
     run.fire("deadline")
     assert run.status == RunStatus.TIMED_OUT
     assert run.state.error is not None
-    assert run.state.error["kind"] == "deadline"
+    assert run.state.error.kind == "deadline"
     assert run.step("book").status == StepStatus.CANCELLED
     assert run.step("pay").status == StepStatus.SKIPPED
     assert run.timers == {}
@@ -673,7 +699,7 @@ def test_the_run_deadline_compensates_completed_steps_before_timing_out() -> Non
     run.fire("deadline")
     assert run.status == RunStatus.COMPENSATING
     assert run.state.ending is not None
-    assert run.state.ending["status"] == RunStatus.TIMED_OUT
+    assert run.state.ending.status == RunStatus.TIMED_OUT
     assert run.step("pay").status == StepStatus.CANCELLED
     undo = run.invoked("book~c")
     assert [(i.tool, i.input) for i in undo] == [("travel.cancel", {"id": "B7"})]
@@ -681,7 +707,7 @@ def test_the_run_deadline_compensates_completed_steps_before_timing_out() -> Non
     run.complete("book~c")
     assert run.status == RunStatus.TIMED_OUT
     assert run.state.error is not None
-    assert run.state.error["kind"] == "deadline"
+    assert run.state.error.kind == "deadline"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -706,11 +732,11 @@ def test_a_step_whose_estimate_exceeds_what_is_left_is_not_dispatched() -> None:
     assert run.status == RunStatus.BUDGET_EXCEEDED
     error = run.state.error
     assert error is not None
-    assert error["kind"] == "budget"
-    assert error["step"] == "s1"
-    assert error["used"] == {"tokens": 700, "cost": 0.0}
-    assert error["limit"] == {"maxTokens": 1000, "maxCost": None}
-    assert "700 used of 1000, the step may need 400" in error["message"]
+    assert error.kind == "budget"
+    assert error.step == "s1"
+    assert error.used == BudgetUsed(tokens=700, cost=0.0)
+    assert error.limit == BudgetLimit(max_tokens=1000, max_cost=None)
+    assert "700 used of 1000, the step may need 400" in error.message
 
 
 def test_without_estimates_a_run_overshoots_its_budget_by_at_most_one_step() -> None:
@@ -729,7 +755,7 @@ def test_a_cost_budget_stops_the_run_like_a_token_budget() -> None:
     run.complete("s0", tokens=10, cost=0.06)
     assert run.status == RunStatus.BUDGET_EXCEEDED
     assert run.state.error is not None
-    assert "cost: 0.06 used of 0.05" in run.state.error["message"]
+    assert "cost: 0.06 used of 0.05" in run.state.error.message
 
 
 def test_a_retry_is_not_refused_for_the_estimate_of_its_own_failed_attempt() -> None:
@@ -803,7 +829,7 @@ def test_on_error_continue_lets_dependents_run_and_the_run_complete() -> None:
     strict = run.step("strict")
     assert strict.status == StepStatus.FAILED
     assert strict.error is not None
-    assert strict.error["kind"] == "template"
+    assert strict.error.kind == "template"
 
 
 def test_on_error_continue_completes_the_run_when_the_rest_succeeds() -> None:
@@ -934,9 +960,9 @@ def test_a_failing_run_compensates_completed_steps_latest_first_one_at_a_time() 
     run.fail("ship", "bad_request", "no address")
 
     assert run.status == RunStatus.COMPENSATING
-    started = run.of(E.COMPENSATION_STARTED)[0]
-    assert started["queue"] == ["charge", "reserve"]  # note has no compensation
-    assert started["status"] == RunStatus.FAILED
+    started = run.of(RunCompensating)[0]
+    assert started.queue == ["charge", "reserve"]  # note has no compensation
+    assert started.status == RunStatus.FAILED
     assert run.in_flight() == ["charge~c"]
     refund = run.invoked("charge~c")[0]
     assert (refund.tool, refund.provider, refund.input) == ("pay.refund", "p2", {"id": "C1"})
@@ -948,9 +974,9 @@ def test_a_failing_run_compensates_completed_steps_latest_first_one_at_a_time() 
     run.complete("reserve~c")
     assert run.status == RunStatus.FAILED
     assert run.state.error is not None
-    assert run.state.error["step"] == "ship"
-    assert run.state.error["message"] == "no address"
-    assert "compensation_failures" not in run.state.error
+    assert run.state.error.step == "ship"
+    assert run.state.error.message == "no address"
+    assert run.state.error.compensation_failures == []
     assert run.step("charge").status == StepStatus.COMPLETED
     assert run.task("charge~c").status == StepStatus.COMPLETED
 
@@ -979,7 +1005,7 @@ def test_parallel_steps_are_compensated_in_the_order_they_completed() -> None:
     run.later(10)
     run.complete("a")
     run.fail("c", "bad_request")
-    assert run.of(E.COMPENSATION_STARTED)[0]["queue"] == ["a", "b"]
+    assert run.of(RunCompensating)[0].queue == ["a", "b"]
 
 
 def test_a_failed_compensation_is_recorded_in_the_run_error_and_the_rest_still_run() -> None:
@@ -996,9 +1022,9 @@ def test_a_failed_compensation_is_recorded_in_the_run_error_and_the_rest_still_r
     assert run.status == RunStatus.FAILED
     error = run.state.error
     assert error is not None
-    assert error["step"] == "ship"
-    assert error["compensation_failures"] == [
-        {"step": "charge", "kind": "bad_request", "message": "already refunded"}
+    assert error.step == "ship"
+    assert error.compensation_failures == [
+        CompensationFailure(step="charge", kind="bad_request", message="already refunded")
     ]
 
 
@@ -1064,7 +1090,7 @@ def _in_flight_after(run: Run, count: int) -> list[str]:
     """The items in flight after the first ``count`` events, by refolding them."""
     state: RunState | None = None
     for event in run.events[: count + 1]:
-        state = apply(state, RUN_ID, event.type, event.data, event.at)
+        state = apply(state, RUN_ID, event.data, event.at)
     assert state is not None
     each = state.step("each")
     assert each is not None
@@ -1078,8 +1104,8 @@ def test_an_item_that_fails_fails_the_step() -> None:
     each = run.step("each")
     assert each.status == StepStatus.FAILED
     assert each.error is not None
-    assert each.error["item"] == 1
-    assert each.error["message"] == "item 1: not a language"
+    assert each.error.item == 1
+    assert each.error.message == "item 1: not a language"
     assert run.status == RunStatus.FAILED
     assert run.invoked("each#2") == []
     assert run.complete("each#0") is False  # a late item of a step that has ended
@@ -1095,7 +1121,7 @@ def test_for_each_over_something_else_than_a_list_fails_the_step() -> None:
     run = Run(FAN_OUT, {"text": "x"})  # list is absent: null
     each = run.step("each")
     assert each.status == StepStatus.FAILED
-    assert each.error == {"kind": "template", "message": "for_each must name a list, got null"}
+    assert each.error == StepError(kind="template", message="for_each must name a list, got null")
 
 
 def test_an_item_retrying_when_its_step_fails_is_not_dispatched_again() -> None:
@@ -1156,7 +1182,7 @@ def test_each_for_each_item_in_flight_holds_its_estimate() -> None:
     assert [i.step for i in run.invoked()] == ["each#0", "each#1"]
     assert run.status == RunStatus.BUDGET_EXCEEDED
     assert run.state.error is not None
-    assert run.state.error["step"] == "each"
+    assert run.state.error.step == "each"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1182,9 +1208,9 @@ WAITING = workflow(
 def test_a_wait_step_records_its_rendered_key_and_sets_a_wait_and_a_timer() -> None:
     run = Run(WAITING)
     run.complete("draft", {"id": "D9"})
-    waiting = run.of(E.STEP_WAITING, "approval")[0]
+    waiting = run.of(StepWaiting, "approval")[0]
     until = T0 + timedelta(minutes=1)
-    assert (waiting["event"], waiting["key"], waiting["match"], waiting["until"]) == (
+    assert (waiting.event, waiting.key, waiting.match, waiting.until) == (
         "app.review.decided",
         "D9",
         "draftId",
@@ -1192,7 +1218,7 @@ def test_a_wait_step_records_its_rendered_key_and_sets_a_wait_and_a_timer() -> N
     )
     assert run.step("approval").status == StepStatus.WAITING
     assert run.waits == {"approval": {"subject": "app.review.decided", "key": "D9", "match": "draftId"}}
-    assert run.timers["wait:approval"] == {"fire_at": until, "data": {"kind": "wait", "step": "approval"}}
+    assert run.timers["wait:approval"] == {"fire_at": until, "data": WaitTimeout(step="approval")}
     assert run.invoked("approval") == []
 
     run.deliver("approval", {"draftId": "D9", "verdict": "yes"})
@@ -1204,16 +1230,14 @@ def test_a_wait_step_records_its_rendered_key_and_sets_a_wait_and_a_timer() -> N
 def test_a_wait_that_times_out_fails_the_step() -> None:
     run = Run(WAITING)
     run.complete("draft", {"id": 9})
-    assert run.step("approval").wait == {
-        "event": "app.review.decided",
-        "key": "9",
-        "until": T0 + timedelta(minutes=1),
-    }
+    assert run.step("approval").wait == WaitState(
+        event="app.review.decided", key="9", until=T0 + timedelta(minutes=1)
+    )
     run.fire("wait:approval")
     approval = run.step("approval")
     assert approval.status == StepStatus.FAILED
     assert approval.error is not None
-    assert approval.error["kind"] == "timeout"
+    assert approval.error.kind == "timeout"
     assert run.status == RunStatus.FAILED
     assert run.invoked("publish") == []
 
@@ -1227,7 +1251,7 @@ def test_cancel_abandons_work_in_flight_and_ends_the_run() -> None:
     run.complete("left", {"text": "L"})
     assert run.cancel("user left") is True
     assert run.status == RunStatus.CANCELLED
-    assert run.state.error == {"kind": "cancelled", "message": "user left"}
+    assert run.state.error == RunError(kind="cancelled", message="user left")
     assert statuses(run.state) == {
         "left": StepStatus.COMPLETED,
         "right": StepStatus.CANCELLED,
@@ -1289,11 +1313,11 @@ def test_refolding_the_stored_events_gives_the_live_state() -> None:
     run.complete("book~c")
     assert run.status == RunStatus.FAILED
 
-    # As the store keeps them: JSON, datetimes as text.
-    stored = msgspec.json.decode(msgspec.json.encode([(e.type, e.data, e.at) for e in run.events]))
+    # As the store keeps them: JSON, read back into the struct of each row's type and version.
     state: RunState | None = None
-    for type_, data, at in stored:
-        state = apply(state, RUN_ID, type_, data, datetime.fromisoformat(at))
+    for seq, event in enumerate(run.events, 1):
+        data = decode_data(RUN_ID, seq, event.type, event.data.VERSION, encode_data(event.data))
+        state = apply(state, RUN_ID, data, event.at)
     assert state is not None
     assert msgspec.to_builtins(state.steps) == msgspec.to_builtins(run.state.steps)
     assert (state.status, state.error, state.usage) == (run.state.status, run.state.error, run.state.usage)

@@ -7,9 +7,10 @@ from datetime import UTC, datetime
 
 import asyncpg
 import pytest
-from omni_contract.events import RunEventType as E
+from omni_contract.history import HistoryError, RunStarted, StepError, StepFailed, StepRef, StepSkipped
 from omni_engine.state import NewEvent, RunState, apply
 from omni_engine.store import AppendConflict, Effects, OutboxMessage, Store, init_connection
+from omni_engine.timer_kinds import RetryDue
 from omni_runtime import db
 
 pytestmark = pytest.mark.integration
@@ -23,14 +24,20 @@ async def test_an_append_behind_another_writer_is_a_conflict(database_url: str) 
         store = Store(pool)
         now = datetime.now(UTC)
         started = NewEvent(
-            type=E.RUN_STARTED,
+            data=RunStarted(
+                workflow="w",
+                hash="h",
+                version="1",
+                payload={},
+                context={},
+                steps=[StepRef(name="a", tool="t.t")],
+            ),
             at=now,
-            data={"workflow": "w", "hash": "h", "steps": [{"name": "a", "tool": "t.t"}]},
         )
-        state = apply(None, "run-1", started.type, started.data, now)
+        state = apply(None, "run-1", started.data, now)
         state.last_seq = 1
         assert await store.create_run(state, [started], [], None) == []
-        skipped = NewEvent(type=E.STEP_SKIPPED, at=now, data={"step": "a", "reason": "r"})
+        skipped = NewEvent(data=StepSkipped(step="a", reason="r"), at=now)
         await store.append(state, 1, [skipped], [])  # the first writer after seq 1 wins
         with pytest.raises(AppendConflict):
             await store.append(state, 1, [skipped], [])  # a second writer that read seq 1 loses
@@ -44,18 +51,19 @@ async def test_an_append_behind_another_writer_is_a_conflict(database_url: str) 
 async def new_run(store: Store, run_id: str) -> RunState:
     now = datetime.now(UTC)
     started = NewEvent(
-        type=E.RUN_STARTED,
+        data=RunStarted(
+            workflow="w", hash="h", version="1", payload={}, context={}, steps=[StepRef(name="a", tool="t.t")]
+        ),
         at=now,
-        data={"workflow": "w", "hash": "h", "steps": [{"name": "a", "tool": "t.t"}]},
     )
-    state = apply(None, run_id, started.type, started.data, now)
+    state = apply(None, run_id, started.data, now)
     state.last_seq = 1
     await store.create_run(state, [started], [], None)
     return state
 
 
 def skipped(step: str = "a") -> NewEvent:
-    return NewEvent(type=E.STEP_SKIPPED, at=datetime.now(UTC), data={"step": step, "reason": "r"})
+    return NewEvent(data=StepSkipped(step=step, reason="r"), at=datetime.now(UTC))
 
 
 def message(run_id: str, n: int) -> OutboxMessage:
@@ -72,7 +80,7 @@ async def test_appends_to_many_runs_share_a_statement_and_a_conflict_fails_only_
     stale = states[3]
     await store.append(stale, 1, [skipped()], [])  # run 3 moves on: seq 1 is stale from now on
     effects = Effects()
-    effects.timer("retry:a:1", datetime.now(UTC), {"step": "a"})
+    effects.timer("retry:a:1", datetime.now(UTC), RetryDue(step="a", attempt=1))
 
     async def append(i: int, state: RunState) -> list[OutboxMessage] | str:
         outbox = [message(state.run_id, n) for n in range(i % 3)]  # 0, 1 or 2 rows each
@@ -118,3 +126,47 @@ async def test_a_batch_that_fails_is_retried_one_by_one_so_the_others_are_writte
     async with pool.acquire() as conn:
         seqs = {r["run_id"]: r["last_seq"] for r in await conn.fetch("SELECT run_id, last_seq FROM runs")}
     assert seqs == {"iso-0": 2, "iso-1": 2, "iso-2": 1, "iso-3": 2}
+
+
+async def test_rows_keep_their_version_and_older_ones_are_upcast_when_read(pool: asyncpg.Pool) -> None:
+    store = Store(pool)
+    state = await new_run(store, "versions")
+    failed = StepFailed(
+        step="a", attempt=1, error=StepError(kind="server", message="down"), handling="continue"
+    )
+    await store.append(state, 1, [NewEvent(data=failed, at=datetime.now(UTC))], [], snapshot=False)
+    # What an engine from before migration 007 sends during a rolling upgrade: no "v" (so v1),
+    # and a failure in the first engine's shape.
+    v1 = '[{"type": "step.failed", "at": "2026-01-01T00:00:00Z", "data": {"step": "a", "attempt": 2,'
+    v1 += ' "provider": "p", "duration_ms": 3.5, "error": {"kind": "auth", "message": "no"}}}]'
+    await pool.fetchval(
+        "SELECT append_run($1, $2, $3::text::jsonb, NULL, 'running', now(),"
+        " '{}', '{}', '{}', '{}', '{}', NULL)",
+        "versions",
+        2,
+        v1,
+    )
+    rows = await pool.fetch("SELECT type, v FROM run_events WHERE run_id = 'versions' ORDER BY seq")
+    assert [(r["type"], r["v"]) for r in rows] == [("run.started", 1), ("step.failed", 2), ("step.failed", 1)]
+
+    events = await store.run_events("versions")
+    assert [e.data for e in events[1:]] == [
+        failed,
+        StepFailed(step="a", attempt=2, error=StepError(kind="auth", message="no"), handling="fail"),
+    ]
+    loaded = await store.load_run("versions")  # the snapshot of seq 1, with seq 2 and 3 folded on
+    assert loaded is not None
+    step = loaded.step("a")
+    assert step is not None
+    assert (step.handling, step.attempt, loaded.last_seq) == ("fail", 0, 3)
+
+
+async def test_a_row_this_code_cannot_read_is_named_by_run_seq_and_type(pool: asyncpg.Pool) -> None:
+    store = Store(pool)
+    await new_run(store, "unknown")
+    await pool.execute(
+        "INSERT INTO run_events (run_id, seq, type, v, data, at)"
+        " VALUES ('unknown', 2, 'step.paused', 1, '{}', now())"
+    )
+    with pytest.raises(HistoryError, match=r"run 'unknown', event 2 \(step\.paused v1\): unknown event type"):
+        await store.run_events("unknown")

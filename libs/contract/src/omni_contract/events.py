@@ -159,11 +159,18 @@ class StepStatus:
 
 
 class RunEventRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One event of a run's history, as ``omni.rpc.engine.runs.events`` and the API serve it.
+
+    ``data`` is the payload of ``type`` at its current version: a struct of
+    ``omni_contract.history`` where the engine builds the record, and the same JSON object, as
+    plain data, where a reader decodes it (so that it passes on untouched; decode it with
+    ``history.decode_data`` for the struct)."""
+
     run_id: str
     seq: int
     type: str
     at: datetime
-    data: dict[str, Any] = {}
+    data: Any = {}
 
 
 EVENT_PAYLOADS: dict[str, type[msgspec.Struct]] = {

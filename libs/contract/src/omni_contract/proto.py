@@ -2,6 +2,9 @@
 
 - ``proto/events/<type>.schema.json``: a JSON Schema per event type (the envelope's ``data``),
 - ``proto/envelope.schema.json``: the envelope itself,
+- ``proto/history/<type>.v<N>.schema.json``: a JSON Schema per run history event type, at the
+  version the engine writes (``omni_contract.history``); the runs.events reply refers to them,
+- ``proto/rpc/<type>.schema.json``: the request and reply of each engine endpoint,
 - ``proto/asyncapi.json``: an AsyncAPI 3.0 document of the NATS side (channels = subjects).
 
 ``python -m omni_contract.proto write DIR`` writes the files; ``check DIR`` exits non-zero when the
@@ -17,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from omni_contract import declared, events, rpc, streams, subjects, tools
+from omni_contract import declared, events, history, rpc, streams, subjects, tools
 from omni_contract.envelope import Envelope
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -26,6 +29,44 @@ SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 def _schema(cls: type[Any], title: str) -> dict[str, Any]:
     schema: dict[str, Any] = msgspec.json.schema(cls)
     return {"$schema": SCHEMA_DIALECT, "title": title, **schema}
+
+
+def history_path(event_type: str) -> str:
+    """Where the schema of ``event_type``'s current version is, relative to ``proto/``."""
+    return f"history/{event_type}.v{history.VERSIONS[event_type]}.schema.json"
+
+
+def history_schema(event_type: str) -> dict[str, Any]:
+    """The schema of a history event's ``data`` (one of two shapes for ``step.scheduled``)."""
+    structs = history.STRUCTS_OF_TYPE[event_type]
+    refs, defs = msgspec.json.schema_components(structs, ref_template="#/$defs/{name}")
+    root: dict[str, Any] = refs[0] if len(refs) == 1 else {"oneOf": list(refs)}
+    return {
+        "$schema": SCHEMA_DIALECT,
+        "title": f"{event_type} v{history.VERSIONS[event_type]}",
+        **root,
+        "$defs": defs,
+    }
+
+
+def _typed_history(reply: dict[str, Any]) -> dict[str, Any]:
+    """The runs.events reply with each record's ``data`` tied to its ``type``: a record of a type
+    carries the payload of that type's schema (``proto/history``)."""
+    record = reply["$defs"]["RunEventRecord"]
+    record["properties"]["data"] = {
+        "type": "object",
+        "description": "The payload of `type` at its current version: see proto/history",
+    }
+    record["oneOf"] = [
+        {
+            "properties": {
+                "type": {"const": event_type},
+                "data": {"$ref": f"../{history_path(event_type)}"},
+            }
+        }
+        for event_type in sorted(history.VERSIONS)
+    ]
+    return reply
 
 
 def _dump(doc: Any) -> str:
@@ -126,7 +167,12 @@ def generate() -> dict[str, str]:
         files[f"events/{event_type}.schema.json"] = _dump(_schema(cls, event_type))
     rpc_types = {t for _, _, req, rep in RPC_ENDPOINTS for t in (req, rep) if t is not None}
     for cls in sorted(rpc_types | {rpc.RpcReply}, key=lambda c: c.__name__):
-        files[f"rpc/{cls.__name__}.schema.json"] = _dump(_schema(cls, cls.__name__))
+        schema = _schema(cls, cls.__name__)
+        if cls is rpc.RunEventsReply:
+            schema = _typed_history(schema)
+        files[f"rpc/{cls.__name__}.schema.json"] = _dump(schema)
+    for event_type in sorted(history.VERSIONS):
+        files[history_path(event_type)] = _dump(history_schema(event_type))
     for bucket, key, cls in KV_BUCKETS:
         schema = _schema(cls, cls.__name__)
         schema["description"] = f"The value of each entry of KV bucket {bucket!r}, keyed {key}"
@@ -135,15 +181,33 @@ def generate() -> dict[str, str]:
     return files
 
 
+# Directories whose every file is generated: a file there that the code no longer makes (the
+# schema of a history event's previous version) is removed by ``write`` and reported by ``check``.
+OWNED_DIRS = ("history",)
+
+
+def _stale(root: Path, files: dict[str, str]) -> list[str]:
+    return sorted(
+        path.relative_to(root).as_posix()
+        for folder in OWNED_DIRS
+        if (root / folder).is_dir()
+        for path in (root / folder).iterdir()
+        if path.relative_to(root).as_posix() not in files
+    )
+
+
 def write(root: Path, files: dict[str, str]) -> None:
     for rel, content in files.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(content, encoding="utf-8")
+    for rel in _stale(root, files):
+        (root / rel).unlink()
 
 
 def drift(root: Path, files: dict[str, str]) -> list[str]:
-    """Paths whose content on disk differs from ``files`` (missing files included)."""
+    """Paths whose content on disk differs from ``files`` (missing files included), and files in
+    ``OWNED_DIRS`` the code does not make."""
     problems = []
     for rel, content in sorted(files.items()):
         path = root / rel
@@ -151,6 +215,7 @@ def drift(root: Path, files: dict[str, str]) -> list[str]:
             problems.append(f"{rel}: missing")
         elif path.read_text(encoding="utf-8") != content:
             problems.append(f"{rel}: differs from the code")
+    problems += [f"{rel}: not made by the code any more" for rel in _stale(root, files)]
     return problems
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 import msgspec.inspect as mi
+from omni_contract import history
 from omni_contract.declared import HttpToolDeclaration, RegisteredDeclaration, StoredDeclaration
 from omni_contract.events import RunStatus
 from omni_contract.rpc import RunEventsReply, RunPage, RunSummary, WorkflowVersions
@@ -170,6 +171,7 @@ def build_openapi() -> dict[str, Any]:
     schemas["WorkflowList"]["properties"]["workflows"]["items"] = _ref("WorkflowDefinition")
     for server in ("ServerView", "ServerDetail"):
         schemas[server]["properties"]["status"]["enum"] = list(SERVER_STATUSES)
+    schemas.update(_run_event_schemas(schemas["RunEventRecord"]))
     return {
         "openapi": "3.1.0",
         "info": {
@@ -1014,6 +1016,44 @@ def _component_schemas() -> dict[str, Any]:
         _mark_datetimes(schema, struct)
         _camelize(schema)
     return components
+
+
+def _run_event_schemas(record: dict[str, Any]) -> dict[str, Any]:
+    """``RunEventRecord`` as a union discriminated by ``type``: one record per history event type
+    (``RunEventRecord.<type>``), whose ``data`` is that type's payload (``History.<struct>``).
+
+    ``data`` passes through the gateway as the engine wrote it, so its schemas keep the payload's
+    own (snake_case) field names; they are the schemas of ``proto/history``."""
+    ref_template = "#/components/schemas/History.{name}"
+    refs, defs = msgspec.json.schema_components(history.EVENT_STRUCTS, ref_template=ref_template)
+    data_of: dict[str, list[dict[str, Any]]] = {}
+    for cls, ref in zip(history.EVENT_STRUCTS, refs, strict=True):
+        data_of.setdefault(cls.TYPE, []).append(ref)
+    found: dict[str, Any] = {f"History.{name}": schema for name, schema in defs.items()}
+    for struct in _structs(history.EVENT_STRUCTS).values():
+        _mark_datetimes(found[f"History.{struct.cls.__name__}"], struct)
+    mapping: dict[str, str] = {}
+    for event_type, data in sorted(data_of.items()):
+        name = f"RunEventRecord.{event_type}"
+        found[name] = {
+            **record,
+            "title": name,
+            "description": f"A {event_type} event (v{history.VERSIONS[event_type]} of its data)",
+            "properties": {
+                **record["properties"],
+                "type": {"type": "string", "const": event_type},
+                "data": data[0] if len(data) == 1 else {"oneOf": data},
+            },
+            "required": [*record["required"], "data"],
+        }
+        mapping[event_type] = _REF.format(name=name)
+    found["RunEventRecord"] = {
+        "title": "RunEventRecord",
+        "description": "One event of a run's history: `data` is the payload of its `type`",
+        "oneOf": [{"$ref": ref} for ref in mapping.values()],
+        "discriminator": {"propertyName": "type", "mapping": mapping},
+    }
+    return found
 
 
 def _structs(types: tuple[type[msgspec.Struct], ...]) -> dict[str, mi.StructType]:

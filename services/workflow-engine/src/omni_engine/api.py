@@ -28,7 +28,7 @@ from omni_engine.definitions import (
     problems_of,
 )
 from omni_engine.engine import Engine, EngineError
-from omni_engine.state import RunState, TaskState, as_datetime, compensation_address, item_address
+from omni_engine.state import RunState, TaskState, compensation_address, item_address
 from omni_engine.store import Store
 from omni_engine.transient import is_transient
 
@@ -100,8 +100,8 @@ def waiting_for(state: RunState) -> list[rpc.WaitingFor]:
                     kind="event",
                     step=step.name,
                     since=step.scheduled_at,
-                    until=as_datetime(step.wait.get("until")),
-                    detail=f"{step.wait['event']} with key {step.wait['key']}",
+                    until=step.wait.until,
+                    detail=f"{step.wait.event} with key {step.wait.key}",
                 )
             )
         elif step.items is not None:
@@ -112,6 +112,14 @@ def waiting_for(state: RunState) -> list[rpc.WaitingFor]:
         if step.compensation is not None:
             task_wait(compensation_address(step.name), step.compensation)
     return found
+
+
+def _plain(error: msgspec.Struct | None) -> dict[str, Any] | None:
+    """An error as the summaries carry it: plain data, which the gateway passes on as it is."""
+    if error is None:
+        return None
+    plain: dict[str, Any] = msgspec.to_builtins(error)
+    return plain
 
 
 def run_summary(state: RunState) -> rpc.RunSummary:
@@ -136,7 +144,7 @@ def run_summary(state: RunState) -> rpc.RunSummary:
                 completed_at=s.completed_at,
                 duration_ms=s.duration_ms,
                 output=s.output,
-                error=s.error,
+                error=_plain(s.error),
                 usage=s.usage,
             )
             for s in state.steps
@@ -144,7 +152,7 @@ def run_summary(state: RunState) -> rpc.RunSummary:
         payload=state.payload,
         context=state.context,
         output=state.output,
-        error=state.error,
+        error=_plain(state.error),
         usage=state.usage,
         last_seq=state.last_seq,
         waiting=waiting_for(state),
@@ -348,7 +356,10 @@ class EngineApi:
             raise EngineError("not_found", f"unknown run '{req.run_id}'")
         rows = await self.store.run_events(req.run_id, req.after_seq)
         return rpc.RunEventsReply(
-            run_id=req.run_id, events=[msgspec.convert(r, RunEventRecord) for r in rows]
+            run_id=req.run_id,
+            events=[
+                RunEventRecord(run_id=req.run_id, seq=r.seq, type=r.type, at=r.at, data=r.data) for r in rows
+            ],
         )
 
 

@@ -25,6 +25,7 @@ from omni_contract import deadletters, streams
 from omni_contract import events as ev
 from omni_contract.envelope import HDR_MSG_ID, decode_envelope, payload_of
 from omni_contract.events import ToolResult
+from omni_contract.history import TriggerRef
 from omni_contract.tools import DIRECT_RUN_PREFIX
 from omni_runtime.logging import run_id_var
 from omni_runtime.nats import Puller
@@ -122,7 +123,7 @@ class TriggerHandler:
                     {},
                     run_id=run_id,
                     origin_key=origin,
-                    trigger={"subject": msg.subject, "event_id": event_id},
+                    trigger=TriggerRef(subject=msg.subject, event_id=event_id),
                 )
             except EngineError as exc:
                 if exc.code != "invalid_payload":

@@ -21,8 +21,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 import msgspec
-from omni_contract.events import RunEventType as E
 from omni_contract.events import StepStatus, ToolResult
+from omni_contract.history import ReusedStep, RunStarted, StepRef, TriggerRef
 from omni_contract.rpc import FieldProblem
 from omni_runtime.telemetry import current_traceparent
 from opentelemetry import trace
@@ -34,6 +34,7 @@ from omni_engine.progress import Batch, Decider, result_problem
 from omni_engine.relay import OutboxRelay
 from omni_engine.state import NewEvent, RunState, apply
 from omni_engine.store import AppendConflict, Store
+from omni_engine.timer_kinds import DEADLINE_TIMER, AnyTimer, RunDeadline, wait_timer
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("omni.workflow-engine")
@@ -72,6 +73,14 @@ def request_hash(workflow: str, payload: dict[str, Any], context: dict[str, Any]
 
 class ResultRefused(Exception):
     """A tool result that answers nothing the engine scheduled: never folded into a run."""
+
+
+class Rerun(NamedTuple):
+    """What a rerun starts from: the old run, the step it reruns from, and the outputs it keeps."""
+
+    run_id: str
+    from_step: str
+    reused: dict[str, ReusedStep]
 
 
 class _Pending(NamedTuple):
@@ -189,9 +198,9 @@ class Engine:
         run_id: str | None = None,
         origin_key: str | None = None,
         idempotency_key: str | None = None,
-        trigger: dict[str, Any] | None = None,
+        trigger: TriggerRef | None = None,
         spec: WorkflowDefinition | None = None,
-        rerun: dict[str, Any] | None = None,
+        rerun: Rerun | None = None,
     ) -> RunState:
         """Start a run: idempotent on ``run_id``, on ``origin_key`` (a trigger event) and on
         ``idempotency_key`` (a caller's key: the same key with another request is refused)."""
@@ -217,26 +226,27 @@ class Engine:
             now = utcnow()
             budget = spec.guards.budget if spec.guards else None
             deadline = now + timedelta(milliseconds=budget.max_ms) if budget and budget.max_ms else None
-            data: dict[str, Any] = {
-                "workflow": spec.name,
-                "hash": spec.content_hash,
-                "version": spec.version,
-                "payload": payload,
-                "context": context,
-                "steps": [{"name": s.name, "tool": s.tool} for s in spec.steps],
-            }
-            if trigger:
-                data["trigger"] = trigger
-            if deadline is not None:
-                data["deadline_at"] = deadline
-            if rerun:
-                data.update(rerun)
-            started = NewEvent(type=E.RUN_STARTED, at=now, data=data)
-            state = apply(None, run_id, started.type, started.data, now)
+            started = NewEvent(
+                data=RunStarted(
+                    workflow=spec.name,
+                    hash=spec.content_hash,
+                    version=spec.version,
+                    payload=payload,
+                    context=context,
+                    steps=[StepRef(name=s.name, tool=s.tool) for s in spec.steps],
+                    trigger=trigger,
+                    deadline_at=deadline,
+                    rerun_of=rerun.run_id if rerun else None,
+                    rerun_from_step=rerun.from_step if rerun else None,
+                    reused=rerun.reused if rerun else None,
+                ),
+                at=now,
+            )
+            state = apply(None, run_id, started.data, now)
             batch = Batch(state, current_traceparent())
             batch.record(started)
             if deadline is not None:
-                batch.effects.timer("deadline", deadline, {"kind": "deadline"})
+                batch.effects.timer(DEADLINE_TIMER, deadline, RunDeadline())
             Decider(batch, spec, now).advance()
             state.snapshot_seq = state.last_seq
             batch.seal()
@@ -287,7 +297,7 @@ class Engine:
             )
         before = set(names[: names.index(from_step)])
         reused = {
-            s.name: {"output": s.output, "provider": s.provider}
+            s.name: ReusedStep(output=s.output, provider=s.provider)
             for s in old.steps
             if s.name in before and s.status == StepStatus.COMPLETED
         }
@@ -296,7 +306,7 @@ class Engine:
             old.payload if payload is None else payload,
             old.context,
             spec=spec,
-            rerun={"rerun_of": run_id, "rerun_from_step": from_step, "reused": reused},
+            rerun=Rerun(run_id=run_id, from_step=from_step, reused=reused),
         )
 
     # -- advancing ---------------------------------------------------------------------------
@@ -409,19 +419,23 @@ class Engine:
         if not judged and not await self.store.run_exists(result.run_id):
             raise ResultRefused(f"no run '{result.run_id}'")
 
-    async def on_timer(self, run_id: str, name: str, data: dict[str, Any]) -> bool:
+    async def on_timer(self, run_id: str, name: str, timer: AnyTimer) -> bool:
         """A durable timer fired. Returns False when it was stale (the run had moved on)."""
-        state = await self._update(run_id, lambda decider: decider.timer_fired(data), cancel_timers=[name])
-        self.metrics.timers.labels(str(data.get("kind")), "fired" if state is not None else "stale").inc()
+        state = await self._update(run_id, lambda decider: decider.timer_fired(timer), cancel_timers=[name])
+        self.metrics.timers.labels(timer.kind, "fired" if state is not None else "stale").inc()
         if state is None:
             await self.store.delete_timer(run_id, name)
             return False
         return True
 
     async def on_wait_event(self, run_id: str, step: str, event: dict[str, Any]) -> bool:
-        """An outside event a step waits for arrived: the step completes with it as output."""
+        """An outside event a step waits for arrived (``{"id", "data"}``: the event's id and its
+        JSON object): the step completes with its data as output."""
+        event_id, data = event["id"], event["data"]
         state = await self._update(
-            run_id, lambda decider: decider.event_arrived(step, event), cancel_timers=[f"wait:{step}"]
+            run_id,
+            lambda decider: decider.event_arrived(step, event_id, data),
+            cancel_timers=[wait_timer(step)],
         )
         return state is not None
 

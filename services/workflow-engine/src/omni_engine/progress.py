@@ -30,8 +30,30 @@ import msgspec
 from omni_contract import events as ev
 from omni_contract import subjects
 from omni_contract.envelope import encode_envelope, new_envelope
-from omni_contract.events import RunEventType as E
 from omni_contract.events import RunStatus, StepStatus, ToolInvoke, ToolResult
+from omni_contract.history import (
+    BudgetLimit,
+    BudgetUsed,
+    CompensationFailure,
+    HistoryEvent,
+    RunCancelRequested,
+    RunCompensating,
+    RunCompleted,
+    RunError,
+    RunStarted,
+    StepCompleted,
+    StepError,
+    StepEvent,
+    StepFailed,
+    StepFallback,
+    StepFannedOut,
+    StepRetrying,
+    StepScheduled,
+    StepSkipped,
+    StepStarted,
+    StepTimedOut,
+    StepWaiting,
+)
 
 from omni_engine.conditions import ConditionError, evaluate
 from omni_engine.definition import NEVER_RETRY, TEXT_ONLY, Step, WorkflowDefinition
@@ -49,6 +71,16 @@ from omni_engine.state import (
 )
 from omni_engine.store import Effects, OutboxMessage
 from omni_engine.templating import Scope, TemplateError, render, render_string
+from omni_engine.timer_kinds import (
+    AnyTimer,
+    AttemptTimeout,
+    RetryDue,
+    RunDeadline,
+    WaitTimeout,
+    retry_timer,
+    timeout_timer,
+    wait_timer,
+)
 
 SOURCE = "omni-workflow-engine"
 # Errors after which switching provider cannot help either: the request itself is wrong.
@@ -96,8 +128,8 @@ class Batch:
         self.effects = Effects()
 
     def record(self, event: NewEvent) -> None:
-        if event.type != E.RUN_STARTED:
-            apply(self.state, self.state.run_id, event.type, event.data, event.at)
+        if not isinstance(event.data, RunStarted):
+            apply(self.state, self.state.run_id, event.data, event.at)
         self.state.last_seq += 1
         self.events.append(event)
 
@@ -119,7 +151,7 @@ class Batch:
             event=last.type,
             status=self.state.status,
             at=last.at,
-            step=last.data.get("step"),
+            step=last.data.step if isinstance(last.data, StepEvent) else None,
         )
         msg_id = f"{self.state.run_id}:{self.state.last_seq}"
         envelope = new_envelope(
@@ -152,8 +184,8 @@ class Decider:
         self.now = now
         self.rng = rng
 
-    def record(self, type_: str, **data: Any) -> None:
-        self.batch.record(NewEvent(type=type_, at=self.now, data=data))
+    def record(self, event: HistoryEvent) -> None:
+        self.batch.record(NewEvent(data=event, at=self.now))
 
     # -- what happens to a run ------------------------------------------------------------------
     # Each returns False, recording nothing, when the news is stale or already folded in.
@@ -169,91 +201,85 @@ class Decider:
             return False
         if task.timeout_ms is not None:  # its attempt has a timeout timer: clear it
             self.batch.effects.cancel_timer(timeout_timer(address, result.attempt))
-        started: dict[str, Any] = {"step": address, "attempt": result.attempt, "runner": result.runner}
-        if result.started_at is not None:
-            started["started_at"] = result.started_at
-        self.record(E.STEP_STARTED, **started)
+        self.record(
+            StepStarted(
+                step=address, attempt=result.attempt, runner=result.runner, started_at=result.started_at
+            )
+        )
         if not result.success:
             error = (
-                msgspec.to_builtins(result.error)
+                StepError(**msgspec.structs.asdict(result.error))
                 if result.error
-                else {"kind": "unknown", "message": "the tool failed without saying why"}
+                else StepError(kind="unknown", message="the tool failed without saying why")
             )
             self.attempt_failed(address, error)
             return True
-        data: dict[str, Any] = {
-            "step": address,
-            "attempt": result.attempt,
-            "provider": result.provider,
-            "duration_ms": result.duration_ms,
-            "output": result.output or {},
-        }
-        if result.usage:
-            data["usage"] = msgspec.to_builtins(result.usage)
-        if result.model:
-            data["model"] = result.model
-        self.record(E.STEP_COMPLETED, **data)
+        self.record(
+            StepCompleted(
+                step=address,
+                attempt=result.attempt,
+                provider=result.provider,
+                duration_ms=result.duration_ms,
+                output=result.output or {},
+                usage=result.usage,
+                model=result.model or None,
+            )
+        )
         return True
 
-    def timer_fired(self, data: dict[str, Any]) -> bool:
+    def timer_fired(self, timer: AnyTimer) -> bool:
         """A durable timer fired: a retry is due, an attempt or a wait timed out, or the deadline passed."""
         state = self.state
-        kind = data.get("kind")
-        if kind == "deadline":
+        if isinstance(timer, RunDeadline):
             if state.status != RunStatus.RUNNING:
                 return False
             budget = self.spec.guards.budget if self.spec.guards else None
             max_ms = budget.max_ms if budget else None
             self.end(
                 RunStatus.TIMED_OUT,
-                {
-                    "kind": "deadline",
-                    "message": f"the run did not finish within {max_ms} ms",
-                    "max_ms": max_ms,
-                },
+                RunError(
+                    kind="deadline", message=f"the run did not finish within {max_ms} ms", max_ms=max_ms
+                ),
             )
             return True
-        address = str(data.get("step", ""))
+        address = timer.step
         task = state.task(address)
         if task is None or not self._task_live(address, task):
             return False
-        if kind == "retry":
-            if task.status != StepStatus.RETRYING or task.attempt != data.get("attempt"):
+        if isinstance(timer, RetryDue):
+            if task.status != StepStatus.RETRYING or task.attempt != timer.attempt:
                 return False
             self.retry_due(address)
             return True
-        if kind == "timeout":
-            if task.attempt != data.get("attempt") or task.status not in DISPATCHED:
+        if isinstance(timer, AttemptTimeout):
+            if task.attempt != timer.attempt or task.status not in DISPATCHED:
                 return False
-            error = {
-                "kind": "timeout",
-                "message": f"no result within {data.get('timeout_ms')} ms (config.timeout)",
-            }
-            self.record(E.STEP_TIMED_OUT, step=address, attempt=task.attempt, error=error)
+            error = StepError(
+                kind="timeout", message=f"no result within {timer.timeout_ms} ms (config.timeout)"
+            )
+            self.record(StepTimedOut(step=address, attempt=task.attempt, error=error))
             self.attempt_failed(address, error)
             return True
-        if kind == "wait":
-            if task.status != StepStatus.WAITING:
-                return False
-            self.batch.effects.cancel_wait(address)
-            self.fail_step(address, {"kind": "timeout", "message": "the event did not come in time"})
-            return True
-        return False
+        if task.status != StepStatus.WAITING:
+            return False
+        self.batch.effects.cancel_wait(address)
+        self.fail_step(address, StepError(kind="timeout", message="the event did not come in time"))
+        return True
 
-    def event_arrived(self, step: str, event: dict[str, Any]) -> bool:
+    def event_arrived(self, step: str, event_id: str | None, data: dict[str, Any]) -> bool:
         """The outside event a ``wait`` step waits for: the step completes with its data."""
         task = self.state.step(step)
         if task is None or task.status != StepStatus.WAITING:
             return False
         self.batch.effects.cancel_wait(step)
-        self.record(E.STEP_COMPLETED, step=step, output=event.get("data"), event_id=event.get("id"))
+        self.record(StepCompleted(step=step, output=data, event_id=event_id))
         return True
 
     def request_cancel(self, reason: str) -> bool:
         """Cancel the run (``advance`` then ends it, compensating first)."""
         if self.state.status != RunStatus.RUNNING or self.state.cancel_reason is not None:
             return False
-        self.record(E.RUN_CANCEL_REQUESTED, reason=reason or "cancelled")
+        self.record(RunCancelRequested(reason=reason or "cancelled"))
         return True
 
     def _task_live(self, address: str, task: TaskState) -> bool:
@@ -269,7 +295,7 @@ class Decider:
             if state.status == RunStatus.COMPENSATING:
                 self._compensate()
             elif state.cancel_reason is not None:
-                self.end(RunStatus.CANCELLED, {"kind": "cancelled", "message": state.cancel_reason})
+                self.end(RunStatus.CANCELLED, RunError(kind="cancelled", message=state.cancel_reason))
             else:
                 self._steps()
             if len(self.batch.events) == before:
@@ -288,9 +314,7 @@ class Decider:
             step = state.steps[position]
             if step.status in DONE:
                 if step.status == StepStatus.FAILED and step.handling == "fail":
-                    error = dict(step.error or {})
-                    error.setdefault("message", "step failed")
-                    self.end(RunStatus.FAILED, {"step": step.name, **error})
+                    self.end(RunStatus.FAILED, _run_error(step))
                     return
                 continue
             if step.in_flight:
@@ -303,7 +327,7 @@ class Decider:
                 # failing, it is skipped at once: steps that read it must not wait for the end.
                 guarded = (state.step(s.name) for s in spec.steps if s.on_error == step.name)
                 if all(g is not None and g.status in DONE for g in guarded):
-                    self.record(E.STEP_SKIPPED, step=step.name, reason="no failure for it to handle")
+                    self.record(StepSkipped(step=step.name, reason="no failure for it to handle"))
                 continue
             blocked, failed_need = False, None
             for need in spec.needs_of(step.name):
@@ -318,7 +342,7 @@ class Decider:
                 waiting = True
                 continue
             if failed_need is not None:
-                self.record(E.STEP_SKIPPED, step=step.name, reason=f"it needs {failed_need}, which failed")
+                self.record(StepSkipped(step=step.name, reason=f"it needs {failed_need}, which failed"))
                 continue
             self._start(step, spec.step(step.name))
             if self.state.finished or self.state.status != RunStatus.RUNNING:
@@ -332,8 +356,8 @@ class Decider:
             return
         for step in state.steps:
             if step.status == StepStatus.PENDING:  # handler steps nothing called on
-                self.record(E.STEP_SKIPPED, step=step.name, reason="no failure for it to handle")
-        self.end(RunStatus.COMPLETED, None)
+                self.record(StepSkipped(step=step.name, reason="no failure for it to handle"))
+        self._complete()
 
     # -- starting a step -----------------------------------------------------------------------
     def _start(self, step: StepState, spec_step: Step) -> None:
@@ -341,10 +365,10 @@ class Decider:
             try:
                 go = evaluate(spec_step.when, self._activation())
             except ConditionError as exc:
-                self.fail_step(step.name, {"kind": "condition", "message": str(exc)})
+                self.fail_step(step.name, StepError(kind="condition", message=str(exc)))
                 return
             if not go:
-                self.record(E.STEP_SKIPPED, step=step.name, reason=f"when: {spec_step.when} is false")
+                self.record(StepSkipped(step=step.name, reason=f"when: {spec_step.when} is false"))
                 return
         if spec_step.wait is not None:
             self._wait(step, spec_step)
@@ -386,30 +410,30 @@ class Decider:
         try:
             key = render_string(wait.key, self._scope())
         except TemplateError as exc:
-            self.fail_step(step.name, {"kind": "template", "message": str(exc)})
+            self.fail_step(step.name, StepError(kind="template", message=str(exc)))
             return
         until = self.now + timedelta(milliseconds=wait.timeout)
         key_text = key if isinstance(key, str) else msgspec.json.encode(key).decode()
         self.record(
-            E.STEP_WAITING, step=step.name, event=wait.event, key=key_text, match=wait.match, until=until
+            StepWaiting(step=step.name, event=wait.event, key=key_text, match=wait.match, until=until)
         )
         self.batch.effects.wait(step.name, wait.event, key_text, wait.match)
-        self.batch.effects.timer(f"wait:{step.name}", until, {"kind": "wait", "step": step.name})
+        self.batch.effects.timer(wait_timer(step.name), until, WaitTimeout(step=step.name))
 
     def _fan_out(self, step: StepState, spec_step: Step) -> None:
         assert spec_step.for_each is not None
         try:
             values = render_string(spec_step.for_each, self._scope())
         except TemplateError as exc:
-            self.fail_step(step.name, {"kind": "template", "message": str(exc)})
+            self.fail_step(step.name, StepError(kind="template", message=str(exc)))
             return
         if not isinstance(values, list):
             kind = type(values).__name__ if values is not None else "null"
             self.fail_step(
-                step.name, {"kind": "template", "message": f"for_each must name a list, got {kind}"}
+                step.name, StepError(kind="template", message=f"for_each must name a list, got {kind}")
             )
             return
-        self.record(E.STEP_SCHEDULED, step=step.name, items=values)
+        self.record(StepFannedOut(step=step.name, items=values))
         self._items(step)
 
     def _items(self, step: StepState) -> None:
@@ -429,10 +453,11 @@ class Decider:
                 in_flight += 1 if item.in_flight else 0
         if all(item.status == StepStatus.COMPLETED for item in step.items):
             self.record(
-                E.STEP_COMPLETED,
-                step=step.name,
-                output={"items": [item.output for item in step.items]},
-                duration_ms=ms(self.now - step.started_at) if step.started_at else None,
+                StepCompleted(
+                    step=step.name,
+                    output={"items": [item.output for item in step.items]},
+                    duration_ms=ms(self.now - step.started_at) if step.started_at else None,
+                )
             )
 
     # -- dispatching a tool call ---------------------------------------------------------------
@@ -476,7 +501,7 @@ class Decider:
             rendered_input = render(input_template, scope)
             rendered_config = render(config_template, scope)
         except TemplateError as exc:
-            self._final_failure(address, {"kind": "template", "message": str(exc)}, attempt=attempt)
+            self._final_failure(address, StepError(kind="template", message=str(exc)), attempt=attempt)
             return
         if not isinstance(rendered_input, dict):
             rendered_input = {"value": rendered_input}
@@ -485,30 +510,36 @@ class Decider:
         timeout_ms = (
             int(timeout) if isinstance(timeout, int | float) and not isinstance(timeout, bool) else None
         )
-        scheduled: dict[str, Any] = {
-            "step": address,
-            "attempt": attempt,
-            "tool": tool,
-            "provider": provider,
-            "provider_index": provider_index,
-            "provider_attempt": provider_attempt,
-            "idempotency_key": key,
-            "input": rendered_input,
-        }
-        if timeout_ms is not None and provider != TEXT_ONLY:
-            scheduled["timeout_ms"] = timeout_ms  # a timer is set for it (see below)
-        self.record(E.STEP_SCHEDULED, **scheduled)
+        self.record(
+            StepScheduled(
+                step=address,
+                attempt=attempt,
+                tool=tool,
+                provider=provider,
+                provider_index=provider_index,
+                provider_attempt=provider_attempt,
+                idempotency_key=key,
+                input=rendered_input,
+                # A timer is set for it (see below).
+                timeout_ms=timeout_ms if provider != TEXT_ONLY else None,
+            )
+        )
         if provider == TEXT_ONLY:
             text = rendered_input.get("text")
             self.record(
-                E.STEP_COMPLETED,
-                step=address,
-                attempt=attempt,
-                provider=TEXT_ONLY,
-                output={"text": text if isinstance(text, str) else "", "format": "text", "degraded": True},
-                degraded=True,
-                reason="degraded to text: no provider in the chain could serve the call",
-                duration_ms=0.0,
+                StepCompleted(
+                    step=address,
+                    attempt=attempt,
+                    provider=TEXT_ONLY,
+                    output={
+                        "text": text if isinstance(text, str) else "",
+                        "format": "text",
+                        "degraded": True,
+                    },
+                    degraded=True,
+                    reason="degraded to text: no provider in the chain could serve the call",
+                    duration_ms=0.0,
+                )
             )
             return
         invoke = ToolInvoke(
@@ -539,10 +570,10 @@ class Decider:
             self.batch.effects.timer(
                 timeout_timer(address, attempt),
                 self.now + timedelta(milliseconds=timeout_ms),
-                {"kind": "timeout", "step": address, "attempt": attempt, "timeout_ms": timeout_ms},
+                AttemptTimeout(step=address, attempt=attempt, timeout_ms=timeout_ms),
             )
 
-    def _budget_problem(self, spec_step: Step, task: TaskState) -> dict[str, Any] | None:
+    def _budget_problem(self, spec_step: Step, task: TaskState) -> RunError | None:
         """Why the run cannot afford this call of ``task``: its remaining tokens or cost do not
         cover the step's estimate (``config.maxTokens`` / ``config.maxCost``, else anything at
         all) with the estimates of the other calls in flight set aside (one per ``for_each``
@@ -578,57 +609,58 @@ class Decider:
                 )
         if not short:
             return None
-        return {
-            "kind": "budget",
-            "step": spec_step.name,
-            "message": f"the budget cannot cover step {spec_step.name} ({'; '.join(short)})",
-            "used": {"tokens": used_tokens, "cost": used_cost},
-            "limit": {"maxTokens": budget.max_tokens, "maxCost": budget.max_cost},
-        }
+        return RunError(
+            kind="budget",
+            step=spec_step.name,
+            message=f"the budget cannot cover step {spec_step.name} ({'; '.join(short)})",
+            used=BudgetUsed(tokens=used_tokens, cost=used_cost),
+            limit=BudgetLimit(max_tokens=budget.max_tokens, max_cost=budget.max_cost),
+        )
 
     # -- outcomes ------------------------------------------------------------------------------
-    def attempt_failed(self, address: str, error: dict[str, Any]) -> None:
+    def attempt_failed(self, address: str, error: StepError) -> None:
         """A tool call failed: retry it, fall back to the next provider, or fail the task."""
         task = self.state.task(address)
         assert task is not None
         spec_step, chain, *_ = self._chain(address)
         policy = self.spec.retry_policy(spec_step)
-        kind = str(error.get("kind", "unknown"))
+        kind = error.kind
         provider = task.provider or chain[task.provider_index]
         if policy.retries(kind) and task.provider_attempt < policy.max_attempts:
             delay = policy.interval_ms(task.provider_attempt)
             if policy.jitter:
                 delay *= 1 + policy.jitter * (2 * self.rng() - 1)
-            retry_after = error.get("retry_after_s")
-            if isinstance(retry_after, int | float) and retry_after * 1000 > delay:
+            retry_after = error.retry_after_s
+            if retry_after is not None and retry_after * 1000 > delay:
                 delay = float(retry_after) * 1000
             retry_at = self.now + timedelta(milliseconds=delay)
             self.record(
-                E.STEP_RETRYING,
-                step=address,
-                attempt=task.attempt,
-                error=error,
-                delay_ms=round(delay, 1),
-                retry_at=retry_at,
-                reason=f"{kind} from {provider}: retry {task.provider_attempt} of "
-                f"{policy.max_attempts - 1} on {provider} in {delay / 1000:.3g}s",
+                StepRetrying(
+                    step=address,
+                    attempt=task.attempt,
+                    error=error,
+                    delay_ms=round(delay, 1),
+                    retry_at=retry_at,
+                    reason=f"{kind} from {provider}: retry {task.provider_attempt} of "
+                    f"{policy.max_attempts - 1} on {provider} in {delay / 1000:.3g}s",
+                )
             )
             self.batch.effects.timer(
-                retry_timer(address, task.attempt),
-                retry_at,
-                {"kind": "retry", "step": address, "attempt": task.attempt},
+                retry_timer(address, task.attempt), retry_at, RetryDue(step=address, attempt=task.attempt)
             )
             return
         if kind not in NO_FALLBACK and task.provider_index + 1 < len(chain):
             target = chain[task.provider_index + 1]
             self.record(
-                E.STEP_FALLBACK,
-                step=address,
-                attempt=task.attempt,
-                error=error,
-                reason=f"{kind} from {provider} after {task.provider_attempt} attempt(s): "
-                f"falling back to {target}",
-                **{"from": provider, "to": target},
+                StepFallback(
+                    step=address,
+                    attempt=task.attempt,
+                    error=error,
+                    reason=f"{kind} from {provider} after {task.provider_attempt} attempt(s): "
+                    f"falling back to {target}",
+                    from_=provider,
+                    to=target,
+                )
             )
             self._dispatch(address, task, provider_index=task.provider_index + 1, provider_attempt=1)
             return
@@ -642,23 +674,22 @@ class Decider:
             address, task, provider_index=task.provider_index, provider_attempt=task.provider_attempt + 1
         )
 
-    def _final_failure(self, address: str, error: dict[str, Any], *, attempt: int) -> None:
+    def _final_failure(self, address: str, error: StepError, *, attempt: int) -> None:
         name = step_of(address)
         if address == name:
             self.fail_step(name, error, attempt=attempt)
             return
-        self.record(E.STEP_FAILED, step=address, attempt=attempt, error=error)
+        self.record(StepFailed(step=address, attempt=attempt, error=error))
         if address == compensation_address(name):
             return  # the compensation pass moves on to the next one
         index = int(address.rpartition("#")[2])
-        self.fail_step(name, {**error, "item": index, "message": f"item {index}: {error.get('message', '')}"})
+        self.fail_step(
+            name, msgspec.structs.replace(error, item=index, message=f"item {index}: {error.message}")
+        )
 
-    def fail_step(self, name: str, error: dict[str, Any], *, attempt: int | None = None) -> None:
+    def fail_step(self, name: str, error: StepError, *, attempt: int | None = None) -> None:
         handling = self.spec.step(name).on_error
-        data: dict[str, Any] = {"step": name, "error": error, "handling": handling}
-        if attempt is not None:
-            data["attempt"] = attempt
-        self.record(E.STEP_FAILED, **data)
+        self.record(StepFailed(step=name, error=error, handling=handling, attempt=attempt))
         for index, item in enumerate(self.state.step(name).items or ()):  # type: ignore[union-attr]
             if item.in_flight:
                 # Its items in flight are abandoned: no timeout for them, and no retry either.
@@ -667,9 +698,19 @@ class Decider:
                 self.batch.effects.cancel_timer(retry_timer(address, item.attempt))
 
     # -- ending --------------------------------------------------------------------------------
-    def end(self, status: str, error: dict[str, Any] | None, *, compensate: bool = True) -> None:
+    def _complete(self) -> None:
         state = self.state
-        if compensate and status != RunStatus.COMPLETED:
+        self.record(
+            RunCompleted(
+                duration_ms=ms(self.now - state.created_at), output=run_output(state), usage=state.usage
+            )
+        )
+
+    def end(self, status: str, error: RunError, *, compensate: bool = True) -> None:
+        """End the run as ``status`` (not completed) with ``error``: first, unless this is the end of
+        compensating, compensate the completed steps that have a compensation."""
+        state = self.state
+        if compensate:
             done = [
                 s
                 for s in state.steps
@@ -681,22 +722,17 @@ class Decider:
                 done.sort(
                     key=lambda s: (s.completed_at or state.created_at, state.steps.index(s)), reverse=True
                 )
-                self.record(E.COMPENSATION_STARTED, status=status, error=error, queue=[s.name for s in done])
+                self.record(RunCompensating(status=status, error=error, queue=[s.name for s in done]))
                 self.batch.effects.clear_all = True
                 return
-        data: dict[str, Any] = {"duration_ms": ms(self.now - state.created_at)}
-        if status == RunStatus.COMPLETED:
-            data["output"] = run_output(state)
-        else:
-            data["error"] = error
-        if state.usage is not None:
-            data["usage"] = msgspec.to_builtins(state.usage)
-        self.record(END_EVENT[status], **data)
+        self.record(
+            END_EVENT[status](duration_ms=ms(self.now - state.created_at), error=error, usage=state.usage)
+        )
 
     def _compensate(self) -> None:
         """Run the queued compensations one at a time; end the run when all have finished."""
         state = self.state
-        failures: list[dict[str, Any]] = []
+        failures: list[CompensationFailure] = []
         for name in state.compensation_queue:
             step = state.step(name)
             task = step.compensation if step is not None else None
@@ -707,21 +743,19 @@ class Decider:
                 return
             if task.in_flight:
                 return
-            if task.status == StepStatus.FAILED:
-                failures.append({"step": name, **(task.error or {})})
-        ending = state.ending or {"status": RunStatus.FAILED, "error": None}
-        error = dict(ending.get("error") or {})
+            if task.status == StepStatus.FAILED and task.error is not None:
+                failures.append(CompensationFailure(step=name, **msgspec.structs.asdict(task.error)))
+        assert state.ending is not None  # set by run.compensating
+        error = state.ending.error
         if failures:
-            error["compensation_failures"] = failures
-        self.end(ending["status"], error or None, compensate=False)
+            error = msgspec.structs.replace(error, compensation_failures=failures)
+        self.end(state.ending.status, error, compensate=False)
 
 
-def timeout_timer(address: str, attempt: int) -> str:
-    return f"timeout:{address}:{attempt}"
-
-
-def retry_timer(address: str, attempt: int) -> str:
-    return f"retry:{address}:{attempt}"
+def _run_error(step: StepState) -> RunError:
+    """The error of a run that ``step``'s failure fails: the step's error, naming the step."""
+    error = step.error or StepError(kind="unknown", message="step failed")
+    return RunError(step=step.name, **msgspec.structs.asdict(error))
 
 
 def _estimate(step: Step, key: str) -> Any:

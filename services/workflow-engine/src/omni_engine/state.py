@@ -1,9 +1,10 @@
 """A run's state is a fold of its events.
 
-``apply`` is the only place that knows how each event type changes state. It is pure and needs
-no definition: everything a decision chose (which provider, how a failure was handled, which
-items a ``for_each`` step runs over) is written into the event, so replaying a history always
-gives the same state. What follows from a state is decided in ``progress.py``.
+``apply`` is the only place that knows how each event changes state. It is pure and needs no
+definition: everything a decision chose (which provider, how a failure was handled, which items a
+``for_each`` step runs over) is written into the event, so replaying a history always gives the
+same state. The events are the typed payloads of ``omni_contract.history``; ``apply`` dispatches
+on their class. What follows from a state is decided in ``progress.py``.
 
 Units of dispatch are *tasks*, addressed in events by ``step``:
 
@@ -21,21 +22,53 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-from omni_contract.events import RunEventType as E
 from omni_contract.events import RunStatus, StepStatus, Usage
+from omni_contract.history import (
+    COMPENSATION_SUFFIX,
+    ITEM_SEP,
+    HistoryEvent,
+    RunBudgetExceeded,
+    RunCancelled,
+    RunCancelRequested,
+    RunCompensating,
+    RunCompleted,
+    RunEnded,
+    RunEndedWithError,
+    RunError,
+    RunFailed,
+    RunStarted,
+    RunTimedOut,
+    StepCompleted,
+    StepError,
+    StepEvent,
+    StepFailed,
+    StepFallback,
+    StepFannedOut,
+    StepRetrying,
+    StepScheduled,
+    StepSkipped,
+    StepStarted,
+    StepTimedOut,
+    StepWaiting,
+)
 
-ITEM_SEP = "#"
-COMPENSATION_SUFFIX = "~c"
 IN_FLIGHT = frozenset({StepStatus.SCHEDULED, StepStatus.RUNNING, StepStatus.RETRYING, StepStatus.WAITING})
 
-_END_STATUS = {
-    E.RUN_COMPLETED: RunStatus.COMPLETED,
-    E.RUN_FAILED: RunStatus.FAILED,
-    E.RUN_CANCELLED: RunStatus.CANCELLED,
-    E.RUN_TIMED_OUT: RunStatus.TIMED_OUT,
-    E.RUN_BUDGET_EXCEEDED: RunStatus.BUDGET_EXCEEDED,
+_END_STATUS: dict[type[RunEnded], str] = {
+    RunCompleted: RunStatus.COMPLETED,
+    RunFailed: RunStatus.FAILED,
+    RunCancelled: RunStatus.CANCELLED,
+    RunTimedOut: RunStatus.TIMED_OUT,
+    RunBudgetExceeded: RunStatus.BUDGET_EXCEEDED,
 }
-END_EVENT = {status: event for event, status in _END_STATUS.items()}
+_NO_USAGE = Usage()
+# The event that ends a run with each status other than completed.
+END_EVENT: dict[str, type[RunEndedWithError]] = {
+    RunStatus.FAILED: RunFailed,
+    RunStatus.CANCELLED: RunCancelled,
+    RunStatus.TIMED_OUT: RunTimedOut,
+    RunStatus.BUDGET_EXCEEDED: RunBudgetExceeded,
+}
 
 
 class TaskState(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -54,13 +87,21 @@ class TaskState(msgspec.Struct, kw_only=True, omit_defaults=True):
     timeout_ms: int | None = None  # the attempt in flight has a timeout timer of this length
     duration_ms: float | None = None
     output: Any = None
-    error: dict[str, Any] | None = None
+    error: StepError | None = None
     usage: Usage | None = None
     reason: str | None = None  # why it was skipped, retried, switched provider or cancelled
 
     @property
     def in_flight(self) -> bool:
         return self.status in IN_FLIGHT
+
+
+class WaitState(msgspec.Struct, kw_only=True):
+    """What a ``wait`` step waits for: an event on ``event`` with ``key``, until ``until``."""
+
+    event: str
+    key: str
+    until: datetime
 
 
 class StepState(TaskState, kw_only=True, omit_defaults=True):
@@ -72,8 +113,15 @@ class StepState(TaskState, kw_only=True, omit_defaults=True):
     items: list[TaskState] | None = None  # for_each: one task per item
     item_values: list[Any] | None = None
     compensation: TaskState | None = None
-    wait: dict[str, Any] | None = None  # waiting: {"event", "key", "until"}
+    wait: WaitState | None = None
     reused_from: str | None = None  # a rerun took this step's output from that run
+
+
+class Ending(msgspec.Struct, kw_only=True):
+    """How a run that is compensating ends once its compensations are done."""
+
+    status: str
+    error: RunError
 
 
 class RunState(msgspec.Struct, kw_only=True, omit_defaults=True, dict=True):
@@ -89,12 +137,11 @@ class RunState(msgspec.Struct, kw_only=True, omit_defaults=True, dict=True):
     context: dict[str, Any] = {}
     steps: list[StepState] = []
     output: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
+    error: RunError | None = None
     usage: Usage | None = None
     completed_at: datetime | None = None
     deadline_at: datetime | None = None
-    # Set while compensating: the status the run ends with once compensation is done.
-    ending: dict[str, Any] | None = None
+    ending: Ending | None = None  # set while compensating
     compensation_queue: list[str] = []  # steps to compensate, in order (latest completed first)
     cancel_reason: str | None = None
     # Whether the run ever set a timer or a wait (so its end has rows to clear).
@@ -172,34 +219,37 @@ class StepOutputs(Mapping[str, Any]):
 class NewEvent(msgspec.Struct, kw_only=True):
     """An event about to be appended (its seq is assigned by the store)."""
 
-    type: str
-    data: dict[str, Any]
+    data: HistoryEvent
     at: datetime
 
+    @property
+    def type(self) -> str:
+        return self.data.TYPE
 
-def initial_state(run_id: str, data: dict[str, Any], at: datetime) -> RunState:
+
+def initial_state(run_id: str, event: RunStarted, at: datetime) -> RunState:
     state = RunState(
         run_id=run_id,
-        workflow=data["workflow"],
-        hash=data["hash"],
-        version=data.get("version", ""),
+        workflow=event.workflow,
+        hash=event.hash,
+        version=event.version,
         status=RunStatus.RUNNING,
         created_at=at,
         updated_at=at,
-        payload=data.get("payload", {}),
-        context=data.get("context", {}),
-        steps=[StepState(name=s["name"], tool=s.get("tool")) for s in data.get("steps", [])],
-        deadline_at=as_datetime(data.get("deadline_at")),
-        timed="deadline_at" in data,
-        rerun_of=data.get("rerun_of"),
-        rerun_from_step=data.get("rerun_from_step"),
+        payload=event.payload,
+        context=event.context,
+        steps=[StepState(name=s.name, tool=s.tool) for s in event.steps],
+        deadline_at=event.deadline_at,
+        timed=event.deadline_at is not None,
+        rerun_of=event.rerun_of,
+        rerun_from_step=event.rerun_from_step,
     )
-    for name, reused in (data.get("reused") or {}).items():
+    for name, reused in (event.reused or {}).items():
         step = state.step(name)
         if step is not None:
             step.status = StepStatus.COMPLETED
-            step.output = reused.get("output")
-            step.provider = reused.get("provider")
+            step.output = reused.output
+            step.provider = reused.provider
             step.reused_from = state.rerun_of
             step.completed_at = at
     return state
@@ -218,106 +268,110 @@ def _add_usage(total: Usage | None, more: Usage | None) -> Usage | None:
     )
 
 
-def apply(
-    state: RunState | None, run_id: str, event_type: str, data: dict[str, Any], at: datetime
-) -> RunState:
+def apply(state: RunState | None, run_id: str, event: HistoryEvent, at: datetime) -> RunState:
     """Fold one event into the state (mutating and returning it)."""
-    if event_type == E.RUN_STARTED:
-        return initial_state(run_id, data, at)
+    if isinstance(event, RunStarted):
+        return initial_state(run_id, event, at)
     if state is None:
-        raise ValueError(f"run {run_id}: {event_type} before run.started")
+        raise ValueError(f"run {run_id}: {event.TYPE} before run.started")
     state.updated_at = at
-    address = data.get("step")
-    task = state.task(address) if address else None
-    if task is not None:
-        _apply_to_task(state, task, address or "", event_type, data, at)
-    elif event_type == E.COMPENSATION_STARTED:
+    if isinstance(event, StepEvent):
+        task = state.task(event.step)
+        if task is not None:
+            _apply_to_task(state, task, event, at)
+    elif isinstance(event, RunCompensating):
         state.status = RunStatus.COMPENSATING
-        state.ending = {"status": data["status"], "error": data.get("error")}
-        state.compensation_queue = list(data.get("queue", []))
-        _stop_unfinished(state, f"the run is ending ({data['status']})")
+        state.ending = Ending(status=event.status, error=event.error)
+        state.compensation_queue = list(event.queue)
+        _stop_unfinished(state, f"the run is ending ({event.status})")
         for name in state.compensation_queue:
             step = state.step(name)
             if step is not None:
                 step.compensation = TaskState()
-    elif event_type == E.RUN_CANCEL_REQUESTED:
-        state.cancel_reason = data.get("reason") or "cancelled"
-    elif event_type in _END_STATUS:
-        state.status = _END_STATUS[event_type]
+    elif isinstance(event, RunCancelRequested):
+        state.cancel_reason = event.reason
+    elif isinstance(event, RunEnded):
+        state.status = _END_STATUS[type(event)]
         state.completed_at = at
-        if event_type == E.RUN_COMPLETED:
-            state.output = data.get("output")
-        else:
-            state.error = data.get("error")
+        if isinstance(event, RunCompleted):
+            state.output = event.output
+        elif isinstance(event, RunEndedWithError):
+            state.error = event.error
         _stop_unfinished(state, f"the run ended ({state.status})")
     return state
 
 
-def _apply_to_task(
-    state: RunState, task: TaskState, address: str, event_type: str, data: dict[str, Any], at: datetime
-) -> None:
-    if event_type == E.STEP_SCHEDULED:
-        task.status = StepStatus.SCHEDULED if "items" not in data else StepStatus.RUNNING
+def _apply_to_task(state: RunState, task: TaskState, event: StepEvent, at: datetime) -> None:
+    # The most frequent first: every attempt is scheduled, started and completed.
+    if isinstance(event, StepScheduled):
+        task.status = StepStatus.SCHEDULED
         task.scheduled_at = at
         task.retry_at = None
-        if "items" in data and isinstance(task, StepState):  # a for_each step fans out
-            task.item_values = list(data["items"])
+        task.attempt = event.attempt
+        task.timeout_ms = event.timeout_ms
+        state.timed = state.timed or event.timeout_ms is not None
+        task.provider = event.provider
+        task.provider_index = event.provider_index
+        task.provider_attempt = event.provider_attempt
+        task.idempotency_key = event.idempotency_key
+    elif isinstance(event, StepStarted):
+        task.status = StepStatus.RUNNING
+        task.started_at = event.started_at or at
+    elif isinstance(event, StepCompleted):
+        task.status = StepStatus.COMPLETED
+        task.output = event.output
+        task.completed_at = at
+        task.duration_ms = event.duration_ms
+        task.error = None
+        if event.provider is not None:
+            task.provider = event.provider
+        if event.degraded:
+            task.reason = event.reason
+        # An empty usage (a provider that reported none, encoded as {}) counts as none.
+        task.usage = event.usage if event.usage != _NO_USAGE else None
+        state.usage = _add_usage(state.usage, task.usage)
+        if isinstance(task, StepState):
+            task.wait = None
+    elif isinstance(event, StepFailed):
+        task.status = StepStatus.FAILED
+        task.error = event.error
+        task.completed_at = at
+        if isinstance(task, StepState):
+            task.handling = event.handling
+            task.wait = None
+            if event.handling not in (None, "fail", "continue"):
+                handler = state.step(event.handling)
+                if handler is not None:
+                    handler.activated = True
+    elif isinstance(event, StepFannedOut):
+        task.status = StepStatus.RUNNING
+        task.scheduled_at = at
+        task.retry_at = None
+        if isinstance(task, StepState):
+            task.item_values = list(event.items)
             task.items = [TaskState() for _ in task.item_values]
             task.started_at = at
-            return
-        task.attempt = data["attempt"]
-        task.timeout_ms = data.get("timeout_ms")
-        state.timed = state.timed or task.timeout_ms is not None
-        task.provider = data.get("provider")
-        task.provider_index = data.get("provider_index", 0)
-        task.provider_attempt = data.get("provider_attempt", 1)
-        task.idempotency_key = data.get("idempotency_key")
-    elif event_type == E.STEP_STARTED:
-        task.status = StepStatus.RUNNING
-        task.started_at = as_datetime(data.get("started_at")) or at
-    elif event_type == E.STEP_COMPLETED:
-        task.status = StepStatus.COMPLETED
-        task.output = data.get("output") if data.get("output") is not None else {}
-        task.completed_at = at
-        task.duration_ms = data.get("duration_ms")
-        task.error = None
-        if "provider" in data:
-            task.provider = data["provider"]
-        if data.get("degraded"):
-            task.reason = data.get("reason") or "degraded"
-        task.usage = msgspec.convert(data["usage"], Usage) if data.get("usage") else None
-        state.usage = _add_usage(state.usage, task.usage)
-        if isinstance(task, StepState) and task.wait is not None:
-            task.wait = None
-    elif event_type == E.STEP_FAILED:
-        task.status = StepStatus.FAILED
-        task.error = data.get("error")
-        task.completed_at = at
-        task.duration_ms = data.get("duration_ms")
-        if isinstance(task, StepState):
-            task.handling = data.get("handling", "fail")
-            task.wait = None
-            handler = state.step(task.handling) if task.handling not in ("fail", "continue") else None
-            if handler is not None:
-                handler.activated = True
-    elif event_type == E.STEP_SKIPPED:
+    elif isinstance(event, StepSkipped):
         task.status = StepStatus.SKIPPED
-        task.reason = data.get("reason")
+        task.reason = event.reason
         task.completed_at = at
-    elif event_type == E.STEP_RETRYING:
+    elif isinstance(event, StepRetrying):
         state.timed = True
         task.status = StepStatus.RETRYING
-        task.error = data.get("error")
-        task.retry_at = as_datetime(data.get("retry_at"))
-        task.reason = data.get("reason")
-    elif event_type in (E.STEP_FALLBACK, E.STEP_TIMED_OUT):
-        task.error = data.get("error")
-        task.reason = data.get("reason")
-    elif event_type == E.STEP_WAITING and isinstance(task, StepState):
+        task.error = event.error
+        task.retry_at = event.retry_at
+        task.reason = event.reason
+    elif isinstance(event, StepFallback):
+        task.error = event.error
+        task.reason = event.reason
+    elif isinstance(event, StepTimedOut):
+        task.error = event.error
+        task.reason = None
+    elif isinstance(event, StepWaiting) and isinstance(task, StepState):
         state.timed = True
         task.status = StepStatus.WAITING
         task.scheduled_at = at
-        task.wait = {"event": data["event"], "key": data["key"], "until": data["until"]}
+        task.wait = WaitState(event=event.event, key=event.key, until=event.until)
 
 
 def _stop_unfinished(state: RunState, reason: str) -> None:
@@ -333,13 +387,6 @@ def _stop_unfinished(state: RunState, reason: str) -> None:
         elif step.status == StepStatus.PENDING:
             step.status = StepStatus.SKIPPED
             step.reason = reason
-
-
-def as_datetime(value: Any) -> datetime | None:
-    """An event's timestamp field, which is text once the event has been stored."""
-    if value is None or isinstance(value, datetime):
-        return value
-    return datetime.fromisoformat(str(value))
 
 
 def run_output(state: RunState) -> dict[str, Any]:

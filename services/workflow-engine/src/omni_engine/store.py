@@ -5,6 +5,10 @@ Appending is optimistic: the caller says which ``last_seq`` it folded from; a co
 again. The events, the projection and the outbox rows of one decision are written in one
 transaction. Under load the appends of different runs share a statement and a transaction
 (``append_runs``), each still checked against its own run's ``last_seq``.
+
+History rows are written with their type and version (``omni_contract.history``) and read back
+straight into their structs: ``data`` is selected as text and decoded once, by msgspec, for the
+struct of its type (older versions are upcast on the way).
 """
 
 from __future__ import annotations
@@ -18,11 +22,14 @@ from typing import Any
 
 import asyncpg
 import msgspec
+from omni_contract.history import HistoryEvent, decode_data
 from omni_runtime.db import Conn
 
 from omni_engine.state import NewEvent, RunState, apply
+from omni_engine.timer_kinds import AnyTimer, TimerData
 
 _state_decoder = msgspec.json.Decoder(RunState)
+_timer_decoder = msgspec.json.Decoder(AnyTimer)
 _encoder = msgspec.json.Encoder()
 
 
@@ -51,7 +58,7 @@ class Effects(msgspec.Struct, kw_only=True, omit_defaults=True):
     cancel_waits: list[str] = []
     clear_all: bool = False  # the run has ended: drop every timer and wait it has
 
-    def timer(self, name: str, fire_at: datetime, data: dict[str, Any]) -> None:
+    def timer(self, name: str, fire_at: datetime, data: TimerData) -> None:
         self.timers.append({"name": name, "fire_at": fire_at, "data": data})
 
     def cancel_timer(self, name: str) -> None:
@@ -78,7 +85,16 @@ class DueTimer(msgspec.Struct, kw_only=True):
     run_id: str
     name: str
     fire_at: datetime
-    data: dict[str, Any]
+    data: AnyTimer
+
+
+class StoredEvent(msgspec.Struct, kw_only=True):
+    """A history row as read: its payload decoded into the struct of its type."""
+
+    seq: int
+    type: str
+    at: datetime
+    data: HistoryEvent
 
 
 class WaitMatch(msgspec.Struct, kw_only=True):
@@ -236,12 +252,14 @@ class Store:
         state = _state_decoder.decode(row["state"])
         if row["last_seq"] > row["snapshot_seq"]:
             tail = await self.pool.fetch(
-                "SELECT type, data, at FROM run_events WHERE run_id = $1 AND seq > $2 ORDER BY seq",
+                "SELECT seq, type, v, data::text AS data, at FROM run_events"
+                " WHERE run_id = $1 AND seq > $2 ORDER BY seq",
                 state.run_id,
                 row["snapshot_seq"],
             )
-            for event in tail:
-                apply(state, state.run_id, event["type"], event["data"], event["at"])
+            run_id = state.run_id
+            for r in tail:
+                apply(state, run_id, decode_data(run_id, r["seq"], r["type"], r["v"], r["data"]), r["at"])
         state.last_seq = row["last_seq"]
         return state
 
@@ -363,15 +381,22 @@ class Store:
             found[row["item"] - 1] = row["ids"]
         return found
 
-    async def run_events(self, run_id: str, after_seq: int = 0, limit: int = 10_000) -> list[dict[str, Any]]:
+    async def run_events(self, run_id: str, after_seq: int = 0, limit: int = 10_000) -> list[StoredEvent]:
+        """The run's history after ``after_seq``; raises ``HistoryError`` on a row it cannot read."""
         rows = await self.pool.fetch(
-            "SELECT seq, type, data, at FROM run_events WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            "SELECT seq, type, v, data::text AS data, at FROM run_events"
+            " WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
             run_id,
             after_seq,
             limit,
         )
         return [
-            {"run_id": run_id, "seq": r["seq"], "type": r["type"], "data": r["data"], "at": r["at"]}
+            StoredEvent(
+                seq=r["seq"],
+                type=r["type"],
+                at=r["at"],
+                data=decode_data(run_id, r["seq"], r["type"], r["v"], r["data"]),
+            )
             for r in rows
         ]
 
@@ -424,13 +449,19 @@ class Store:
             "       AND (leased_until IS NULL OR leased_until < now())"
             "       ORDER BY fire_at LIMIT $1 FOR UPDATE SKIP LOCKED) due"
             " WHERE t.run_id = due.run_id AND t.name = due.name"
-            " RETURNING t.run_id, t.name, t.fire_at, t.data",
+            " RETURNING t.run_id, t.name, t.fire_at, t.data::text AS data",
             limit,
             lease_s,
             before,
         )
         return [
-            DueTimer(run_id=r["run_id"], name=r["name"], fire_at=r["fire_at"], data=r["data"]) for r in rows
+            DueTimer(
+                run_id=r["run_id"],
+                name=r["name"],
+                fire_at=r["fire_at"],
+                data=_timer_decoder.decode(r["data"]),
+            )
+            for r in rows
         ]
 
     async def next_timer_at(self) -> datetime | None:
@@ -575,7 +606,10 @@ async def _settle(
 
 
 def _events_json(events: Sequence[NewEvent]) -> str:
-    return _encoder.encode([{"type": e.type, "data": e.data, "at": e.at} for e in events]).decode()
+    """The events as append_run takes them: ``[{"type", "v", "data", "at"}, ...]``."""
+    return _encoder.encode(
+        [{"type": e.data.TYPE, "v": e.data.VERSION, "data": e.data, "at": e.at} for e in events]
+    ).decode()
 
 
 def _outbox_columns(
