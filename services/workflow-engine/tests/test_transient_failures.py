@@ -81,6 +81,7 @@ async def test_an_rpc_that_meets_an_unreachable_database_answers_unavailable(exc
 
     request = FakeRequest()
     await api._wrap(runs_get, rpc.GetRequest)(cast(Any, request))
+    await api.drain(5)  # each request is answered in a task of its own
 
     reply = msgspec.json.decode(request.answers[0], type=rpc.RpcReply)
     assert reply.error is not None

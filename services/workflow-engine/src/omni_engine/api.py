@@ -5,6 +5,7 @@ Each handler decodes one typed request from ``omni_contract.rpc`` and answers an
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 tracer = trace.get_tracer("omni.workflow-engine")
 T = TypeVar("T")
 # The answer while the database cannot be reached (code "unavailable": the gateway's 503).
+# Requests answered at once (over all endpoints): run starts wait for their commit meanwhile.
+DEFAULT_RPC_CONCURRENCY = 64
+
 UNAVAILABLE = "the workflow engine cannot reach its database right now; try again shortly"
 
 
@@ -163,12 +167,19 @@ def run_summary(state: RunState) -> rpc.RunSummary:
 
 class EngineApi:
     def __init__(
-        self, engine: Engine, definitions: Definitions, store: Store, max_reply_bytes: int = 1 << 20
+        self,
+        engine: Engine,
+        definitions: Definitions,
+        store: Store,
+        max_reply_bytes: int = 1 << 20,
+        concurrency: int = DEFAULT_RPC_CONCURRENCY,
     ) -> None:
         self.engine = engine
         self.definitions = definitions
         self.store = store
         self.max_reply_bytes = max_reply_bytes  # what one NATS message carries (the server's max_payload)
+        self._slots = asyncio.Semaphore(concurrency)
+        self._in_flight: set[asyncio.Task[None]] = set()
 
     async def register(self, service: Service) -> None:
         endpoints: list[tuple[str, str, Callable[[Request], Awaitable[None]]]] = [
@@ -240,7 +251,31 @@ class EngineApi:
                         reply = rpc.RpcReply(error=rpc.RpcError(code="internal", message="internal error"))
                 await req.respond(self._fit(req.subject, reply))
 
-        return handle
+        async def dispatch(req: Request) -> None:
+            # The NATS service calls an endpoint's handler for one request at a time: answering here
+            # would make each request wait for the ones before it (a run start for its commit), so
+            # run starts went one by one, whatever the number of callers. Each request is answered
+            # in a task of its own instead, at most ``concurrency`` at once over all endpoints;
+            # beyond that this waits, and NATS holds the rest.
+            await self._slots.acquire()
+            task = asyncio.create_task(handle(req), name=f"rpc {req.subject}")
+            self._in_flight.add(task)
+            task.add_done_callback(self._answered)
+
+        return dispatch
+
+    def _answered(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._slots.release()
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("engine rpc %s: the answer could not be sent: %r", task.get_name(), exc)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait (at most ``timeout_s``) for the requests being answered; cancel what is left."""
+        if self._in_flight:
+            _, pending = await asyncio.wait(set(self._in_flight), timeout=timeout_s)
+            for task in pending:
+                task.cancel()
 
     def _fit(self, subject: str, reply: rpc.RpcReply) -> bytes:
         """``reply`` encoded, cut to fit in one NATS message. An answer that does not fit cannot be

@@ -14,7 +14,7 @@ from omni_runtime.settings import DatabaseSettings
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from omni_engine.api import EngineApi
+from omni_engine.api import DEFAULT_RPC_CONCURRENCY, EngineApi
 from omni_engine.consumers import ResultHandler, TriggerHandler, consume
 from omni_engine.definitions import DEFAULT_CACHE_SIZE, Definitions
 from omni_engine.engine import DEFAULT_CACHE_BYTES, MAX_WORKFLOW_LABELS, Engine, EngineMetrics
@@ -49,6 +49,11 @@ class EngineSettings(DatabaseSettings):
         default=DEFAULT_CACHE_BYTES,
         ge=0,
         description="Bytes (JSON size) of the states of runs in progress kept in memory",
+    )
+    rpc_concurrency: int = Field(
+        default=DEFAULT_RPC_CONCURRENCY,
+        ge=1,
+        description="Engine RPC requests (run starts, reads, registrations) answered at once",
     )
     metrics_max_workflows: int = Field(
         default=MAX_WORKFLOW_LABELS,
@@ -88,7 +93,10 @@ async def body(ctx: ServiceContext, settings: EngineSettings) -> None:
     timers = TimerPoller(
         engine, store, poll_s=settings.timer_poll_s, pending_since=lambda: oldest_unprocessed_result(js)
     )
-    await EngineApi(engine, definitions, store, max_reply_bytes=ctx.nc.max_payload).register(ctx.micro)
+    api = EngineApi(
+        engine, definitions, store, max_reply_bytes=ctx.nc.max_payload, concurrency=settings.rpc_concurrency
+    )
+    await api.register(ctx.micro)
 
     triggers = await omni_nats.puller(ctx.js, streams.ENGINE_TRIGGERS, batch=settings.trigger_batch)
     results = await omni_nats.puller(ctx.js, streams.ENGINE_RESULTS, batch=settings.result_batch)
@@ -125,6 +133,7 @@ async def body(ctx: ServiceContext, settings: EngineSettings) -> None:
     for task in done:
         if task.exception():
             log.error("engine task failed: %r", task.exception())
+    await api.drain(settings.shutdown_grace_s)  # requests being answered finish before the pool closes
 
 
 def main() -> None:
