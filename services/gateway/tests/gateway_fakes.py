@@ -17,6 +17,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from omni_contract import events, rpc, subjects
 from omni_contract.envelope import encode, encode_envelope, new_envelope
+from omni_testkit import subscribed
 
 GatewayFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 """``make_gateway(**settings)``: a gateway app on a test server, with its own NATS connection."""
@@ -92,10 +93,7 @@ class FakeEngine:
             self._subs.append(
                 await self.nc.subscribe(subject, queue="engine", cb=self._serve(subject, handler))
             )
-        # nats-py writes a flush's PING straight to the socket, ahead of SUBs still queued, so
-        # flush() does not prove the server has them; a request over this same connection does.
-        await self.nc.request(subjects.ENGINE_WORKFLOWS_LIST, b"{}", timeout=5)
-        self.calls.clear()
+        await subscribed(self.nc)  # the gateway calls over its own connection
         return self
 
     async def stop(self) -> None:

@@ -17,6 +17,7 @@ from omni_contract import events, streams, subjects
 from omni_contract.envelope import HDR_MSG_ID, encode_envelope, new_envelope
 from omni_gateway.deadletters import DeadLetterStore
 from omni_gateway.errors import ApiError
+from omni_testkit import subscribed
 
 pytestmark = pytest.mark.integration
 
@@ -143,7 +144,7 @@ async def test_redrive_delivers_the_original_body_again_then_the_dead_letter_is_
         received.put_nowait(msg)
 
     sub = await nc.subscribe("app.greet.requested", cb=on_msg)
-    await nc.flush()
+    await subscribed(nc)  # the gateway publishes over its own connection
 
     response = await gateway.post(f"/deadletters/{seq}/redrive")
 

@@ -11,6 +11,7 @@ from gateway_fakes import FakeEngine, GatewayFactory
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from omni_contract import subjects
+from omni_testkit import subscribed
 
 pytestmark = pytest.mark.integration
 
@@ -156,13 +157,14 @@ async def test_an_engine_endpoint_that_raised_is_500_without_its_exception(gatew
         await nc.publish(msg.reply, b"", headers=error)
 
     sub = await nc.subscribe(subjects.ENGINE_RUNS_GET, cb=raised)
-    await nc.flush()
+    await subscribed(nc)
     try:
         response = await gateway.get("/runs/abc")
     finally:
         await sub.unsubscribe()
 
-    assert response.status == 500  # documented for every operation (502 "unreadable reply" before)
+    # documented for every operation (502 "unreadable reply" before)
+    assert response.status == 500, await response.text()
     text = await response.text()
     assert "hunter2" not in text
     assert (await response.json())["error"]["code"] == "internal"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import nats.errors
 import pytest
 from aiohttp.test_utils import TestClient
 from nats.aio.client import Client as NATS
@@ -13,8 +12,7 @@ from nats.aio.msg import Msg
 from omni_contract import rpc, subjects
 from omni_contract.envelope import encode
 from omni_gateway.errors import error_response
-from omni_gateway.state import GATEWAY
-from omni_testkit import wait_for
+from omni_testkit import subscribed
 
 pytestmark = pytest.mark.integration
 
@@ -27,21 +25,8 @@ async def test_an_engine_whose_database_is_down_is_503_with_retry_after(gateway:
         await msg.respond(encode(rpc.RpcReply(error=error)))
 
     sub = await nc.subscribe(subjects.ENGINE_RUNS_GET, cb=database_down)
-    await nc.flush()
-    gateway_nc = gateway.app[GATEWAY].nc
-
-    async def gateway_reaches_the_fake() -> bool:
-        # About one run in fifty, on a busy machine, the gateway's first request still found no
-        # responder although the fake's subscription was flushed (not reproduced outside this
-        # fixture); the test is about the answer's mapping, so it starts once the fake is reached.
-        try:
-            await gateway_nc.request(subjects.ENGINE_RUNS_GET, b"{}", timeout=2)
-        except nats.errors.NoRespondersError:
-            return False
-        return True
-
+    await subscribed(nc)
     try:
-        await wait_for(gateway_reaches_the_fake, timeout=10, message="the fake engine reachable")
         response = await gateway.get("/runs/abc")
     finally:
         await sub.unsubscribe()
