@@ -1,96 +1,61 @@
 """What follows from a run's state: the decisions, recorded as events into a ``Batch``.
 
-Every change to a run is one ``Batch``: the events (folded into the state as they are recorded),
-the outbox rows they cause (tool invocations, a progress notice) and the durable timers and
-event waits they set or clear. The engine writes a batch in one transaction.
+Every change to a run is one ``Batch`` (``batch.py``): the events (folded into the state as they
+are recorded), the outbox rows they cause (tool invocations, a progress notice) and the durable
+timers and event waits they set or clear. The engine writes a batch in one transaction.
 
-``Decider`` holds the rules; it reads the definition, the state and the clock and never does
-I/O, so each rule is tested without servers:
+``Decider`` makes the decisions; it reads the definition, the state and the clock and never
+does I/O, so each rule is tested without servers. It takes what happens to a run (a tool result,
+a timer, an outside event, a cancel request) and runs the main loop:
 
 - a step runs once every step it needs is done (``needs:`` and the steps its templates read);
   a step whose ``when:`` is false is skipped; a step that needs a failed step is skipped;
-- a tool call that fails is retried on the same provider while the retry policy allows (a
-  back-off timer, honouring Retry-After), then falls back to the next provider in the chain;
-  ``text-only`` ends a chain by returning the step's text;
-- a step that still fails is handled by its ``on_error``: ``fail`` fails the run, ``continue``
-  goes on, a step name runs that handler step;
-- a step is not dispatched when the run's remaining token or cost budget cannot cover it;
-- a run that fails, is cancelled, times out or runs out of budget first runs the compensation
-  of its completed steps (latest first), then ends.
+- a step that fails for good is handled by its ``on_error``: ``fail`` fails the run,
+  ``continue`` goes on, a step name runs that handler step.
+
+The rules of each kind of work are in modules of their own, which the ``Decider`` calls and which
+reach one another through it:
+
+- ``tool_calls.py``: sending a task's attempt (provider chain, templates, budget, ``text-only``);
+- ``retries.py``: a failed or timed-out attempt is retried, falls back, or fails the task;
+- ``fan_out.py``: ``for_each`` steps and their items;
+- ``waits.py``: ``wait`` steps and their events;
+- ``compensation.py``: ending a run that does not complete, compensating its steps first.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import msgspec
-from omni_contract import events as ev
-from omni_contract import subjects
-from omni_contract.envelope import encode_envelope, new_envelope
-from omni_contract.events import RunStatus, StepStatus, ToolInvoke, ToolResult
+from omni_contract.events import RunStatus, StepStatus, ToolResult
 from omni_contract.history import (
-    BudgetLimit,
-    BudgetUsed,
-    CompensationFailure,
     HistoryEvent,
     RunCancelRequested,
-    RunCompensating,
     RunCompleted,
     RunError,
-    RunStarted,
     StepCompleted,
     StepError,
-    StepEvent,
-    StepFailed,
-    StepFallback,
-    StepFannedOut,
-    StepRetrying,
-    StepScheduled,
     StepSkipped,
     StepStarted,
-    StepTimedOut,
-    StepWaiting,
 )
 
+from omni_engine import compensation, fan_out, retries, tool_calls, waits
+
+# Batch and SOURCE lived here first: engine.py, consumers.py and the tests import them from here.
+from omni_engine.batch import SOURCE as SOURCE
+from omni_engine.batch import Batch as Batch
 from omni_engine.conditions import ConditionError, evaluate
-from omni_engine.definition import NEVER_RETRY, TEXT_ONLY, Step, WorkflowDefinition
-from omni_engine.state import (
-    END_EVENT,
-    NewEvent,
-    RunState,
-    StepState,
-    TaskState,
-    apply,
-    compensation_address,
-    item_address,
-    run_output,
-    step_of,
-)
-from omni_engine.store import Effects, OutboxMessage
-from omni_engine.templating import Scope, TemplateError, render, render_string
-from omni_engine.timer_kinds import (
-    AnyTimer,
-    AttemptTimeout,
-    RetryDue,
-    RunDeadline,
-    WaitTimeout,
-    retry_timer,
-    timeout_timer,
-    wait_timer,
-)
+from omni_engine.definition import Step, WorkflowDefinition
+from omni_engine.state import NewEvent, RunState, StepState, TaskState, ms, run_output, step_of
+from omni_engine.templating import Scope
+from omni_engine.timer_kinds import AnyTimer, AttemptTimeout, RetryDue, RunDeadline, timeout_timer
+from omni_engine.tool_calls import DISPATCHED, idempotency_key
 
-SOURCE = "omni-workflow-engine"
-# Errors after which switching provider cannot help either: the request itself is wrong.
-NO_FALLBACK = NEVER_RETRY
 DONE = StepStatus.DONE
-DISPATCHED = (StepStatus.SCHEDULED, StepStatus.RUNNING)  # a tool call is out: a result may come
-
-
-def idempotency_key(run_id: str, address: str, attempt: int) -> str:
-    return f"{run_id}:{address}:{attempt}"
 
 
 def result_problem(state: RunState, result: ToolResult) -> str | None:
@@ -113,61 +78,6 @@ def result_problem(state: RunState, result: ToolResult) -> str | None:
     return None
 
 
-def ms(delta: timedelta) -> float:
-    return round(delta.total_seconds() * 1000, 3)
-
-
-class Batch:
-    """The events, outbox rows and timer changes of one transaction, against the state they fold into."""
-
-    def __init__(self, state: RunState, traceparent: str | None) -> None:
-        self.state = state
-        self.traceparent = traceparent
-        self.events: list[NewEvent] = []
-        self.outbox: list[OutboxMessage] = []
-        self.effects = Effects()
-
-    def record(self, event: NewEvent) -> None:
-        if not isinstance(event.data, RunStarted):
-            apply(self.state, self.state.run_id, event.data, event.at)
-        self.state.last_seq += 1
-        self.events.append(event)
-
-    def seal(self) -> None:
-        """Add the one progress notice of this batch: its last event, with the run's status.
-
-        One notice per transaction rather than per event halves what observers and JetStream
-        handle per step; a notice only says that the history grew up to ``seq``.
-        """
-        if not self.events:
-            return
-        if self.state.finished and self.state.timed:
-            self.effects.clear_all = True  # its timers and waits, if any are left, go with it
-        last = self.events[-1]
-        progress = ev.RunProgress(
-            run_id=self.state.run_id,
-            workflow=self.state.workflow,
-            seq=self.state.last_seq,
-            event=last.type,
-            status=self.state.status,
-            at=last.at,
-            step=last.data.step if isinstance(last.data, StepEvent) else None,
-        )
-        msg_id = f"{self.state.run_id}:{self.state.last_seq}"
-        envelope = new_envelope(
-            ev.RUN_PROGRESS_V1, SOURCE, progress, id_=msg_id, correlation_id=self.state.run_id
-        )
-        self.outbox.append(
-            OutboxMessage(
-                subject=subjects.run_event(self.state.run_id, last.type),
-                msg_id=msg_id,
-                body=encode_envelope(envelope),
-                durable=False,
-                traceparent=self.traceparent,
-            )
-        )
-
-
 class Decider:
     """Records into ``batch`` what follows from its state, until the run waits on something."""
 
@@ -186,6 +96,17 @@ class Decider:
 
     def record(self, event: HistoryEvent) -> None:
         self.batch.record(NewEvent(data=event, at=self.now))
+
+    def scope(self, item: Any = None, index: int | None = None) -> Scope:
+        """What templates read: the payload, the context, completed steps' outputs (and the item)."""
+        state = self.state
+        return Scope(
+            payload=state.payload,
+            context=state.context,
+            steps=state.completed_outputs(),
+            item=item,
+            index=index,
+        )
 
     # -- what happens to a run ------------------------------------------------------------------
     # Each returns False, recording nothing, when the news is stale or already folded in.
@@ -249,31 +170,18 @@ class Decider:
         if isinstance(timer, RetryDue):
             if task.status != StepStatus.RETRYING or task.attempt != timer.attempt:
                 return False
-            self.retry_due(address)
+            retries.retry_due(self, address, task)
             return True
         if isinstance(timer, AttemptTimeout):
             if task.attempt != timer.attempt or task.status not in DISPATCHED:
                 return False
-            error = StepError(
-                kind="timeout", message=f"no result within {timer.timeout_ms} ms (config.timeout)"
-            )
-            self.record(StepTimedOut(step=address, attempt=task.attempt, error=error))
-            self.attempt_failed(address, error)
+            retries.timed_out(self, address, task, timer)
             return True
-        if task.status != StepStatus.WAITING:
-            return False
-        self.batch.effects.cancel_wait(address)
-        self.fail_step(address, StepError(kind="timeout", message="the event did not come in time"))
-        return True
+        return waits.timed_out(self, address, task)
 
     def event_arrived(self, step: str, event_id: str | None, data: dict[str, Any]) -> bool:
         """The outside event a ``wait`` step waits for: the step completes with its data."""
-        task = self.state.step(step)
-        if task is None or task.status != StepStatus.WAITING:
-            return False
-        self.batch.effects.cancel_wait(step)
-        self.record(StepCompleted(step=step, output=data, event_id=event_id))
-        return True
+        return waits.event_arrived(self, step, event_id, data)
 
     def request_cancel(self, reason: str) -> bool:
         """Cancel the run (``advance`` then ends it, compensating first)."""
@@ -293,7 +201,7 @@ class Decider:
         while not state.finished:
             before = len(self.batch.events)
             if state.status == RunStatus.COMPENSATING:
-                self._compensate()
+                compensation.compensate(self)
             elif state.cancel_reason is not None:
                 self.end(RunStatus.CANCELLED, RunError(kind="cancelled", message=state.cancel_reason))
             else:
@@ -320,7 +228,7 @@ class Decider:
             if step.in_flight:
                 waiting = True
                 if step.items is not None:
-                    self._items(step)
+                    fan_out.keep_going(self, step)
                 continue
             if step.name in spec.handlers and not step.activated:
                 # It runs only if a step it guards fails. Once they have all ended without
@@ -359,7 +267,6 @@ class Decider:
                 self.record(StepSkipped(step=step.name, reason="no failure for it to handle"))
         self._complete()
 
-    # -- starting a step -----------------------------------------------------------------------
     def _start(self, step: StepState, spec_step: Step) -> None:
         if spec_step.when is not None:
             try:
@@ -371,11 +278,11 @@ class Decider:
                 self.record(StepSkipped(step=step.name, reason=f"when: {spec_step.when} is false"))
                 return
         if spec_step.wait is not None:
-            self._wait(step, spec_step)
+            waits.start(self, step, spec_step)
         elif spec_step.for_each is not None:
-            self._fan_out(step, spec_step)
+            fan_out.start(self, step, spec_step)
         else:
-            self._dispatch(step.name, step, provider_index=0, provider_attempt=1)
+            self.dispatch(step.name, step, provider_index=0, provider_attempt=1)
 
     def _activation(self) -> dict[str, Any]:
         state = self.state
@@ -394,310 +301,6 @@ class Decider:
             "flags": flags if isinstance(flags, dict) else {},
         }
 
-    def _scope(self, item: Any = None, index: int | None = None) -> Scope:
-        state = self.state
-        return Scope(
-            payload=state.payload,
-            context=state.context,
-            steps=state.completed_outputs(),
-            item=item,
-            index=index,
-        )
-
-    def _wait(self, step: StepState, spec_step: Step) -> None:
-        wait = spec_step.wait
-        assert wait is not None
-        try:
-            key = render_string(wait.key, self._scope())
-        except TemplateError as exc:
-            self.fail_step(step.name, StepError(kind="template", message=str(exc)))
-            return
-        until = self.now + timedelta(milliseconds=wait.timeout)
-        key_text = key if isinstance(key, str) else msgspec.json.encode(key).decode()
-        self.record(
-            StepWaiting(step=step.name, event=wait.event, key=key_text, match=wait.match, until=until)
-        )
-        self.batch.effects.wait(step.name, wait.event, key_text, wait.match)
-        self.batch.effects.timer(wait_timer(step.name), until, WaitTimeout(step=step.name))
-
-    def _fan_out(self, step: StepState, spec_step: Step) -> None:
-        assert spec_step.for_each is not None
-        try:
-            values = render_string(spec_step.for_each, self._scope())
-        except TemplateError as exc:
-            self.fail_step(step.name, StepError(kind="template", message=str(exc)))
-            return
-        if not isinstance(values, list):
-            kind = type(values).__name__ if values is not None else "null"
-            self.fail_step(
-                step.name, StepError(kind="template", message=f"for_each must name a list, got {kind}")
-            )
-            return
-        self.record(StepFannedOut(step=step.name, items=values))
-        self._items(step)
-
-    def _items(self, step: StepState) -> None:
-        """Keep up to ``concurrency`` items in flight; complete the step when all are done."""
-        assert step.items is not None
-        if step.status not in (StepStatus.RUNNING, StepStatus.SCHEDULED):
-            return
-        limit = self.spec.step(step.name).concurrency
-        in_flight = sum(1 for item in step.items if item.in_flight)
-        for index, item in enumerate(step.items):
-            if in_flight >= limit:
-                break
-            if item.status == StepStatus.PENDING:
-                self._dispatch(item_address(step.name, index), item, provider_index=0, provider_attempt=1)
-                if step.status in DONE or self.state.status != RunStatus.RUNNING:
-                    return
-                in_flight += 1 if item.in_flight else 0
-        if all(item.status == StepStatus.COMPLETED for item in step.items):
-            self.record(
-                StepCompleted(
-                    step=step.name,
-                    output={"items": [item.output for item in step.items]},
-                    duration_ms=ms(self.now - step.started_at) if step.started_at else None,
-                )
-            )
-
-    # -- dispatching a tool call ---------------------------------------------------------------
-    def _chain(self, address: str) -> tuple[Step, list[str], str, dict[str, Any], dict[str, Any]]:
-        """For a task: its step's definition, provider chain, tool, input and config templates."""
-        spec_step = self.spec.step(step_of(address))
-        if address == compensation_address(spec_step.name):
-            comp = spec_step.compensate
-            assert comp is not None
-            return spec_step, list(comp.providers), comp.tool, comp.input, comp.config
-        assert spec_step.tool is not None
-        return (
-            spec_step,
-            self.spec.provider_chain(spec_step),
-            spec_step.tool,
-            spec_step.input,
-            spec_step.config,
-        )
-
-    def _dispatch(self, address: str, task: TaskState, *, provider_index: int, provider_attempt: int) -> None:
-        state = self.state
-        spec_step, chain, tool, input_template, config_template = self._chain(address)
-        is_compensation = address == compensation_address(spec_step.name)
-        if not is_compensation:
-            problem = self._budget_problem(spec_step, task)
-            if problem is not None:
-                self.end(RunStatus.BUDGET_EXCEEDED, problem)
-                return
-        item_index: int | None = None
-        item: Any = None
-        if address != spec_step.name and not is_compensation:
-            item_index = int(address.rpartition("#")[2])
-            parent = state.step(spec_step.name)
-            assert parent is not None
-            assert parent.item_values is not None
-            item = parent.item_values[item_index]
-        provider = chain[provider_index]
-        attempt = task.attempt + 1
-        try:
-            scope = self._scope(item, item_index)
-            rendered_input = render(input_template, scope)
-            rendered_config = render(config_template, scope)
-        except TemplateError as exc:
-            self._final_failure(address, StepError(kind="template", message=str(exc)), attempt=attempt)
-            return
-        if not isinstance(rendered_input, dict):
-            rendered_input = {"value": rendered_input}
-        key = idempotency_key(state.run_id, address, attempt)
-        timeout = rendered_config.get("timeout") if isinstance(rendered_config, dict) else None
-        timeout_ms = (
-            int(timeout) if isinstance(timeout, int | float) and not isinstance(timeout, bool) else None
-        )
-        self.record(
-            StepScheduled(
-                step=address,
-                attempt=attempt,
-                tool=tool,
-                provider=provider,
-                provider_index=provider_index,
-                provider_attempt=provider_attempt,
-                idempotency_key=key,
-                input=rendered_input,
-                # A timer is set for it (see below).
-                timeout_ms=timeout_ms if provider != TEXT_ONLY else None,
-            )
-        )
-        if provider == TEXT_ONLY:
-            text = rendered_input.get("text")
-            self.record(
-                StepCompleted(
-                    step=address,
-                    attempt=attempt,
-                    provider=TEXT_ONLY,
-                    output={
-                        "text": text if isinstance(text, str) else "",
-                        "format": "text",
-                        "degraded": True,
-                    },
-                    degraded=True,
-                    reason="degraded to text: no provider in the chain could serve the call",
-                    duration_ms=0.0,
-                )
-            )
-            return
-        invoke = ToolInvoke(
-            run_id=state.run_id,
-            step=address,
-            attempt=attempt,
-            tool=tool,
-            provider=provider,
-            input=rendered_input,
-            config=rendered_config if isinstance(rendered_config, dict) else {},
-            idempotency_key=key,
-            timeout_ms=timeout_ms,
-            workflow=state.workflow,
-        )
-        envelope = new_envelope(
-            ev.TOOL_INVOKE_V1, SOURCE, invoke, id_=key, correlation_id=state.run_id, subject=address
-        )
-        self.batch.outbox.append(
-            OutboxMessage(
-                subject=subjects.tool_invoke(provider),
-                msg_id=key,
-                body=encode_envelope(envelope),
-                durable=True,
-                traceparent=self.batch.traceparent,
-            )
-        )
-        if timeout_ms is not None:
-            self.batch.effects.timer(
-                timeout_timer(address, attempt),
-                self.now + timedelta(milliseconds=timeout_ms),
-                AttemptTimeout(step=address, attempt=attempt, timeout_ms=timeout_ms),
-            )
-
-    def _budget_problem(self, spec_step: Step, task: TaskState) -> RunError | None:
-        """Why the run cannot afford this call of ``task``: its remaining tokens or cost do not
-        cover the step's estimate (``config.maxTokens`` / ``config.maxCost``, else anything at
-        all) with the estimates of the other calls in flight set aside (one per ``for_each``
-        item in flight). ``task`` itself holds nothing: a retry or fallback replaces its call."""
-        budget = self.spec.guards.budget if self.spec.guards else None
-        if budget is None or (budget.max_tokens is None and budget.max_cost is None):
-            return None
-        usage = self.state.usage
-        used_tokens = usage.total_tokens if usage else 0
-        used_cost = usage.cost if usage else 0.0
-        held_tokens, held_cost = 0, 0.0
-        for other in self.state.steps:
-            if not other.in_flight or other is task:
-                continue
-            calls = 1 if other.items is None else sum(1 for i in other.items if i.in_flight and i is not task)
-            other_spec = self.spec.step(other.name)
-            held_tokens += calls * _estimate(other_spec, "maxTokens")
-            held_cost += calls * _estimate(other_spec, "maxCost")
-        need_tokens = _estimate(spec_step, "maxTokens")
-        need_cost = _estimate(spec_step, "maxCost")
-        short: list[str] = []
-        if budget.max_tokens is not None:
-            left = budget.max_tokens - used_tokens - held_tokens
-            if left <= 0 or need_tokens > left:
-                short.append(
-                    f"tokens: {used_tokens} used of {budget.max_tokens}, the step may need {need_tokens}"
-                )
-        if budget.max_cost is not None:
-            left_cost = budget.max_cost - used_cost - held_cost
-            if left_cost <= 0 or need_cost > left_cost:
-                short.append(
-                    f"cost: {used_cost:g} used of {budget.max_cost:g}, the step may need {need_cost:g}"
-                )
-        if not short:
-            return None
-        return RunError(
-            kind="budget",
-            step=spec_step.name,
-            message=f"the budget cannot cover step {spec_step.name} ({'; '.join(short)})",
-            used=BudgetUsed(tokens=used_tokens, cost=used_cost),
-            limit=BudgetLimit(max_tokens=budget.max_tokens, max_cost=budget.max_cost),
-        )
-
-    # -- outcomes ------------------------------------------------------------------------------
-    def attempt_failed(self, address: str, error: StepError) -> None:
-        """A tool call failed: retry it, fall back to the next provider, or fail the task."""
-        task = self.state.task(address)
-        assert task is not None
-        spec_step, chain, *_ = self._chain(address)
-        policy = self.spec.retry_policy(spec_step)
-        kind = error.kind
-        provider = task.provider or chain[task.provider_index]
-        if policy.retries(kind) and task.provider_attempt < policy.max_attempts:
-            delay = policy.interval_ms(task.provider_attempt)
-            if policy.jitter:
-                delay *= 1 + policy.jitter * (2 * self.rng() - 1)
-            retry_after = error.retry_after_s
-            if retry_after is not None and retry_after * 1000 > delay:
-                delay = float(retry_after) * 1000
-            retry_at = self.now + timedelta(milliseconds=delay)
-            self.record(
-                StepRetrying(
-                    step=address,
-                    attempt=task.attempt,
-                    error=error,
-                    delay_ms=round(delay, 1),
-                    retry_at=retry_at,
-                    reason=f"{kind} from {provider}: retry {task.provider_attempt} of "
-                    f"{policy.max_attempts - 1} on {provider} in {delay / 1000:.3g}s",
-                )
-            )
-            self.batch.effects.timer(
-                retry_timer(address, task.attempt), retry_at, RetryDue(step=address, attempt=task.attempt)
-            )
-            return
-        if kind not in NO_FALLBACK and task.provider_index + 1 < len(chain):
-            target = chain[task.provider_index + 1]
-            self.record(
-                StepFallback(
-                    step=address,
-                    attempt=task.attempt,
-                    error=error,
-                    reason=f"{kind} from {provider} after {task.provider_attempt} attempt(s): "
-                    f"falling back to {target}",
-                    from_=provider,
-                    to=target,
-                )
-            )
-            self._dispatch(address, task, provider_index=task.provider_index + 1, provider_attempt=1)
-            return
-        self._final_failure(address, error, attempt=task.attempt)
-
-    def retry_due(self, address: str) -> None:
-        """A back-off timer fired: the next attempt on the same provider."""
-        task = self.state.task(address)
-        assert task is not None
-        self._dispatch(
-            address, task, provider_index=task.provider_index, provider_attempt=task.provider_attempt + 1
-        )
-
-    def _final_failure(self, address: str, error: StepError, *, attempt: int) -> None:
-        name = step_of(address)
-        if address == name:
-            self.fail_step(name, error, attempt=attempt)
-            return
-        self.record(StepFailed(step=address, attempt=attempt, error=error))
-        if address == compensation_address(name):
-            return  # the compensation pass moves on to the next one
-        index = int(address.rpartition("#")[2])
-        self.fail_step(
-            name, msgspec.structs.replace(error, item=index, message=f"item {index}: {error.message}")
-        )
-
-    def fail_step(self, name: str, error: StepError, *, attempt: int | None = None) -> None:
-        handling = self.spec.step(name).on_error
-        self.record(StepFailed(step=name, error=error, handling=handling, attempt=attempt))
-        for index, item in enumerate(self.state.step(name).items or ()):  # type: ignore[union-attr]
-            if item.in_flight:
-                # Its items in flight are abandoned: no timeout for them, and no retry either.
-                address = item_address(name, index)
-                self.batch.effects.cancel_timer(timeout_timer(address, item.attempt))
-                self.batch.effects.cancel_timer(retry_timer(address, item.attempt))
-
-    # -- ending --------------------------------------------------------------------------------
     def _complete(self) -> None:
         state = self.state
         self.record(
@@ -706,58 +309,29 @@ class Decider:
             )
         )
 
-    def end(self, status: str, error: RunError, *, compensate: bool = True) -> None:
-        """End the run as ``status`` (not completed) with ``error``: first, unless this is the end of
-        compensating, compensate the completed steps that have a compensation."""
-        state = self.state
-        if compensate:
-            done = [
-                s
-                for s in state.steps
-                if s.status == StepStatus.COMPLETED
-                and s.reused_from is None
-                and self.spec.step(s.name).compensate
-            ]
-            if done:
-                done.sort(
-                    key=lambda s: (s.completed_at or state.created_at, state.steps.index(s)), reverse=True
-                )
-                self.record(RunCompensating(status=status, error=error, queue=[s.name for s in done]))
-                self.batch.effects.clear_all = True
-                return
-        self.record(
-            END_EVENT[status](duration_ms=ms(self.now - state.created_at), error=error, usage=state.usage)
-        )
+    # -- what the kinds of work ask of one another ------------------------------------------------
+    def dispatch(self, address: str, task: TaskState, *, provider_index: int, provider_attempt: int) -> None:
+        """Send the task's next attempt (``tool_calls.py``)."""
+        tool_calls.send(self, address, task, provider_index=provider_index, provider_attempt=provider_attempt)
 
-    def _compensate(self) -> None:
-        """Run the queued compensations one at a time; end the run when all have finished."""
-        state = self.state
-        failures: list[CompensationFailure] = []
-        for name in state.compensation_queue:
-            step = state.step(name)
-            task = step.compensation if step is not None else None
-            if task is None:
-                continue
-            if task.status == StepStatus.PENDING:
-                self._dispatch(compensation_address(name), task, provider_index=0, provider_attempt=1)
-                return
-            if task.in_flight:
-                return
-            if task.status == StepStatus.FAILED and task.error is not None:
-                failures.append(CompensationFailure(step=name, **msgspec.structs.asdict(task.error)))
-        assert state.ending is not None  # set by run.compensating
-        error = state.ending.error
-        if failures:
-            error = msgspec.structs.replace(error, compensation_failures=failures)
-        self.end(state.ending.status, error, compensate=False)
+    def attempt_failed(self, address: str, error: StepError) -> None:
+        """Retry the attempt, fall back, or fail the task (``retries.py``)."""
+        retries.attempt_failed(self, address, error)
+
+    def final_failure(self, address: str, error: StepError, *, attempt: int) -> None:
+        """The task has failed for good (``retries.py``)."""
+        retries.final_failure(self, address, error, attempt=attempt)
+
+    def fail_step(self, name: str, error: StepError, *, attempt: int | None = None) -> None:
+        """Step ``name`` has failed, handled by its ``on_error`` (``retries.py``)."""
+        retries.fail_step(self, name, error, attempt=attempt)
+
+    def end(self, status: str, error: RunError, *, compensate: bool = True) -> None:
+        """End the run without completing it, compensating first (``compensation.py``)."""
+        compensation.end(self, status, error, compensate=compensate)
 
 
 def _run_error(step: StepState) -> RunError:
     """The error of a run that ``step``'s failure fails: the step's error, naming the step."""
     error = step.error or StepError(kind="unknown", message="step failed")
     return RunError(step=step.name, **msgspec.structs.asdict(error))
-
-
-def _estimate(step: Step, key: str) -> Any:
-    value = step.config.get(key)
-    return value if isinstance(value, int | float) and not isinstance(value, bool) else 0

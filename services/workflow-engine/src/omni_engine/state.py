@@ -18,7 +18,7 @@ Step names cannot contain ``#`` or ``~``, so an address is never ambiguous.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -387,6 +387,11 @@ def _stop_unfinished(state: RunState, reason: str) -> None:
         elif step.status == StepStatus.PENDING:
             step.status = StepStatus.SKIPPED
             step.reason = reason
+
+
+def ms(delta: timedelta) -> float:
+    """A duration as the history records it: milliseconds, to the microsecond."""
+    return round(delta.total_seconds() * 1000, 3)
 
 
 def run_output(state: RunState) -> dict[str, Any]:
