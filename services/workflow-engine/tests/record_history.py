@@ -3,7 +3,7 @@
 Not collected with the other tests (its name does not start with ``test_``); run it when an event
 type gets a new version, into a directory of its own, and commit what it writes:
 
-    OMNI_RECORD_HISTORY=v2 pytest services/workflow-engine/tests/record_history.py
+    OMNI_RECORD_HISTORY=3-<what changed> pytest services/workflow-engine/tests/record_history.py
 
 Each scenario is a run on the real engine (NATS JetStream, PostgreSQL, the scripted runner of
 ``engine_harness``), written as one JSON file: the workflow, the ``run_events`` rows exactly as
