@@ -6,23 +6,32 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import nats
 import pytest
+from msgspec.structs import replace
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from omni_contract import events as ev
 from omni_contract import streams, subjects
-from omni_contract.envelope import HDR_MSG_ID, decode_envelope, encode_envelope, new_envelope, payload_of
+from omni_contract.envelope import (
+    HDR_MSG_ID,
+    decode_envelope,
+    encode_envelope,
+    new_envelope,
+    payload_of,
+    utcnow,
+)
 from omni_contract.events import DeadLetter, ToolInvoke, ToolResult
 from omni_runtime.nats import ensure_streams
 from omni_testkit import wait_for
 from omni_toolrunner.adapters import ProviderBinding
 from omni_toolrunner.app import ToolRunnerApp
 from omni_toolrunner.providers import ProviderError, ProviderErrorKind, ToolCall, ToolOutcome, Usage
-from omni_toolrunner.runner import EXHAUSTED_KIND, MALFORMED_KIND
+from omni_toolrunner.runner import EXHAUSTED_KIND, FRESH_WITHIN_S, MALFORMED_KIND
 from omni_toolrunner.settings import ToolRunnerSettings
 from prometheus_client import CollectorRegistry
 from toolrunner_harness import PROVIDER, make_invoke, work_drained
@@ -224,6 +233,92 @@ async def test_a_stored_result_is_published_again_without_calling_the_provider(n
     assert len(adapter.calls) == 1
     assert second == first
     assert republished == stored
+
+
+class CountingStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.looked_up: list[str] = []
+
+    async def get(self, idempotency_key: str) -> bytes | None:
+        self.looked_up.append(idempotency_key)
+        return await super().get(idempotency_key)
+
+
+async def test_an_engine_invoke_on_its_first_delivery_is_answered_without_a_look_at_the_store(
+    nats_url: str,
+) -> None:
+    # The engine's keys are made for one invoke and published with Nats-Msg-Id = key: a first,
+    # fresh delivery cannot have been answered before, and the look would cost a round trip.
+    adapter = FakeAdapter()
+    store = CountingStore()
+    invoke = replace(make_invoke(), unique_key=True)
+    async with harness(nats_url, adapter, store) as h:
+        result = await h.invoke(invoke)
+    assert result.success is True
+    assert store.looked_up == []
+    assert len(adapter.calls) == 1
+    assert invoke.idempotency_key in store.values  # stored for a redelivery to find
+
+
+@pytest.mark.parametrize(
+    ("msg_id", "age"),
+    [
+        pytest.param("{key}/copy", timedelta(0), id="published-under-another-message-id"),
+        pytest.param(
+            "{key}", timedelta(seconds=FRESH_WITHIN_S + 5), id="older-than-half-the-duplicate-window"
+        ),
+    ],
+)
+async def test_an_engine_invoke_that_may_be_a_copy_gets_the_stored_result(
+    nats_url: str, msg_id: str, age: timedelta
+) -> None:
+    adapter = FakeAdapter()
+    store = CountingStore()
+    invoke = replace(make_invoke(), unique_key=True)
+    store.values[invoke.idempotency_key] = encode_envelope(
+        new_envelope(
+            ev.TOOL_RESULT_V1,
+            "earlier",
+            ToolResult(
+                run_id=invoke.run_id,
+                step=invoke.step,
+                attempt=invoke.attempt,
+                tool=invoke.tool,
+                provider=invoke.provider,
+                idempotency_key=invoke.idempotency_key,
+                success=True,
+                output={"from": "the store"},
+            ),
+        )
+    )
+    envelope = new_envelope(ev.TOOL_INVOKE_V1, "workflow-engine", invoke, time=utcnow() - age)
+    async with harness(nats_url, adapter, store) as h:
+        await h.send(encode_envelope(envelope), {HDR_MSG_ID: msg_id.format(key=invoke.idempotency_key)})
+        await wait_for(lambda: h.results, message="a result")
+    assert store.looked_up == [invoke.idempotency_key]
+    assert adapter.calls == []
+    assert h.results[-1].data == store.values[invoke.idempotency_key]
+
+
+async def test_an_engine_invoke_delivered_again_is_looked_up_first(nats_url: str) -> None:
+    class FailsToStoreOnce(CountingStore):
+        async def put(self, idempotency_key: str, body: bytes) -> None:
+            if not self.values and not hasattr(self, "failed"):
+                self.failed = True
+                raise RuntimeError("the runner's own fault: the work is given back")
+            await super().put(idempotency_key, body)
+
+    adapter = FakeAdapter()
+    store = FailsToStoreOnce()
+    invoke = replace(make_invoke(), unique_key=True)
+    async with harness(nats_url, adapter, store) as h:
+        await h.invoke_no_wait(invoke)
+        await wait_for(
+            lambda: invoke.idempotency_key in store.values, timeout=10, message="the result stored"
+        )
+    assert store.looked_up == [invoke.idempotency_key]  # on the second delivery only
+    assert len(adapter.calls) == 2  # nothing was stored the first time
 
 
 async def test_unreadable_work_is_dead_lettered_with_the_original_body(nats_url: str) -> None:

@@ -45,6 +45,12 @@ class ToolInvoke(msgspec.Struct, kw_only=True, omit_defaults=True):
 
     ``idempotency_key`` is deterministic (run, step, attempt): runners and providers use it so a
     redelivered invoke never repeats a side effect.
+
+    ``unique_key``: the publisher made the key for this invoke alone and publishes it with
+    ``Nats-Msg-Id`` = the key, so any other message carrying it is a copy that JetStream drops
+    within the stream's duplicate window (the engine's invokes). A runner then needs no look at its
+    result store for a first delivery younger than half that window. A key a caller may reuse
+    (a direct call's ``Idempotency-Key``) leaves it false, and every delivery is looked up.
     """
 
     run_id: str
@@ -57,6 +63,7 @@ class ToolInvoke(msgspec.Struct, kw_only=True, omit_defaults=True):
     config: dict[str, Any] = {}
     timeout_ms: int | None = None
     workflow: str | None = None
+    unique_key: bool = False
 
 
 class ToolResult(msgspec.Struct, kw_only=True, omit_defaults=True):

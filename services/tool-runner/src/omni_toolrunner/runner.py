@@ -12,7 +12,8 @@ For one message:
 1. Decode the envelope and its ``ToolInvoke``. A message that cannot be read is dead-lettered
    (kind ``tool.invoke.malformed``) and terminated: it would fail the same way on every delivery.
 2. Look up the idempotency key in the result store. A stored result is published again as it was;
-   the provider is not called.
+   the provider is not called. A first, fresh delivery of an engine-made key skips the look: no
+   earlier delivery can have stored a result (``_may_have_been_answered``).
 3. Otherwise call the provider once (it receives the key too, as ``Idempotency-Key``). A provider
    failure is a result with ``success=False``; retrying is the workflow engine's decision.
 4. Store the result and publish it to JetStream with ``Nats-Msg-Id`` = the idempotency key (so a
@@ -50,6 +51,7 @@ from nats.js import JetStreamContext
 from omni_contract import deadletters, streams, subjects
 from omni_contract import events as ev
 from omni_contract.envelope import (
+    HDR_MSG_ID,
     Envelope,
     decode_envelope,
     encode_envelope,
@@ -332,17 +334,25 @@ class InvokeRunner:
                 kind=SpanKind.CONSUMER,
                 attributes=self._span_attributes(invoke, msg),
             ) as span:
-                await self._answer(envelope, invoke, span)
+                await self._answer(
+                    envelope, invoke, span, look_up=_may_have_been_answered(msg, envelope, invoke)
+                )
             await msg.ack()
         finally:
             run_id_var.reset(token)
 
-    async def _answer(self, envelope: Envelope, invoke: ToolInvoke, span: Span) -> None:
-        """Publish the result envelope: the one stored earlier, or one from a provider call now."""
+    async def _answer(self, envelope: Envelope, invoke: ToolInvoke, span: Span, *, look_up: bool) -> None:
+        """Publish the result envelope: the one stored earlier, or one from a provider call now.
+        ``look_up`` false: no earlier delivery can have stored one (see ``_may_have_been_answered``)."""
         key = invoke.idempotency_key
         # Two deliveries of one attempt in this replica (a republish): the second waits for the first.
         async with self._gate(key):
-            stored = await self._while_nats_away("looking up a stored result", lambda: self._store.get(key))
+            span.set_attribute("omni.result.looked_up", look_up)
+            stored = None
+            if look_up:
+                stored = await self._while_nats_away(
+                    "looking up a stored result", lambda: self._store.get(key)
+                )
             if stored is not None:
                 log.info(
                     "step %s (%s, attempt %d) answered from the stored result",
@@ -659,6 +669,29 @@ def _stream_seq(msg: Msg) -> int | None:
         return int(msg.metadata.sequence.stream)
     except (NatsError, ValueError, IndexError):
         return None
+
+
+# A first delivery younger than this (by its envelope's time) cannot be a copy published after
+# JetStream's duplicate window of the work stream had forgotten the first; half the window leaves
+# room for clocks that disagree.
+FRESH_WITHIN_S = streams.TOOL_WORK.duplicate_window_s / 2
+
+
+def _may_have_been_answered(msg: Msg, envelope: Envelope, invoke: ToolInvoke) -> bool:
+    """Whether an earlier delivery may have stored a result under this invoke's key, so the result
+    store must be asked before the provider is called (a look costs a round trip to NATS per step).
+
+    It cannot when the publisher made the key for this invoke alone (``unique_key``: the engine's
+    (run, step, attempt)) and published it with ``Nats-Msg-Id`` = the key, this is the message's
+    first delivery, and it is younger than half the work stream's duplicate window: any other
+    message with the key is then a copy JetStream has dropped. A redelivery (a runner died holding
+    it, or gave it back), a copy relayed after a long outage, or a direct call's key (its caller may
+    send it again) is always looked up."""
+    if not invoke.unique_key or _num_delivered(msg) != 1:
+        return True
+    if (msg.headers or {}).get(HDR_MSG_ID) != invoke.idempotency_key:
+        return True
+    return (utcnow() - envelope.time).total_seconds() > FRESH_WITHIN_S
 
 
 def _num_delivered(msg: Msg) -> int | None:

@@ -129,6 +129,7 @@ def send(
         idempotency_key=key,
         timeout_ms=timeout_ms,
         workflow=state.workflow,
+        unique_key=True,  # (run, step, attempt), published with Nats-Msg-Id = key: see ToolInvoke
     )
     envelope = new_envelope(
         ev.TOOL_INVOKE_V1, SOURCE, invoke, id_=key, correlation_id=state.run_id, subject=address
