@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from omni_devstack.supervisor import Stack
@@ -16,7 +17,7 @@ from .stacks import make_stack
 def stack(
     tmp_path: Path, nats_url: str, database_url: str, request: pytest.FixtureRequest
 ) -> Iterator[Stack]:
-    options: dict[str, int] = getattr(request, "param", {}) or {}
+    options: dict[str, Any] = getattr(request, "param", {}) or {}
     s = make_stack(tmp_path, nats_url, database_url, **options)
     try:
         s.start(ready_timeout=90)

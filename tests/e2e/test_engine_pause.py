@@ -19,14 +19,21 @@ from .test_bilingual_coach import run_of, sim
 pytestmark = pytest.mark.e2e
 
 RUNS = 60
-LATENCY_MS = 300
-TIMEOUT_MS = 8000
-PAUSE_S = 11.0  # longer than a step's timeout: every timer of a step in flight falls due meanwhile
+LATENCY_MS = 4000
+TIMEOUT_MS = 10_000
+PAUSE_S = 13.0  # longer than a step's timeout: every timer of a step in flight falls due meanwhile
+# Every first and second step is at the provider at once, so the pause begins (once all 120 calls
+# are out) before any answer comes back: no result is folded and no third step dispatched before
+# it. With answers in 0.3 s and 32 calls at a time, a loaded machine could fold some runs' first
+# two steps and commit their third before the pause, and publish it only after: such a step's
+# timeout rightly fell due with no result in JetStream (7 of 60 third steps, in a CI run on a loaded
+# machine).
+RUNNER_ENV = {"OMNI_TOOLRUNNER_MAX_CONCURRENCY": str(2 * RUNS + 8)}
 
-# Two steps side by side, then a third: each allowed 8 s (the answers take 0.3 s; the slack is for
-# a loaded machine) and two attempts, so a timeout would
-# mean a second call. At the pause, results of 60 runs' steps are on their way (more than one
-# pull's batch), and the answers of the steps in flight reach JetStream during it.
+# Two steps side by side, then a third: each allowed 10 s (the answers take 4 s) and two
+# attempts, so a timeout would mean a second call. At the pause, results of 60 runs' steps are on
+# their way (more than one pull's batch), and the answers of the steps in flight reach JetStream
+# during it, before their timeouts fall due.
 WORKFLOW = f"""
 name: e2e-paused
 version: "1"
@@ -69,6 +76,7 @@ async def start(client: httpx.AsyncClient, n: int) -> str:
     return run_id
 
 
+@pytest.mark.parametrize("stack", [{"extra_env": RUNNER_ENV}], indirect=True)
 async def test_results_that_arrived_while_the_engine_was_paused_win_over_the_timeouts(stack: Stack) -> None:
     await sim(stack, "/_sim/config", {"latency_ms": LATENCY_MS})
     engine = stack.processes["workflow-engine-1"]
