@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -11,7 +13,7 @@ from nats.aio.client import Client as NATS
 from omni_contract import subjects
 from omni_contract.events import RunStatus
 from omni_gateway.app import build_app
-from omni_gateway.openapi import build_openapi, render_openapi
+from omni_gateway.openapi import OPERATIONS, build_openapi, render_openapi
 from omni_gateway.settings import GatewaySettings
 from prometheus_client import CollectorRegistry
 
@@ -123,17 +125,23 @@ def test_openapi_document_describes_every_route_with_resolvable_refs() -> None:
         assert name in doc[section][kind], ref
 
 
-def test_openapi_document_has_exactly_the_routes_the_app_serves() -> None:
+def test_every_route_has_exactly_one_operation_described_beside_its_handler() -> None:
     app = build_app(NATS(), GatewaySettings(), CollectorRegistry())
-    served = {
-        (route.resource.canonical, route.method.lower())
-        for route in app.router.routes()
-        if route.resource is not None and route.method != "HEAD"
-    }
+    routes = [route for route in app.router.routes() if route.resource is not None and route.method != "HEAD"]
+    served = Counter((route.method.lower(), route.resource.canonical) for route in routes if route.resource)
+    described = Counter((op.method, op.path) for op in OPERATIONS)
 
-    documented = {(path, method) for path, ops in build_openapi()["paths"].items() for method in ops}
-
-    assert documented == served
+    assert described == served
+    assert all(count == 1 for count in served.values())
+    for route in routes:
+        assert route.resource is not None
+        module = sys.modules[route.handler.__module__]
+        beside = {(op.method, op.path) for op in getattr(module, "OPERATIONS", ())}
+        assert (route.method.lower(), route.resource.canonical) in beside, (
+            f"{route.method} {route.resource.canonical} is not described in {module.__name__}.OPERATIONS"
+        )
+    document = build_openapi()["paths"]
+    assert {(method, path) for path, methods in document.items() for method in methods} == set(served)
 
 
 def test_openapi_describes_idempotent_execute_and_every_run_status() -> None:

@@ -1,4 +1,4 @@
-"""The aiohttp application: routes, the error and observability middlewares, health and metrics."""
+"""The aiohttp application: routes, the error and observability middlewares."""
 
 from __future__ import annotations
 
@@ -10,17 +10,17 @@ from aiohttp import web, web_protocol, web_server
 from aiohttp.typedefs import Handler, Middleware
 from nats.aio.client import Client as NATS
 from opentelemetry import propagate, trace
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
-from omni_gateway import deadletters, declarations, events, runs, servers, tools, workflows
-from omni_gateway.bodies import CONTROL, respond, too_large
+from omni_gateway import deadletters, declarations, events, operations, runs, servers, tools, workflows
+from omni_gateway.bodies import CONTROL, too_large
 from omni_gateway.engine import EngineClient
 from omni_gateway.errors import ApiError, error_response
 from omni_gateway.metrics import GatewayMetrics
 from omni_gateway.openapi import render_openapi
+from omni_gateway.operations import OPENAPI_DOCUMENT, REGISTRY
 from omni_gateway.settings import GatewaySettings
-from omni_gateway.state import GATEWAY, SERVICE, Gateway
-from omni_gateway.views import Health, Readiness
+from omni_gateway.state import GATEWAY, Gateway
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("omni_gateway")
@@ -42,22 +42,8 @@ def build_app(nc: NATS, settings: GatewaySettings, registry: CollectorRegistry) 
         middlewares=[_observe(metrics), _errors(settings)],
     )
     app[GATEWAY] = gateway
-    openapi_body = render_openapi().encode()
-
-    async def openapi(_: web.Request) -> web.Response:
-        return web.Response(body=openapi_body, content_type="application/json")
-
-    async def healthz(_: web.Request) -> web.Response:
-        return respond(Health(status="ok", service=SERVICE))
-
-    async def readyz(_: web.Request) -> web.Response:
-        problems = await gateway.readiness()
-        if problems:
-            return respond(Readiness(status="unavailable", service=SERVICE, problems=problems), status=503)
-        return respond(Readiness(status="ready", service=SERVICE))
-
-    async def prometheus(_: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    app[REGISTRY] = registry
+    app[OPENAPI_DOCUMENT] = render_openapi().encode()
 
     async def on_shutdown(_: web.Application) -> None:
         gateway.stop()
@@ -92,10 +78,10 @@ def build_app(nc: NATS, settings: GatewaySettings, registry: CollectorRegistry) 
             web.post("/tools/{category}/{action}/{provider}", tools.execute_tool),
             web.get("/servers", servers.list_servers),
             web.get("/servers/{name}", servers.get_server),
-            web.get("/healthz", healthz),
-            web.get("/readyz", readyz),
-            web.get("/metrics", prometheus),
-            web.get("/openapi.json", openapi),
+            web.get("/healthz", operations.healthz),
+            web.get("/readyz", operations.readyz),
+            web.get("/metrics", operations.prometheus),
+            web.get("/openapi.json", operations.openapi),
         ]
     )
     return app

@@ -30,6 +30,7 @@ from omni_contract.envelope import Envelope, decode_envelope, payload_of
 from omni_contract.events import DEADLETTER_V1, DeadLetter
 from omni_runtime.publish import NoStream, PublishRefused, PublishUnavailable, publish
 
+from omni_gateway.apidoc import Operation, json_answer, param_ref
 from omni_gateway.bodies import query_int, respond
 from omni_gateway.errors import ApiError
 from omni_gateway.jetstream import NO_MESSAGE_FOUND, Missing, jetstream_errors
@@ -55,6 +56,39 @@ _SUBJECT_TOKEN = re.compile(r"[^\s*>.]+")
 
 
 # -- routes -------------------------------------------------------------------------------------
+LIST_DEADLETTERS = Operation(
+    method="get",
+    path="/deadletters",
+    operation_id="listDeadLetters",
+    tag="deadletters",
+    summary="List dead letters, newest first, a page at a time",
+    responses={"200": json_answer("One page; nextCursor fetches the next (older) one", "DeadLetterPage")},
+    errors=("BadRequest", "DeadLettersUnavailable"),
+    parameters=(
+        {
+            "name": "kind",
+            "in": "query",
+            "required": False,
+            "description": "Only dead letters of this kind (e.g. trigger.rejected)",
+            "schema": {"type": "string"},
+        },
+        {
+            "name": "limit",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE},
+        },
+        {
+            "name": "cursor",
+            "in": "query",
+            "required": False,
+            "description": "nextCursor of the previous page",
+            "schema": {"type": "string"},
+        },
+    ),
+)
+
+
 async def list_deadletters(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     limit = query_int(request, "limit", DEFAULT_PAGE, minimum=1, maximum=MAX_PAGE)
@@ -71,10 +105,40 @@ async def list_deadletters(request: web.Request) -> web.Response:
     return respond(DeadLetterPage(dead_letters=letters, next_cursor=next_cursor))
 
 
+GET_DEADLETTER = Operation(
+    method="get",
+    path="/deadletters/{id}",
+    operation_id="getDeadLetter",
+    tag="deadletters",
+    summary="Read one dead letter",
+    responses={"200": json_answer("The dead letter", "DeadLetterView")},
+    errors=("NotFound", "DeadLettersUnavailable"),
+    parameters=(param_ref("DeadLetterId"),),
+)
+
+
 async def get_deadletter(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     seq = deadletter_id_of(request)
     return respond(await DeadLetterStore(gateway.js).get(seq))
+
+
+REDRIVE_DEADLETTER = Operation(
+    method="post",
+    path="/deadletters/{id}/redrive",
+    operation_id="redriveDeadLetter",
+    tag="deadletters",
+    summary="Deliver a dead letter's original message again, and remove the dead letter",
+    responses={"202": json_answer("The original message is stored again in JetStream", "DeadLetterRedriven")},
+    errors=("NotFound", "NotRedrivable", "DeadLettersUnavailable"),
+    description=(
+        "The original body is published to the original subject with the Nats-Msg-Id "
+        "redrive:<id>, so a retried redrive is stored once; then the dead letter is deleted "
+        "and a second redrive of it is 404. What consumes the subject receives the "
+        "message as if for the first time."
+    ),
+    parameters=(param_ref("DeadLetterId"),),
+)
 
 
 async def redrive_deadletter(request: web.Request) -> web.Response:
@@ -89,6 +153,9 @@ def deadletter_id_of(request: web.Request) -> int:
     if not _SEQ.fullmatch(raw) or int(raw) > MAX_SEQ:
         raise _not_found(raw)
     return int(raw)
+
+
+OPERATIONS = (LIST_DEADLETTERS, GET_DEADLETTER, REDRIVE_DEADLETTER)
 
 
 # -- the stream ---------------------------------------------------------------------------------

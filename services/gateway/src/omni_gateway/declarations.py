@@ -43,6 +43,7 @@ from omni_contract.declared import (
 from omni_contract.kv import DECLARED_TOOLS
 from omni_runtime import nats as omni_nats
 
+from omni_gateway.apidoc import Operation, json_answer, param_ref, schema_ref
 from omni_gateway.bodies import MAX_DEPTH, json_type, read_json_object, read_text
 from omni_gateway.errors import ApiError, ErrorDetail
 from omni_gateway.state import GATEWAY
@@ -142,6 +143,17 @@ def _registered(stored: StoredDeclaration, status: int) -> web.Response:
     return _view(registered, status)
 
 
+LIST_DECLARATIONS = Operation(
+    method="get",
+    path="/tools/declarations",
+    operation_id="listDeclaredTools",
+    tag="tools",
+    summary="List the tools declared by configuration (HTTP calls served by tool-runner-integrations)",
+    responses={"200": json_answer("The declarations, with where each came from", "DeclarationList")},
+    errors=("ToolsUnavailable",),
+)
+
+
 async def list_declarations(request: web.Request) -> web.Response:
     kv = await _bucket(request)
     with jetstream_errors("read the declared tools"):
@@ -150,6 +162,18 @@ async def list_declarations(request: web.Request) -> web.Response:
     return web.Response(
         body=msgspec.json.encode(DeclarationList(declarations=found)), content_type="application/json"
     )
+
+
+GET_DECLARATION = Operation(
+    method="get",
+    path="/tools/declarations/{name}",
+    operation_id="getDeclaredTool",
+    tag="tools",
+    summary="Read one declared tool",
+    responses={"200": json_answer("The declaration", "StoredDeclaration")},
+    errors=("NotFound", "ToolsUnavailable"),
+    parameters=(param_ref("ToolName"),),
+)
 
 
 async def get_declaration(request: web.Request) -> web.Response:
@@ -187,6 +211,30 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return value
 
 
+# A declaration's body: JSON, or YAML (the form of the files in integrations/).
+_DECLARATION_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": schema_ref("HttpToolDeclaration")},
+        "application/yaml": {"schema": schema_ref("HttpToolDeclaration")},
+    },
+}
+PUT_DECLARATION = Operation(
+    method="put",
+    path="/tools/declarations/{name}",
+    operation_id="putDeclaredTool",
+    tag="tools",
+    summary="Declare a tool, or replace its declaration",
+    responses={
+        "200": json_answer("The declaration replaced the previous one", "RegisteredDeclaration"),
+        "201": json_answer("The tool is newly declared", "RegisteredDeclaration"),
+    },
+    errors=("BadRequest", "PayloadTooLarge", "InvalidDeclaration", "ToolsUnavailable"),
+    request_body=_DECLARATION_BODY,
+    parameters=(param_ref("ToolName"),),
+)
+
+
 async def put_declaration(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     body = await _body(request)
@@ -194,6 +242,32 @@ async def put_declaration(request: web.Request) -> web.Response:
     kv = await _bucket(request)
     existed = await _stored(kv, name) is not None
     return _registered(await _save(kv, declaration), status=200 if existed else 201)
+
+
+CREATE_DECLARATION = Operation(
+    method="post",
+    path="/tools/declarations",
+    operation_id="declareTool",
+    tag="tools",
+    summary="Declare a new tool backed by one HTTP call",
+    responses={"201": json_answer("The declaration as stored, with warnings", "RegisteredDeclaration")},
+    errors=(
+        "BadRequest",
+        "PayloadTooLarge",
+        "InvalidDeclaration",
+        "AlreadyDeclared",
+        "ToolsUnavailable",
+    ),
+    description=(
+        "The integrations runner serves it as (name, integrations) moments later. The "
+        "request's method, URL, query, headers and body are templates over the call "
+        "(${input.owner}); the credential is named by auth.env, an environment variable "
+        "of the runner, and never travels in the declaration. The answer's warnings name "
+        "what still works but should change, such as templates in the deprecated "
+        "{{ input.owner }} form, with the field rewritten."
+    ),
+    request_body=_DECLARATION_BODY,
+)
 
 
 async def create_declaration(request: web.Request) -> web.Response:
@@ -214,6 +288,18 @@ async def create_declaration(request: web.Request) -> web.Response:
     return _registered(stored, status=201)
 
 
+DELETE_DECLARATION = Operation(
+    method="delete",
+    path="/tools/declarations/{name}",
+    operation_id="deleteDeclaredTool",
+    tag="tools",
+    summary="Withdraw a declared tool",
+    responses={"204": {"description": "Withdrawn; the runners stop serving it"}},
+    errors=("NotFound", "ToolsUnavailable"),
+    parameters=(param_ref("ToolName"),),
+)
+
+
 async def delete_declaration(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     kv = await _bucket(request)
@@ -222,3 +308,6 @@ async def delete_declaration(request: web.Request) -> web.Response:
     with jetstream_errors("delete a declared tool"):
         await kv.delete(declared_key(name))
     return web.Response(status=204)
+
+
+OPERATIONS = (LIST_DECLARATIONS, CREATE_DECLARATION, GET_DECLARATION, PUT_DECLARATION, DELETE_DECLARATION)

@@ -11,6 +11,7 @@ from omni_contract import streams, subjects
 from omni_contract.envelope import encode_envelope, new_envelope
 from omni_runtime.publish import NoStream, PublishRefused, PublishUnavailable, publish
 
+from omni_gateway.apidoc import Operation, json_answer
 from omni_gateway.bodies import read_json_object, respond
 from omni_gateway.errors import ApiError
 from omni_gateway.state import EVENT_SOURCE, GATEWAY
@@ -55,6 +56,52 @@ def event_id_of(request: web.Request) -> str:
     return uuid.uuid4().hex
 
 
+PUBLISH_EVENT = Operation(
+    method="post",
+    path="/events/{subject}",
+    operation_id="publishEvent",
+    tag="events",
+    summary="Publish an application event",
+    responses={"202": json_answer("The event is stored in JetStream", "EventAccepted")},
+    errors=("BadRequest", "PayloadTooLarge", "EventsUnavailable"),
+    description=(
+        "The body is the event's JSON payload. It is stored wrapped in a CloudEvents "
+        "envelope whose type is the subject; a repeated id (ce-id or Idempotency-Key) "
+        "within the de-duplication window is stored once."
+    ),
+    request_body={
+        "required": False,
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    },
+    parameters=(
+        {
+            "name": "subject",
+            "in": "path",
+            "required": True,
+            "description": (
+                "A concrete subject under app.: dot-separated tokens without wildcards, "
+                "whitespace or control characters"
+            ),
+            "schema": {"type": "string", "pattern": EVENT_SUBJECT_PATTERN, "maxLength": MAX_SUBJECT},
+        },
+        {
+            "name": "ce-id",
+            "in": "header",
+            "required": False,
+            "description": "The event id (also its de-duplication id)",
+            "schema": {"type": "string", "maxLength": MAX_EVENT_ID},
+        },
+        {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": False,
+            "description": "Used as the event id when ce-id is absent",
+            "schema": {"type": "string", "maxLength": MAX_EVENT_ID},
+        },
+    ),
+)
+
+
 async def publish_event(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     subject = request.match_info["subject"]
@@ -83,6 +130,9 @@ async def publish_event(request: web.Request) -> web.Response:
         id=event_id, subject=subject, stream=ack.stream, seq=ack.seq, duplicate=ack.duplicate
     )
     return respond(accepted, status=202)
+
+
+OPERATIONS = (PUBLISH_EVENT,)
 
 
 def _events_unavailable(reason: str) -> ApiError:

@@ -11,6 +11,7 @@ from omni_contract.events import RunEventRecord, RunEventType, RunProgress, RunS
 from omni_contract.rpc import CancelRunRequest, ListRunsRequest, RerunRequest
 from omni_runtime.logging import run_id_var
 
+from omni_gateway.apidoc import Operation, json_answer, param_ref, schema_ref, string_header
 from omni_gateway.bodies import json_type, parse_int, query_int, read_json_object, respond
 from omni_gateway.convert import to_camel
 from omni_gateway.errors import ApiError, ErrorDetail
@@ -36,6 +37,39 @@ def run_id_of(request: web.Request) -> str:
     return run_id
 
 
+LIST_RUNS = Operation(
+    method="get",
+    path="/runs",
+    operation_id="listRuns",
+    tag="runs",
+    summary="List runs, newest first, a page at a time",
+    responses={"200": json_answer("One page of runs; nextCursor fetches the next", "RunPage")},
+    errors=("BadRequest", "EngineUnavailable"),
+    parameters=(
+        {"name": "workflow", "in": "query", "required": False, "schema": {"type": "string"}},
+        {
+            "name": "status",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "string", "enum": list(RunStatus.ALL)},
+        },
+        {
+            "name": "limit",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE},
+        },
+        {
+            "name": "cursor",
+            "in": "query",
+            "required": False,
+            "description": "nextCursor of the previous page",
+            "schema": {"type": "string"},
+        },
+    ),
+)
+
+
 async def list_runs(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     status = request.query.get("status") or None
@@ -50,9 +84,33 @@ async def list_runs(request: web.Request) -> web.Response:
     return respond(await gateway.engine.list_runs(query))
 
 
+GET_RUN = Operation(
+    method="get",
+    path="/runs/{runId}",
+    operation_id="getRun",
+    tag="runs",
+    summary="Read one run with its steps",
+    responses={"200": json_answer("The run", "RunSummary")},
+    errors=("NotFound", "EngineUnavailable"),
+    parameters=(param_ref("RunId"),),
+)
+
+
 async def get_run(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     return respond(await gateway.engine.get_run(run_id_of(request)))
+
+
+RUN_EVENTS = Operation(
+    method="get",
+    path="/runs/{runId}/events",
+    operation_id="getRunEvents",
+    tag="runs",
+    summary="Read a run's history of events",
+    responses={"200": json_answer("The events after `after`, in order", "RunEventsReply")},
+    errors=("BadRequest", "NotFound", "EngineUnavailable"),
+    parameters=(param_ref("RunId"), param_ref("After")),
+)
 
 
 async def run_events(request: web.Request) -> web.Response:
@@ -60,6 +118,32 @@ async def run_events(request: web.Request) -> web.Response:
     run_id = run_id_of(request)
     after = query_int(request, "after", 0, minimum=0, maximum=MAX_SEQ)
     return respond(await gateway.engine.run_events(run_id, after))
+
+
+CANCEL_RUN = Operation(
+    method="post",
+    path="/runs/{runId}/cancel",
+    operation_id="cancelRun",
+    tag="runs",
+    summary="Cancel a run",
+    responses={
+        "202": {
+            **json_answer(
+                "The cancellation is recorded; the run is shown as it is now. It becomes "
+                "cancelled once the work in flight has stopped and compensation has run. "
+                "A run that has already ended is answered unchanged.",
+                "RunSummary",
+            ),
+            "headers": {"Location": string_header("The run's URL")},
+        }
+    },
+    errors=("BadRequest", "NotFound", "PayloadTooLarge", "EngineUnavailable"),
+    request_body={
+        "required": False,
+        "content": {"application/json": {"schema": schema_ref("CancelRequest")}},
+    },
+    parameters=(param_ref("RunId"),),
+)
 
 
 async def cancel_run(request: web.Request) -> web.Response:
@@ -77,6 +161,40 @@ async def cancel_run(request: web.Request) -> web.Response:
         raise ApiError.bad_request("reason", f"reason is longer than {MAX_CANCEL_REASON} characters")
     run = await gateway.engine.cancel_run(CancelRunRequest(run_id=run_id, reason=reason))
     return respond(run, status=202, headers={"Location": f"/runs/{run.run_id}"})
+
+
+RERUN = Operation(
+    method="post",
+    path="/runs/{runId}/rerun",
+    operation_id="rerunRun",
+    tag="runs",
+    summary="Run a workflow again from one of its steps",
+    responses={
+        "202": {
+            **json_answer("The new run has started; follow it at Location", "ExecutionAccepted"),
+            "headers": {"Location": string_header("The new run's URL")},
+        }
+    },
+    errors=(
+        "BadRequest",
+        "NotFound",
+        "PayloadTooLarge",
+        "InvalidRequest",
+        "InvalidPayload",
+        "EngineUnavailable",
+    ),
+    description=(
+        "A new run of the same workflow version reuses the outputs of the steps written "
+        "before fromStep that completed in the old run, and runs fromStep and the rest "
+        "again, with the old run's payload unless one is given. The new run names the old "
+        "one in rerunOf. A fromStep the workflow does not have is 422 invalid_payload."
+    ),
+    request_body={
+        "required": True,
+        "content": {"application/json": {"schema": schema_ref("RerunBody")}},
+    },
+    parameters=(param_ref("RunId"),),
+)
 
 
 async def rerun(request: web.Request) -> web.Response:
@@ -118,6 +236,38 @@ def _resume_after(request: web.Request) -> int:
     if last_event_id:
         return parse_int("Last-Event-ID", last_event_id, minimum=0, maximum=MAX_SEQ)
     return 0
+
+
+STREAM_RUN = Operation(
+    method="get",
+    path="/runs/{runId}/stream",
+    operation_id="streamRun",
+    tag="runs",
+    summary="Follow a run's progress as server-sent events",
+    responses={
+        "200": {
+            "description": (
+                "text/event-stream: the history after `after` (or Last-Event-ID), then live "
+                "progress; `event` is the event type, `id` its seq, `data` a RunEventRecord. "
+                "The stream ends after the run's last event; comments keep it alive."
+            ),
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        "204": {"description": "The run ended at or before the event the client resumes from"},
+    },
+    errors=("BadRequest", "NotFound", "EngineUnavailable"),
+    parameters=(
+        param_ref("RunId"),
+        param_ref("After"),
+        {
+            "name": "Last-Event-ID",
+            "in": "header",
+            "required": False,
+            "description": "The seq of the last event received, when reconnecting",
+            "schema": {"type": "integer", "minimum": 0},
+        },
+    ),
+)
 
 
 async def stream_run(request: web.Request) -> web.StreamResponse:
@@ -205,3 +355,6 @@ class _SseWriter:
 
     async def comment(self, text: str) -> None:
         await self.response.write(f": {text}\n\n".encode())
+
+
+OPERATIONS = (LIST_RUNS, GET_RUN, RUN_EVENTS, STREAM_RUN, CANCEL_RUN, RERUN)

@@ -36,6 +36,7 @@ from omni_contract.tools import (
     key_token,
 )
 
+from omni_gateway.apidoc import Operation, json_answer, param_ref
 from omni_gateway.bodies import respond
 from omni_gateway.errors import ApiError
 from omni_gateway.jetstream import Missing
@@ -152,6 +153,23 @@ async def _health(request: web.Request, provider: str | None) -> dict[str, list[
     return by_provider
 
 
+LIST_SERVERS = Operation(
+    method="get",
+    path="/servers",
+    operation_id="listServers",
+    tag="tools",
+    summary="Every provider Omni knows, and any other with a live runner, with its health",
+    responses={
+        "200": json_answer(
+            "Each provider: healthy, degraded, open (circuit), down (no live runner can call "
+            "it) or unconfigured (missingVariable names its unset key)",
+            "ServerList",
+        )
+    },
+    errors=("BadRequest", "ToolsUnavailable"),
+)
+
+
 async def list_servers(request: web.Request) -> web.Response:
     if request.query:
         name = sorted(request.query)[0]
@@ -163,9 +181,26 @@ async def list_servers(request: web.Request) -> web.Response:
     return respond(ServerList(servers=views))
 
 
+GET_SERVER = Operation(
+    method="get",
+    path="/servers/{name}",
+    operation_id="getServer",
+    tag="tools",
+    summary="One provider's health, with each runner replica's view",
+    responses={
+        "200": json_answer("The provider (a known one without runners too, with why)", "ServerDetail")
+    },
+    errors=("NotFound", "ToolsUnavailable"),
+    parameters=(param_ref("ServerName"),),
+)
+
+
 async def get_server(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     views = (await _health(request, name)).get(name, [])
     if not views and name not in PROVIDER_KEYS:
         raise ApiError(404, "not_found", f"Omni knows no provider {name!r} and no runner of it is live")
     return respond(merge(name, views, os.environ))
+
+
+OPERATIONS = (LIST_SERVERS, GET_SERVER)

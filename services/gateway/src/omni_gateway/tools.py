@@ -67,6 +67,7 @@ from omni_runtime.publish import NoStream, Published, PublishRefused, PublishUna
 from opentelemetry import trace
 
 from omni_gateway import jetstream
+from omni_gateway.apidoc import Operation, json_answer, param_ref, schema_ref
 from omni_gateway.bodies import json_type, read_json_object, respond
 from omni_gateway.errors import ApiError, ErrorDetail
 from omni_gateway.state import EVENT_SOURCE, GATEWAY
@@ -79,7 +80,7 @@ from omni_gateway.views import (
     ToolReplica,
     ToolView,
 )
-from omni_gateway.workflows import idempotency_key_of
+from omni_gateway.workflows import IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_SCHEMA, idempotency_key_of
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +264,40 @@ async def read_entries(kv: KeyValue, pattern: str, type_: type[T], bucket: str) 
 
 
 # -- routes -------------------------------------------------------------------------------------
+def _query_filter(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": {"type": "string", "maxLength": MAX_FILTER},
+    }
+
+
+LIST_TOOLS = Operation(
+    method="get",
+    path="/tools",
+    operation_id="listTools",
+    tag="tools",
+    summary="List the registered tools, one entry per tool and provider",
+    responses={
+        "200": json_answer("The tools, merged over the runner replicas that registered them", "ToolList")
+    },
+    errors=("BadRequest", "ToolsUnavailable"),
+    description=(
+        "Read from the runners' registry (the omni_tools KV bucket). A tool is available "
+        "while any live replica says so; otherwise reasons say why not. Unknown query "
+        "parameters are refused with 400."
+    ),
+    parameters=(
+        _query_filter("name", "Only this tool (<category>.<action>)"),
+        _query_filter("provider", "Only tools at this provider"),
+        _query_filter("category", "Only tools of this category (e.g. stt)"),
+        _query_filter("capability", "Only tools with a capability of this name"),
+    ),
+)
+
+
 async def list_tools(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     unknown = sorted(set(request.query) - set(LIST_FILTERS))
@@ -287,6 +322,18 @@ async def list_tools(request: web.Request) -> web.Response:
     return respond(ToolList(tools=views))
 
 
+GET_TOOL = Operation(
+    method="get",
+    path="/tools/{name}",
+    operation_id="getTool",
+    tag="tools",
+    summary="Read one tool with each provider that serves it",
+    responses={"200": json_answer("The tool at each provider", "ToolProviders")},
+    errors=("NotFound", "ToolsUnavailable"),
+    parameters=(param_ref("ToolName"),),
+)
+
+
 async def get_tool(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     name = request.match_info["name"]
@@ -294,6 +341,18 @@ async def get_tool(request: web.Request) -> web.Response:
     if not found:
         raise ApiError(404, "not_found", f"no runner has registered the tool {name!r}")
     return respond(ToolProviders(name=name, providers=[tool.view() for tool in found]))
+
+
+GET_TOOL_PROVIDER = Operation(
+    method="get",
+    path="/tools/{name}/{provider}",
+    operation_id="getToolProvider",
+    tag="tools",
+    summary="Read one tool at one provider, with its input and output schemas",
+    responses={"200": json_answer("The tool at the provider, and the replicas serving it", "ToolDetail")},
+    errors=("NotFound", "ToolsUnavailable"),
+    parameters=(param_ref("ToolName"), param_ref("Provider")),
+)
 
 
 async def get_tool_provider(request: web.Request) -> web.Response:
@@ -305,6 +364,60 @@ async def get_tool_provider(request: web.Request) -> web.Response:
             404, "not_found", f"no runner has registered the tool {name!r} at provider {provider!r}"
         )
     return respond(found[0].detail())
+
+
+EXECUTE_TOOL = Operation(
+    method="post",
+    path="/tools/{category}/{action}/{provider}",
+    operation_id="executeTool",
+    tag="tools",
+    summary="Call one tool at one provider, outside any workflow, and wait for its result",
+    responses={
+        "200": json_answer("The tool answered", "ToolExecution"),
+        "502": json_answer("The provider failed (error.kind says how)", "ToolExecution"),
+        "503": {
+            "description": (
+                "No runner replica is live and available for the tool at the provider "
+                "(a ToolExecution with error.code tool_unavailable, saying why); or NATS "
+                "could not be used (tools_unavailable)"
+            ),
+            "content": {
+                "application/json": {
+                    "schema": {"oneOf": [schema_ref("ToolExecution"), schema_ref("ErrorBody")]}
+                }
+            },
+        },
+        "504": json_answer(
+            "No result within the tool's timeout and the gateway's margin, or the provider timed out",
+            "ToolExecution",
+        ),
+    },
+    errors=("BadRequest", "NotFound", "PayloadTooLarge", "InvalidPayload"),
+    description=(
+        "A tool no live runner of the provider serves, or a provider Omni does not know, is "
+        "404; a provider Omni knows whose runners are all gone is 503 tool_unavailable. "
+        "input is checked against the tool's registered input schema (422 names the field, "
+        "e.g. input.targetLanguage). With an Idempotency-Key, a repeated request with the "
+        "same input is answered with the first call's result instead of calling the "
+        "provider again."
+    ),
+    request_body={
+        "required": True,
+        "content": {"application/json": {"schema": schema_ref("ToolExecuteRequest")}},
+    },
+    parameters=(
+        {"name": "category", "in": "path", "required": True, "schema": {"type": "string"}},
+        {"name": "action", "in": "path", "required": True, "schema": {"type": "string"}},
+        param_ref("Provider"),
+        {
+            "name": IDEMPOTENCY_KEY,
+            "in": "header",
+            "required": False,
+            "description": "Call the tool at most once per key and input",
+            "schema": IDEMPOTENCY_KEY_SCHEMA,
+        },
+    ),
+)
 
 
 async def execute_tool(request: web.Request) -> web.Response:
@@ -402,6 +515,9 @@ def _input_of(body: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ApiError.bad_request("input", f"input must be a JSON object, not {json_type(value)}")
     return value
+
+
+OPERATIONS = (LIST_TOOLS, GET_TOOL, GET_TOOL_PROVIDER, EXECUTE_TOOL)
 
 
 # -- input validation ---------------------------------------------------------------------------

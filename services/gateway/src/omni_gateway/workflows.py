@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 import msgspec
 from aiohttp import web
+from omni_contract.events import RunStatus
 from omni_contract.rpc import (
     MAX_DEFINITION_BYTES,
     REGISTER_CREATED_KEY,
@@ -20,6 +21,7 @@ from omni_contract.rpc import (
 from omni_runtime.logging import run_id_var
 from opentelemetry import trace
 
+from omni_gateway.apidoc import Operation, json_answer, param_ref, schema_ref, string_header
 from omni_gateway.bodies import (
     json_response,
     object_field,
@@ -53,13 +55,43 @@ DEFINITION_CONTENT_TYPES = frozenset(
 IDEMPOTENCY_KEY = "Idempotency-Key"
 MAX_IDEMPOTENCY_KEY = 255
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]+")  # visible ASCII: no spaces, no control characters
+# The key as the OpenAPI document describes it: what idempotency_key_of accepts.
+IDEMPOTENCY_KEY_SCHEMA = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_IDEMPOTENCY_KEY,
+    "pattern": "^[!-~]+$",
+}
 # Answered on an execute whose Idempotency-Key named an earlier run (the name Stripe uses).
 REPLAYED_HEADER = "Idempotent-Replayed"
+
+
+LIST_WORKFLOWS = Operation(
+    method="get",
+    path="/workflows",
+    operation_id="listWorkflows",
+    tag="workflows",
+    summary="List the current version of every workflow definition (id and name of each)",
+    responses={"200": json_answer("The definitions", "WorkflowList")},
+    errors=("EngineUnavailable",),
+)
 
 
 async def list_workflows(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     return respond(await gateway.engine.list_workflows())
+
+
+GET_WORKFLOW = Operation(
+    method="get",
+    path="/workflows/{name}",
+    operation_id="getWorkflow",
+    tag="workflows",
+    summary="Read the current version of one workflow definition, by its id",
+    responses={"200": json_answer("The definition", "WorkflowDefinition")},
+    errors=("NotFound", "EngineUnavailable"),
+    parameters=(param_ref("WorkflowName"),),
+)
 
 
 async def get_workflow(request: web.Request) -> web.Response:
@@ -68,9 +100,80 @@ async def get_workflow(request: web.Request) -> web.Response:
     return json_response(definition)
 
 
+WORKFLOW_VERSIONS = Operation(
+    method="get",
+    path="/workflows/{name}/versions",
+    operation_id="getWorkflowVersions",
+    tag="workflows",
+    summary="List the versions of a workflow definition the engine has registered",
+    responses={
+        "200": json_answer(
+            "The versions, newest first; current marks the one new runs use", "WorkflowVersions"
+        )
+    },
+    errors=("NotFound", "EngineUnavailable"),
+    parameters=(param_ref("WorkflowName"),),
+)
+
+
 async def workflow_versions(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     return respond(await gateway.engine.workflow_versions(request.match_info["name"]))
+
+
+REGISTER_WORKFLOW = Operation(
+    method="post",
+    path="/workflows",
+    operation_id="registerWorkflow",
+    tag="workflows",
+    summary="Register a new version of a workflow definition",
+    responses={
+        "200": {
+            **json_answer(
+                "This id, version and content were registered before: nothing changed", "WorkflowDefinition"
+            ),
+            "headers": {"Location": string_header("The definition's URL")},
+        },
+        "201": {
+            **json_answer("A new version, now the one new runs start with", "WorkflowDefinition"),
+            "headers": {"Location": string_header("The definition's URL")},
+        },
+    },
+    errors=(
+        "BadRequest",
+        "WorkflowConflict",
+        "DefinitionTooLarge",
+        "UnsupportedMediaType",
+        "InvalidWorkflow",
+        "EngineUnavailable",
+    ),
+    description=(
+        "The body is the definition as YAML or JSON text. Its name is free text; its id "
+        "(written, or the slug of the name) is its address. An invalid definition is "
+        "answered with 422 and one detail per problem (at most 50, then a count), naming "
+        "the file, the step and the field; limits (200 steps, 256 KiB of text and of "
+        "stored JSON, nesting 32 deep) are problems like any other, found before anything "
+        "is stored. A version is immutable: the same id and version with other content "
+        "is a 409 version_exists naming version."
+    ),
+    request_body={
+        "required": True,
+        "content": {
+            "application/yaml": {"schema": {"type": "string"}},
+            "application/json": {"schema": schema_ref("WorkflowDefinition")},
+            "text/plain": {"schema": {"type": "string"}},
+        },
+    },
+    parameters=(
+        {
+            "name": "filename",
+            "in": "query",
+            "required": False,
+            "description": "The name problems are reported against",
+            "schema": {"type": "string"},
+        },
+    ),
+)
 
 
 async def register_workflow(request: web.Request) -> web.Response:
@@ -104,6 +207,80 @@ async def register_workflow(request: web.Request) -> web.Response:
     address = definition.get("id", definition.get("name"))
     headers = {"Location": f"/workflows/{quote(address, safe='')}"} if isinstance(address, str) else None
     return json_response(definition, status=201 if created else 200, headers=headers)
+
+
+_REPLAYED = {
+    "description": "true when the Idempotency-Key named a run an earlier request started",
+    "schema": {"type": "string", "enum": ["true"]},
+}
+EXECUTE_WORKFLOW = Operation(
+    method="post",
+    path="/workflows/{name}/execute",
+    operation_id="executeWorkflow",
+    tag="workflows",
+    summary="Start a run of a workflow and wait for it to end",
+    responses={
+        "200": {
+            **json_answer("The run ended (" + ", ".join(sorted(RunStatus.TERMINAL)) + ")", "Execution"),
+            "headers": {REPLAYED_HEADER: _REPLAYED},
+        },
+        "202": {
+            "description": (
+                "The run is still going: with wait=false, the run id and status; after a "
+                "wait that ran out, the run so far. Follow it at Location."
+            ),
+            "headers": {"Location": string_header("The run's URL"), REPLAYED_HEADER: _REPLAYED},
+            "content": {
+                "application/json": {
+                    "schema": {"oneOf": [schema_ref("ExecutionAccepted"), schema_ref("Execution")]}
+                }
+            },
+        },
+    },
+    errors=(
+        "BadRequest",
+        "NotFound",
+        "PayloadTooLarge",
+        "InvalidPayload",
+        "IdempotencyMismatch",
+        "EngineUnavailable",
+    ),
+    description=(
+        "The payload is checked against the workflow's trigger schema (422 names the field, "
+        "e.g. payload.targetLanguage). The call waits for the run to end for at most "
+        "`timeout` seconds. With an Idempotency-Key, a repeated request gets the run the "
+        "first one started (whatever its state), and the same key with another body is "
+        "refused with 422."
+    ),
+    request_body={
+        "required": False,
+        "content": {"application/json": {"schema": schema_ref("ExecuteRequest")}},
+    },
+    parameters=(
+        param_ref("WorkflowName"),
+        {
+            "name": "wait",
+            "in": "query",
+            "required": False,
+            "description": "false: answer 202 as soon as the run has started",
+            "schema": {"type": "boolean", "default": True},
+        },
+        {
+            "name": "timeout",
+            "in": "query",
+            "required": False,
+            "description": "Seconds to wait for the run to end (default: the gateway's setting)",
+            "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_EXECUTE_WAIT_S},
+        },
+        {
+            "name": IDEMPOTENCY_KEY,
+            "in": "header",
+            "required": False,
+            "description": "Start at most one run per key: the same key again answers with that run",
+            "schema": IDEMPOTENCY_KEY_SCHEMA,
+        },
+    ),
+)
 
 
 async def execute_workflow(request: web.Request) -> web.Response:
@@ -197,3 +374,6 @@ async def _wait_until_finished(follower: RunFollower, timeout: float) -> bool:  
         if is_terminal(progress):
             return True
     return False
+
+
+OPERATIONS = (LIST_WORKFLOWS, REGISTER_WORKFLOW, GET_WORKFLOW, EXECUTE_WORKFLOW, WORKFLOW_VERSIONS)

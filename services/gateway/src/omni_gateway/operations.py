@@ -1,0 +1,96 @@
+"""``/healthz``, ``/readyz``, ``/metrics`` and ``/openapi.json``: the routes that serve operators
+and tooling rather than callers of the API.
+
+The metrics registry and the rendered OpenAPI document are the app's (``REGISTRY``,
+``OPENAPI_DOCUMENT``, set by ``omni_gateway.app.build_app``): the document describes these routes
+too, so this module cannot render it without importing itself."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from omni_gateway.apidoc import Operation, json_answer
+from omni_gateway.bodies import respond
+from omni_gateway.state import GATEWAY, SERVICE
+from omni_gateway.views import Health, Readiness
+
+REGISTRY = web.AppKey("registry", CollectorRegistry)
+OPENAPI_DOCUMENT = web.AppKey("openapi_document", bytes)
+
+
+HEALTHZ = Operation(
+    method="get",
+    path="/healthz",
+    operation_id="healthz",
+    tag="operations",
+    summary="The process is alive",
+    responses={"200": json_answer("Alive", "Health")},
+)
+
+
+async def healthz(_: web.Request) -> web.Response:
+    return respond(Health(status="ok", service=SERVICE))
+
+
+READYZ = Operation(
+    method="get",
+    path="/readyz",
+    operation_id="readyz",
+    tag="operations",
+    summary="The gateway can serve: NATS is connected and the engine answers",
+    responses={
+        "200": json_answer("Ready", "Readiness"),
+        "503": json_answer("Not ready, with the reasons", "Readiness"),
+    },
+)
+
+
+async def readyz(request: web.Request) -> web.Response:
+    problems = await request.app[GATEWAY].readiness()
+    if problems:
+        return respond(Readiness(status="unavailable", service=SERVICE, problems=problems), status=503)
+    return respond(Readiness(status="ready", service=SERVICE))
+
+
+METRICS = Operation(
+    method="get",
+    path="/metrics",
+    operation_id="metrics",
+    tag="operations",
+    summary="Prometheus metrics",
+    responses={
+        "200": {
+            "description": "Prometheus text format",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    },
+)
+
+
+async def prometheus(request: web.Request) -> web.Response:
+    return web.Response(
+        body=generate_latest(request.app[REGISTRY]), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
+
+
+OPENAPI = Operation(
+    method="get",
+    path="/openapi.json",
+    operation_id="openapi",
+    tag="operations",
+    summary="This document",
+    responses={
+        "200": {
+            "description": "OpenAPI 3.1",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    },
+)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI_DOCUMENT], content_type="application/json")
+
+
+OPERATIONS = (HEALTHZ, READYZ, METRICS, OPENAPI)
