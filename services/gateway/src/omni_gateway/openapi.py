@@ -350,9 +350,17 @@ ERRORS: dict[str, tuple[str, str]] = {
     "InvalidRequest": ("422", "A required field is missing or unusable; details name it"),
     "IdempotencyMismatch": ("422", "The Idempotency-Key was used before with another request body"),
     "InternalError": ("500", "An unexpected failure (never with internals)"),
-    "EngineUnavailable": ("503", "The workflow engine did not answer in time"),
+    "EngineUnavailable": (
+        "503",
+        "The workflow engine did not answer in time (engine_unavailable), or answered that its "
+        "database cannot be reached now (unavailable)",
+    ),
     "EventsUnavailable": ("503", "JetStream did not store the event"),
-    "ToolsUnavailable": ("503", "NATS did not answer while reading the tool registry"),
+    "ToolsUnavailable": (
+        "503",
+        "NATS or JetStream did not answer, or refused, while the gateway read or wrote the runners' "
+        "registry (tools, provider health) or the declared tools",
+    ),
     "DeadLettersUnavailable": ("503", "JetStream did not answer, or the dead-letter stream is missing"),
 }
 _ERROR_STATUS = {name: status for name, (status, _) in ERRORS.items()}

@@ -392,7 +392,7 @@ EXECUTE_TOOL = Operation(
             "ToolExecution",
         ),
     },
-    errors=("BadRequest", "NotFound", "PayloadTooLarge", "InvalidPayload"),
+    errors=("BadRequest", "NotFound", "PayloadTooLarge", "InvalidRequest", "InvalidPayload"),
     description=(
         "A tool no live runner of the provider serves, or a provider Omni does not know, is "
         "404; a provider Omni knows whose runners are all gone is 503 tool_unavailable. "
