@@ -4,6 +4,12 @@ Every service that uses a bucket creates it when missing (``omni_runtime.nats.en
 so any of them may start first. A bucket that already exists is used as it is, even when its
 configuration differs from the spec (made by an older release, or by a replica with other
 settings): names and settings here must therefore stay as deployments already have them.
+
+A bucket whose entries one service writes and others read names its keys and the type of its
+values (``key``, ``value_type``): they are part of the contract, and ``omni_contract.proto``
+generates ``proto/kv/<bucket>.schema.json`` from them. The buckets of one service have neither:
+what its replicas share (tool results, circuits, rate limits), and the mock provider's rules (its
+own configuration, whose format the tool-runner defines).
 """
 
 from __future__ import annotations
@@ -11,8 +17,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from omni_contract.declared import DECLARED_TOOLS_BUCKET, DECLARED_TOOLS_DESCRIPTION
-from omni_contract.tools import PROVIDER_HEALTH_BUCKET, REGISTRATION_TTL_S, TOOL_REGISTRY_BUCKET
+import msgspec
+
+from omni_contract.declared import DECLARED_TOOLS_BUCKET, DECLARED_TOOLS_DESCRIPTION, StoredDeclaration
+from omni_contract.tools import (
+    PROVIDER_HEALTH_BUCKET,
+    REGISTRATION_TTL_S,
+    TOOL_REGISTRY_BUCKET,
+    ProviderHealth,
+    ToolRegistration,
+)
 
 
 class Storage(StrEnum):
@@ -29,19 +43,34 @@ class KvBucketSpec:
     storage: Storage = Storage.FILE
     max_value_size: int | None = None  # bytes; None: the server's limit
     direct: bool = False  # reads served by any replica straight from the stream (direct get)
+    key: str | None = None  # the keys' pattern, for a bucket in the contract: {provider}.{runner}
+    value_type: type[msgspec.Struct] | None = None  # what every entry holds (JSON), likewise
+
+    def __post_init__(self) -> None:
+        if (self.key is None) != (self.value_type is None):
+            raise ValueError(f"KV bucket {self.name}: a bucket in the contract names both key and value_type")
 
 
 TOOL_REGISTRY = KvBucketSpec(
     name=TOOL_REGISTRY_BUCKET,
     description="Tool registrations of live tool-runner replicas (refreshed by heartbeats)",
     ttl_s=REGISTRATION_TTL_S,
+    key="{provider}.{category}.{action}.{runner}",
+    value_type=ToolRegistration,
 )
 PROVIDER_HEALTH = KvBucketSpec(
     name=PROVIDER_HEALTH_BUCKET,
     description="Each live tool-runner replica's view of its provider (refreshed by heartbeats)",
     ttl_s=REGISTRATION_TTL_S,
+    key="{provider}.{runner}",
+    value_type=ProviderHealth,
 )
-DECLARED_TOOLS = KvBucketSpec(name=DECLARED_TOOLS_BUCKET, description=DECLARED_TOOLS_DESCRIPTION)
+DECLARED_TOOLS = KvBucketSpec(
+    name=DECLARED_TOOLS_BUCKET,
+    description=DECLARED_TOOLS_DESCRIPTION,
+    key="{category}.{action} (the tool name)",
+    value_type=StoredDeclaration,
+)
 TOOL_RESULTS = KvBucketSpec(
     name="omni_tool_results",
     description="Tool results by idempotency key (sha256), for redelivered invokes",

@@ -5,6 +5,8 @@
 - ``proto/history/<type>.v<N>.schema.json``: a JSON Schema per run history event type, at the
   version the engine writes (``omni_contract.history``); the runs.events reply refers to them,
 - ``proto/rpc/<type>.schema.json``: the request and reply of each engine endpoint,
+- ``proto/kv/<bucket>.schema.json``: the value of each entry of a KV bucket in the contract (the
+  buckets of ``omni_contract.kv`` that name a key pattern and value type),
 - ``proto/asyncapi.json``: an AsyncAPI 3.0 document of the NATS side (channels = subjects).
 
 ``python -m omni_contract.proto write DIR`` writes the files; ``check DIR`` exits non-zero when the
@@ -20,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from omni_contract import declared, events, history, rpc, streams, subjects, tools
+from omni_contract import events, history, kv, rpc, streams, subjects
 from omni_contract.envelope import Envelope
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -95,11 +97,12 @@ RPC_ENDPOINTS: list[tuple[str, str, type[Any] | None, type[Any] | None]] = [
     ("workflowsVersions", subjects.ENGINE_WORKFLOWS_VERSIONS, rpc.GetRequest, rpc.WorkflowVersions),
 ]
 
-# Key-value buckets whose entries are part of the contract: (bucket, key pattern, value type).
+# Key-value buckets whose entries are part of the contract: (bucket, key pattern, value type), from
+# the bucket specs that name them (the others are internal to one service).
 KV_BUCKETS: list[tuple[str, str, type[Any]]] = [
-    (tools.TOOL_REGISTRY_BUCKET, "{provider}.{category}.{action}.{runner}", tools.ToolRegistration),
-    (tools.PROVIDER_HEALTH_BUCKET, "{provider}.{runner}", tools.ProviderHealth),
-    (declared.DECLARED_TOOLS_BUCKET, "{category}.{action} (the tool name)", declared.StoredDeclaration),
+    (spec.name, spec.key, spec.value_type)
+    for spec in kv.ALL_BUCKETS
+    if spec.key is not None and spec.value_type is not None
 ]
 
 
