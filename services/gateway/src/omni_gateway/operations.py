@@ -2,8 +2,8 @@
 and tooling rather than callers of the API.
 
 The metrics registry and the rendered OpenAPI document are the app's (``REGISTRY``,
-``OPENAPI_DOCUMENT``, set by ``omni_gateway.app.build_app``): the document describes these routes
-too, so this module cannot render it without importing itself."""
+``OPENAPI_DOCUMENT``, set by ``omni_gateway.app.build_app``): ``omni_gateway.openapi`` reads these
+routes' descriptions from this module, so this module cannot import it to render the document."""
 
 from __future__ import annotations
 
