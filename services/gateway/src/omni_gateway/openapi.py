@@ -251,7 +251,9 @@ def _operation(op: Operation) -> dict[str, Any]:
         rendered["requestBody"] = copy.deepcopy(op.request_body)
     responses = copy.deepcopy(op.responses)
     by_status: dict[str, list[str]] = {}
-    for name in (*op.errors, "InternalError"):
+    # An operation the engine answers may also get its unreadable reply (502).
+    implied = ("EngineBadReply",) if "EngineUnavailable" in op.errors else ()
+    for name in (*op.errors, *implied, "InternalError"):
         by_status.setdefault(_ERROR_STATUS[name], []).append(name)
     for status, names in by_status.items():
         if status in responses:
@@ -259,13 +261,13 @@ def _operation(op: Operation) -> dict[str, Any]:
         if len(names) == 1:
             responses[status] = {"$ref": f"#/components/responses/{names[0]}"}
         else:  # one status, several causes: a response can only be one reference
-            responses[status] = {
-                "description": "; or ".join(
+            responses[status] = _error_response(
+                status,
+                "; or ".join(
                     text if index == 0 else text[:1].lower() + text[1:]
                     for index, text in enumerate(ERRORS[name][1] for name in names)
                 ),
-                "content": {"application/json": {"schema": schema_ref("ErrorBody")}},
-            }
+            )
     rendered["responses"] = dict(sorted(responses.items()))
     return rendered
 
@@ -355,6 +357,7 @@ ERRORS: dict[str, tuple[str, str]] = {
         "The workflow engine did not answer in time (engine_unavailable), or answered that its "
         "database cannot be reached now (unavailable)",
     ),
+    "EngineBadReply": ("502", "The workflow engine's reply could not be read (bad_gateway)"),
     "EventsUnavailable": ("503", "JetStream did not store the event"),
     "ToolsUnavailable": (
         "503",
@@ -368,12 +371,23 @@ _ERROR_STATUS = {name: status for name, (status, _) in ERRORS.items()}
 
 def _error_responses() -> dict[str, Any]:
     return {
-        name: {
-            "description": description,
-            "content": {"application/json": {"schema": schema_ref("ErrorBody")}},
-        }
-        for name, (_, description) in sorted(ERRORS.items())
+        name: _error_response(status, description) for name, (status, description) in sorted(ERRORS.items())
     }
+
+
+def _error_response(status: str, description: str) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": schema_ref("ErrorBody")}},
+    }
+    if status == "503":  # every 503 says when to try again (errors.error_response)
+        response["headers"] = {
+            "Retry-After": {
+                "description": "Seconds to wait before trying again",
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        }
+    return response
 
 
 # -- schemas ------------------------------------------------------------------------------------
