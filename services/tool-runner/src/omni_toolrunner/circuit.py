@@ -134,11 +134,12 @@ class CircuitBreaker:
             return
         self.failures += 1
         if probing or self.failures >= self.threshold:
+            in_a_row = self.failures  # before awaiting: a success meanwhile resets the count
             await self._read()
             if self.circuit.state == OPEN:
                 return
             reason = (
-                f"{error_kind} after {self.failures} failure(s) in a row"
+                f"{error_kind} after {in_a_row} failure(s) in a row"
                 if not probing
                 else f"probe failed: {error_kind}"
             )
