@@ -49,3 +49,22 @@ def param_ref(name: str) -> dict[str, str]:
 def string_header(description: str) -> dict[str, Any]:
     """A string response header, such as ``Location``."""
     return {"description": description, "schema": {"type": "string"}}
+
+
+def page_parameters(max_page: int, default_page: int) -> tuple[dict[str, Any], ...]:
+    """``limit`` and ``cursor``, the query parameters of a route that answers a page at a time."""
+    return (
+        {
+            "name": "limit",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "integer", "minimum": 1, "maximum": max_page, "default": default_page},
+        },
+        {
+            "name": "cursor",
+            "in": "query",
+            "required": False,
+            "description": "nextCursor of the previous page",
+            "schema": {"type": "string"},
+        },
+    )

@@ -30,7 +30,7 @@ from omni_contract.envelope import Envelope, decode_envelope, payload_of
 from omni_contract.events import DEADLETTER_V1, DeadLetter
 from omni_runtime.publish import NoStream, PublishRefused, PublishUnavailable, publish
 
-from omni_gateway.apidoc import Operation, json_answer, param_ref
+from omni_gateway.apidoc import Operation, json_answer, page_parameters, param_ref
 from omni_gateway.bodies import query_int, respond
 from omni_gateway.errors import ApiError
 from omni_gateway.jetstream import NO_MESSAGE_FOUND, Missing, jetstream_errors
@@ -72,19 +72,7 @@ LIST_DEADLETTERS = Operation(
             "description": "Only dead letters of this kind (e.g. trigger.rejected)",
             "schema": {"type": "string"},
         },
-        {
-            "name": "limit",
-            "in": "query",
-            "required": False,
-            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE},
-        },
-        {
-            "name": "cursor",
-            "in": "query",
-            "required": False,
-            "description": "nextCursor of the previous page",
-            "schema": {"type": "string"},
-        },
+        *page_parameters(MAX_PAGE, DEFAULT_PAGE),
     ),
 )
 

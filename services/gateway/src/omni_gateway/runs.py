@@ -11,7 +11,7 @@ from omni_contract.events import RunEventRecord, RunEventType, RunProgress, RunS
 from omni_contract.rpc import CancelRunRequest, ListRunsRequest, RerunRequest
 from omni_runtime.logging import run_id_var
 
-from omni_gateway.apidoc import Operation, json_answer, param_ref, schema_ref, string_header
+from omni_gateway.apidoc import Operation, json_answer, page_parameters, param_ref, schema_ref, string_header
 from omni_gateway.bodies import json_type, parse_int, query_int, read_json_object, respond
 from omni_gateway.convert import to_camel
 from omni_gateway.errors import ApiError, ErrorDetail
@@ -53,19 +53,7 @@ LIST_RUNS = Operation(
             "required": False,
             "schema": {"type": "string", "enum": list(RunStatus.ALL)},
         },
-        {
-            "name": "limit",
-            "in": "query",
-            "required": False,
-            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE},
-        },
-        {
-            "name": "cursor",
-            "in": "query",
-            "required": False,
-            "description": "nextCursor of the previous page",
-            "schema": {"type": "string"},
-        },
+        *page_parameters(MAX_PAGE, DEFAULT_PAGE),
     ),
 )
 
