@@ -37,8 +37,9 @@ from omni_contract.history import (
     decode_data,
     encode_data,
 )
+from omni_engine.batch import Batch
 from omni_engine.definition import parse_workflow
-from omni_engine.progress import Batch, Decider
+from omni_engine.progress import Decider
 from omni_engine.state import NewEvent, RunState, StepState, TaskState, WaitState, apply
 from omni_engine.timer_kinds import AnyTimer, AttemptTimeout, RetryDue, RunDeadline, WaitTimeout
 

@@ -34,9 +34,9 @@ from omni_runtime.publish import publish
 from omni_runtime.telemetry import extract_context
 from opentelemetry import trace
 
+from omni_engine.batch import SOURCE
 from omni_engine.definitions import Definitions
 from omni_engine.engine import Engine, EngineError, ResultRefused
-from omni_engine.progress import SOURCE
 from omni_engine.transient import TRANSIENT
 from omni_engine.transient import is_transient as is_transient  # re-exported: it lived here first
 

@@ -28,9 +28,10 @@ from omni_runtime.telemetry import current_traceparent
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from omni_engine.batch import Batch
 from omni_engine.definition import WorkflowDefinition
 from omni_engine.definitions import Definitions, payload_problems
-from omni_engine.progress import Batch, Decider, result_problem
+from omni_engine.progress import Decider, result_problem
 from omni_engine.relay import OutboxRelay
 from omni_engine.state import NewEvent, RunState, apply
 from omni_engine.store import AppendConflict, Store

@@ -44,10 +44,7 @@ from omni_contract.history import (
 )
 
 from omni_engine import compensation, fan_out, retries, tool_calls, waits
-
-# Batch and SOURCE lived here first: engine.py, consumers.py and the tests import them from here.
-from omni_engine.batch import SOURCE as SOURCE
-from omni_engine.batch import Batch as Batch
+from omni_engine.batch import Batch
 from omni_engine.conditions import ConditionError, evaluate
 from omni_engine.definition import Step, WorkflowDefinition
 from omni_engine.state import NewEvent, RunState, StepState, TaskState, ms, run_output, step_of

@@ -21,7 +21,7 @@ import msgspec
 from omni_contract.history import StepError, StepFailed, StepFallback, StepRetrying, StepTimedOut
 
 from omni_engine.definition import NEVER_RETRY
-from omni_engine.state import TaskState, compensation_address, item_address, step_of
+from omni_engine.state import TaskState, compensation_address, item_address, item_index, step_of
 from omni_engine.timer_kinds import AttemptTimeout, RetryDue, retry_timer, timeout_timer
 from omni_engine.tool_calls import chain_of
 
@@ -104,7 +104,7 @@ def final_failure(decider: Decider, address: str, error: StepError, *, attempt: 
     decider.record(StepFailed(step=address, attempt=attempt, error=error))
     if address == compensation_address(name):
         return  # the compensation pass moves on to the next one
-    index = int(address.rpartition("#")[2])
+    index = item_index(address)
     fail_step(
         decider, name, msgspec.structs.replace(error, item=index, message=f"item {index}: {error.message}")
     )

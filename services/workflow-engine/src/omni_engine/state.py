@@ -188,6 +188,11 @@ def item_address(step: str, index: int) -> str:
     return f"{step}{ITEM_SEP}{index}"
 
 
+def item_index(address: str) -> int:
+    """The item an item's address (``name#3``) names."""
+    return int(address.rpartition(ITEM_SEP)[2])
+
+
 def compensation_address(step: str) -> str:
     return f"{step}{COMPENSATION_SUFFIX}"
 

@@ -19,7 +19,7 @@ from omni_contract.history import BudgetLimit, BudgetUsed, RunError, StepComplet
 
 from omni_engine.batch import SOURCE
 from omni_engine.definition import TEXT_ONLY, Step
-from omni_engine.state import TaskState, compensation_address, step_of
+from omni_engine.state import TaskState, compensation_address, item_index, step_of
 from omni_engine.store import OutboxMessage
 from omni_engine.templating import TemplateError, render
 from omni_engine.timer_kinds import AttemptTimeout, timeout_timer
@@ -64,18 +64,18 @@ def send(
         if problem is not None:
             decider.end(RunStatus.BUDGET_EXCEEDED, problem)
             return
-    item_index: int | None = None
+    index: int | None = None
     item: Any = None
     if address != spec_step.name and not is_compensation:
-        item_index = int(address.rpartition("#")[2])
+        index = item_index(address)
         parent = state.step(spec_step.name)
         assert parent is not None
         assert parent.item_values is not None
-        item = parent.item_values[item_index]
+        item = parent.item_values[index]
     provider = chain[provider_index]
     attempt = task.attempt + 1
     try:
-        scope = decider.scope(item, item_index)
+        scope = decider.scope(item, index)
         rendered_input = render(input_template, scope)
         rendered_config = render(config_template, scope)
     except TemplateError as exc:
