@@ -48,7 +48,7 @@ PUBLISH_TIMEOUT_S = 5.0
 
 # What means NATS is away for now rather than refusing: a timeout (also what a request made while
 # reconnecting ends in), a lost or reconnecting connection, a full outbound buffer, JetStream 503.
-_AWAY: tuple[type[BaseException], ...] = (
+NATS_AWAY: tuple[type[BaseException], ...] = (
     TimeoutError,  # nats.errors.TimeoutError too
     OSError,
     nats.errors.ConnectionReconnectingError,
@@ -124,7 +124,7 @@ def _failure(exc: BaseException, subject: str, timed_out: str) -> PublishError:
         return PublishUnavailable(subject, f"JetStream is unavailable: {exc.description}")
     if isinstance(exc, nats.js.errors.APIError):
         return PublishRefused(subject, f"JetStream refused the message: {exc.description}")
-    if isinstance(exc, _AWAY):
+    if isinstance(exc, NATS_AWAY):
         return PublishUnavailable(subject, f"NATS connection: {exc}")
     if isinstance(exc, (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError)):
         return PublishRefused(subject, "the NATS connection is closed")

@@ -43,8 +43,6 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import msgspec
-import nats.errors
-import nats.js.errors
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
@@ -63,7 +61,7 @@ from omni_contract.events import ToolError, ToolInvoke, ToolResult, Usage
 from omni_runtime.logging import run_id_var
 from omni_runtime.nats import Puller
 from omni_runtime.outage import OutageLog
-from omni_runtime.publish import PublishError, PublishUnavailable, publish
+from omni_runtime.publish import NATS_AWAY, PublishError, PublishUnavailable, publish
 from omni_runtime.telemetry import extract_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
@@ -97,15 +95,7 @@ _NATS_RETRY_CAP_S = 5.0
 # (also what a request made while reconnecting ends in), a lost or reconnecting connection, JetStream
 # unavailable; for a publish, PublishUnavailable (the same). A publish that is refused (PublishRefused:
 # no stream takes the result, say) is not: that work is given back.
-_NATS_AWAY: tuple[type[BaseException], ...] = (
-    TimeoutError,
-    OSError,
-    nats.errors.ConnectionReconnectingError,
-    nats.errors.StaleConnectionError,
-    nats.errors.OutboundBufferLimitError,
-    nats.js.errors.ServiceUnavailableError,
-    PublishUnavailable,
-)
+_NATS_AWAY: tuple[type[BaseException], ...] = (*NATS_AWAY, PublishUnavailable)
 # What makes the runner give work back (or, on its last delivery, dead-letter it): a NATS failure
 # that is not an outage retried in hand.
 _NATS_FAILED: tuple[type[BaseException], ...] = (NatsError, TimeoutError, PublishError)
@@ -332,8 +322,9 @@ class InvokeRunner:
                 f"tool.invoke {invoke.tool}",
                 context=extract_context(msg.headers),
                 kind=SpanKind.CONSUMER,
-                attributes=self._span_attributes(invoke, msg),
             ) as span:
+                if span.is_recording():  # unsampled (no exporter: the default) spans drop them anyway
+                    span.set_attributes(self._span_attributes(invoke, msg))
                 await self._answer(
                     envelope, invoke, span, look_up=_may_have_been_answered(msg, envelope, invoke)
                 )
