@@ -28,12 +28,12 @@ from nats.js.api import RawStreamMsg
 from omni_contract import streams, subjects
 from omni_contract.envelope import Envelope, decode_envelope, payload_of
 from omni_contract.events import DEADLETTER_V1, DeadLetter
-from omni_runtime.publish import NoStream, PublishRefused, PublishUnavailable, publish
+from omni_runtime.publish import publish
 
 from omni_gateway.apidoc import Operation, json_answer, page_parameters, param_ref
 from omni_gateway.bodies import query_int, respond
 from omni_gateway.errors import ApiError
-from omni_gateway.jetstream import NO_MESSAGE_FOUND, Missing, jetstream_errors
+from omni_gateway.jetstream import NO_MESSAGE_FOUND, Missing, jetstream_errors, publish_errors
 from omni_gateway.state import GATEWAY
 from omni_gateway.views import DeadLetterPage, DeadLetterRedriven, DeadLetterView
 
@@ -210,7 +210,13 @@ class DeadLetterStore:
         _, letter = read
         _check_publishable(seq, letter.original_subject)
         body = _original_body(seq, letter)
-        try:
+        with publish_errors(
+            f"the redrive of dead letter {seq}",
+            _unavailable,
+            no_stream=lambda: _not_redrivable(
+                seq, f"no JetStream stream takes {letter.original_subject!r} any more"
+            ),
+        ):
             # The original body as it came, whose content type the letter does not keep.
             ack = await publish(
                 self.js,
@@ -220,15 +226,6 @@ class DeadLetterStore:
                 timeout_s=timeout_s,
                 envelope=False,
             )
-        except NoStream:
-            raise _not_redrivable(
-                seq, f"no JetStream stream takes {letter.original_subject!r} any more"
-            ) from None
-        except PublishRefused as exc:
-            log.error("the redrive of dead letter %d was not stored: %s", seq, exc.reason)
-            raise _unavailable(exc.reason) from None
-        except PublishUnavailable as exc:
-            raise _unavailable(exc.reason) from None
         try:
             with _jetstream("delete the redriven dead letter"):
                 await self.js.delete_msg(STREAM, seq)

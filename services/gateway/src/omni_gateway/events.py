@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import logging
 import re
 import uuid
 
 from aiohttp import web
 from omni_contract import streams, subjects
 from omni_contract.envelope import encode_envelope, new_envelope
-from omni_runtime.publish import NoStream, PublishRefused, PublishUnavailable, publish
+from omni_runtime.publish import publish
 
 from omni_gateway.apidoc import Operation, json_answer
 from omni_gateway.bodies import read_json_object, respond
 from omni_gateway.errors import ApiError
+from omni_gateway.jetstream import publish_errors
 from omni_gateway.state import EVENT_SOURCE, GATEWAY
 from omni_gateway.views import EventAccepted
-
-log = logging.getLogger(__name__)
 
 MAX_SUBJECT = 256
 MAX_EVENT_ID = 200
@@ -109,7 +107,11 @@ async def publish_event(request: web.Request) -> web.Response:
     event_id = event_id_of(request)
     payload = await read_json_object(request, gateway.settings.max_body_bytes)
     envelope = new_envelope(subject, EVENT_SOURCE, payload, id_=event_id)
-    try:
+    with publish_errors(
+        f"an event on {subject}",
+        _events_unavailable,
+        no_stream=lambda: _events_unavailable("no JetStream stream takes application events"),
+    ):
         # The id doubles as the JetStream de-duplication id: a retried POST is stored once.
         ack = await publish(
             gateway.js,
@@ -119,13 +121,6 @@ async def publish_event(request: web.Request) -> web.Response:
             stream=streams.APP_EVENTS.name,
             timeout_s=gateway.settings.rpc_timeout_s,
         )
-    except NoStream:
-        raise _events_unavailable("no JetStream stream takes application events") from None
-    except PublishRefused as exc:
-        log.error("an event on %s was not stored: %s", subject, exc.reason)
-        raise _events_unavailable(exc.reason) from None
-    except PublishUnavailable as exc:
-        raise _events_unavailable(exc.reason) from None
     accepted = EventAccepted(
         id=event_id, subject=subject, stream=ack.stream, seq=ack.seq, duplicate=ack.duplicate
     )

@@ -1,4 +1,5 @@
-"""JetStream failures as API errors, for the routes that read streams and buckets directly."""
+"""JetStream failures as API errors, for the routes that read streams and buckets directly or
+publish through ``omni_runtime.publish``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from contextlib import contextmanager
 
 import nats.errors
 import nats.js.errors
+from omni_runtime.publish import NoStream, PublishRefused, PublishUnavailable
 
 from omni_gateway.errors import ApiError
 
@@ -44,3 +46,20 @@ def jetstream_errors(
         raise unavailable(f"JetStream did not answer in time to {doing}") from None
     except nats.errors.Error as exc:
         raise unavailable(f"NATS connection: {exc}") from None
+
+
+@contextmanager
+def publish_errors(
+    what: str, unavailable: Callable[[str], ApiError], *, no_stream: Callable[[], ApiError]
+) -> Iterator[None]:
+    """Raise ``no_stream()`` when no stream takes the subject, and ``unavailable(reason)`` when
+    JetStream refuses the publish (logged as an error: it should not happen) or does not answer."""
+    try:
+        yield
+    except NoStream:
+        raise no_stream() from None
+    except PublishRefused as exc:
+        log.error("%s was not stored: %s", what, exc.reason)
+        raise unavailable(exc.reason) from None
+    except PublishUnavailable as exc:
+        raise unavailable(exc.reason) from None

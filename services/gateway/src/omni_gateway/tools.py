@@ -63,7 +63,7 @@ from omni_contract.tools import (
 )
 from omni_runtime import nats as omni_nats
 from omni_runtime.logging import run_id_var
-from omni_runtime.publish import NoStream, Published, PublishRefused, PublishUnavailable, publish
+from omni_runtime.publish import Published, publish
 from opentelemetry import trace
 
 from omni_gateway import jetstream
@@ -644,7 +644,11 @@ class DirectCall:
         await self._send(body, f"{invoke.idempotency_key}:replay:{uuid.uuid4().hex}")
 
     async def _send(self, body: bytes, msg_id: str) -> Published:
-        try:
+        with jetstream.publish_errors(
+            f"a direct invoke of {self.invoke.tool}",
+            tools_unavailable,
+            no_stream=lambda: tools_unavailable("no JetStream stream takes tool invokes"),
+        ):
             return await publish(
                 self.js,
                 subjects.tool_invoke(self.invoke.provider),
@@ -653,13 +657,6 @@ class DirectCall:
                 stream=streams.TOOL_WORK.name,
                 timeout_s=self.publish_timeout_s,
             )
-        except NoStream:
-            raise tools_unavailable("no JetStream stream takes tool invokes") from None
-        except PublishRefused as exc:
-            log.error("a direct invoke of %s was not stored: %s", self.invoke.tool, exc.reason)
-            raise tools_unavailable(exc.reason) from None
-        except PublishUnavailable as exc:
-            raise tools_unavailable(exc.reason) from None
 
     async def _still_queued(self, seq: int) -> bool:
         try:
