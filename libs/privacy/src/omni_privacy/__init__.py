@@ -1,0 +1,1 @@
+"""Omni data protection: PII detection and tokenisation, envelope encryption."""
