@@ -24,6 +24,7 @@ def test_every_bucket_keeps_the_name_and_settings_deployments_have() -> None:
         "omni_circuits": (None, 1, Storage.FILE, None, False),
         "omni_ratelimits": (3600.0, 1, Storage.FILE, None, False),
         "omni_mock_rules": (None, 1, Storage.FILE, None, False),
+        "omni_security": (None, 1, Storage.FILE, None, False),
     }
     assert all(spec.description for spec in ALL_BUCKETS)
 

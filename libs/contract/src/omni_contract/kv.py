@@ -91,6 +91,11 @@ RATE_LIMITS = KvBucketSpec(
 MOCK_RULES = KvBucketSpec(
     name="omni_mock_rules", description="The mock provider's rules, followed by its runners"
 )
+SECURITY_REVISION = KvBucketSpec(
+    name="omni_security",
+    description="The security-service's revision: any change to keys, principals or roles bumps it, "
+    "and every gateway drops its cached decisions",
+)
 
 ALL_BUCKETS: tuple[KvBucketSpec, ...] = (
     TOOL_REGISTRY,
@@ -100,4 +105,5 @@ ALL_BUCKETS: tuple[KvBucketSpec, ...] = (
     CIRCUITS,
     RATE_LIMITS,
     MOCK_RULES,
+    SECURITY_REVISION,
 )

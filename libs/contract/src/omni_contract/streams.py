@@ -69,8 +69,14 @@ DEADLETTERS = StreamSpec(
     description="Rejected events and work that could not be processed, with the reason",
     max_age_s=30 * 24 * 3600,
 )
+AUDIT = StreamSpec(
+    name="OMNI_AUDIT",
+    subjects=(subjects.AUDIT_ALL,),
+    description="Audit events from every service, consumed into the security-service's hash-chained log",
+    retention=Retention.WORK_QUEUE,
+)
 
-ALL_STREAMS: tuple[StreamSpec, ...] = (APP_EVENTS, TOOL_WORK, TOOL_RESULTS, RUN_EVENTS, DEADLETTERS)
+ALL_STREAMS: tuple[StreamSpec, ...] = (APP_EVENTS, TOOL_WORK, TOOL_RESULTS, RUN_EVENTS, DEADLETTERS, AUDIT)
 
 # The engine handles a message in milliseconds; a short ack wait hands the messages a killed
 # replica held to another (or to its restart) quickly, before the steps they answer time out.
@@ -90,6 +96,13 @@ ENGINE_RESULTS = ConsumerSpec(
     filter_subjects=(subjects.TOOL_RESULT_ALL,),
     ack_wait_s=ENGINE_ACK_WAIT_S,
     description="Advances runs on tool results",
+)
+
+SECURITY_AUDIT = ConsumerSpec(
+    stream=AUDIT.name,
+    durable="security-service-audit",
+    filter_subjects=(subjects.AUDIT_ALL,),
+    description="Appends audit events to the hash-chained audit log",
 )
 
 

@@ -38,6 +38,21 @@ ENGINE_RUNS_CANCEL = f"{ENGINE_RPC_PREFIX}.runs.cancel"
 ENGINE_RUNS_RERUN = f"{ENGINE_RPC_PREFIX}.runs.rerun"
 ENGINE_WORKFLOWS_VERSIONS = f"{ENGINE_RPC_PREFIX}.workflows.versions"
 
+# Request/reply endpoints of the security-service (queue group shared by its replicas): the
+# gateway and every other service ask it who a caller is and what it may do.
+SECURITY_SERVICE_NAME = "security-service"
+SECURITY_RPC_PREFIX = "omni.rpc.security"
+SECURITY_RPC_ALL = f"{SECURITY_RPC_PREFIX}.>"
+SECURITY_AUTHENTICATE = f"{SECURITY_RPC_PREFIX}.authenticate"
+SECURITY_CHECK = f"{SECURITY_RPC_PREFIX}.check"
+SECURITY_ADMIN = f"{SECURITY_RPC_PREFIX}.admin"
+"""One endpoint for the administrative operations (keys, principals, roles, assignments, audit
+reads); the request names the operation, so a new one needs no new subject or permission."""
+
+# Audit events: every service publishes what it did on behalf of whom; the security-service
+# consumes them into its hash-chained audit log.
+AUDIT_ALL = "omni.audit.>"
+
 
 _SAFE_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -73,6 +88,11 @@ def run_events_of_type(event_type: str) -> str:
 
 def deadletter(kind: str) -> str:
     return f"omni.deadletter.{_token(kind)}"
+
+
+def audit(service: str) -> str:
+    """``omni.audit.<service>``: the audit events one service publishes."""
+    return f"omni.audit.{_token(service)}"
 
 
 def is_app_subject(subject: str) -> bool:
