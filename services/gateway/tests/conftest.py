@@ -10,7 +10,7 @@ import nats
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web_runner import BaseRunner
-from gateway_fakes import FakeEngine, GatewayFactory
+from gateway_fakes import ADMIN_KEY, FakeEngine, FakeSecurity, GatewayFactory
 from nats.aio.client import Client as NATS
 from omni_contract import streams
 from omni_gateway.app import GatewayRunner, build_app
@@ -46,17 +46,30 @@ async def engine(nc: NATS) -> AsyncIterator[FakeEngine]:
 
 
 @pytest.fixture
-async def make_gateway(nats_url: str) -> AsyncIterator[GatewayFactory]:
-    """Start a gateway (its own NATS connection, like the real one) with settings overridden."""
+async def security(nc: NATS) -> AsyncIterator[FakeSecurity]:
+    fake = await FakeSecurity(nc).start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+@pytest.fixture
+async def make_gateway(nats_url: str, security: FakeSecurity) -> AsyncIterator[GatewayFactory]:
+    """Start a gateway (its own NATS connection, like the real one) with settings overridden.
+    Its client sends the admin's key unless ``key`` says otherwise (None: no credentials)."""
     clients: list[TestClient[Any, Any]] = []
     connections: list[NATS] = []
 
-    async def make(**overrides: Any) -> TestClient[Any, Any]:
+    async def make(
+        *, key: str | None = ADMIN_KEY, registry: CollectorRegistry | None = None, **overrides: Any
+    ) -> TestClient[Any, Any]:
         conn = await nats.connect(nats_url, name="gateway")
         connections.append(conn)
         settings = GatewaySettings(nats_url=nats_url, **{"rpc_timeout_s": 2.0, **overrides})
         client: TestClient[Any, Any] = TestClient(
-            GatewayTestServer(build_app(conn, settings, CollectorRegistry()))
+            GatewayTestServer(build_app(conn, settings, registry or CollectorRegistry())),
+            headers={"Authorization": f"Bearer {key}"} if key else None,
         )
         await client.start_server()
         clients.append(client)

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from omni_contract import events, rpc, subjects
+from omni_contract import events, rpc, security, subjects
 from omni_contract.envelope import encode, encode_envelope, new_envelope
 from omni_testkit import subscribed
 
@@ -413,3 +413,53 @@ async def read_sse(response: Any, *, limit: int = 100) -> list[dict[str, str]]:
             key, _, value = text.partition(": ")
             current[key] = value
     return items
+
+
+# -- the security-service, as the gateway's tests need it ----------------------------------------
+ROLE_KEYS = {role: security.new_api_key() for role in security.SHIPPED_ROLES}
+"""A key per shipped role that the fake security-service knows (its principal is the role's name)."""
+ADMIN_KEY = ROLE_KEYS["admin"]
+VIEWER_KEY = ROLE_KEYS["viewer"]
+
+
+def _identity(principal: str, role: str) -> security.Identity:
+    _, permissions = security.SHIPPED_ROLES[role]
+    return security.Identity(
+        principal=principal,
+        kind="user",
+        tenant=security.DEFAULT_TENANT,
+        roles=[role],
+        grants=[security.Grant(permission=p, role=role) for p in permissions],
+    )
+
+
+class FakeSecurity:
+    """Answers ``authenticate`` for the keys of :data:`ROLE_KEYS` (401 otherwise) and
+    counts the requests, so the gateway's guard is tested alone; the real service is tested
+    with the gateway in the security-service's and the end-to-end tests."""
+
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+        self.identities = {key: _identity(role, role) for role, key in ROLE_KEYS.items()}
+        self.requests: list[security.AuthenticateRequest] = []
+        self._sub: Subscription | None = None
+
+    async def start(self) -> FakeSecurity:
+        self._sub = await self.nc.subscribe(subjects.SECURITY_AUTHENTICATE, cb=self._authenticate)
+        await subscribed(self.nc)
+        return self
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+
+    async def _authenticate(self, msg: Msg) -> None:
+        request = msgspec.json.decode(msg.data, type=security.AuthenticateRequest)
+        self.requests.append(request)
+        credential = request.credentials.api_key or request.credentials.bearer or ""
+        identity = self.identities.get(credential)
+        if identity is None:
+            reply = rpc.RpcReply(error=rpc.RpcError(code="unauthorized", message="the API key is not valid"))
+        else:
+            reply = rpc.RpcReply(result=msgspec.Raw(msgspec.json.encode(identity)))
+        await msg.respond(msgspec.json.encode(reply))

@@ -8,14 +8,15 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from gateway_fakes import FakeEngine
+from gateway_fakes import FakeEngine, GatewayFactory
 from nats.aio.client import Client as NATS
 from omni_contract import subjects
 from omni_contract.events import RunStatus
+from omni_gateway import security
 from omni_gateway.app import build_app
 from omni_gateway.openapi import OPERATIONS, build_openapi, render_openapi
 from omni_gateway.settings import GatewaySettings
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 Client = TestClient[Any, Any]
 
@@ -51,18 +52,31 @@ async def test_readyz_is_200_once_the_engine_answers(gateway: Client, engine: Fa
 
 
 @pytest.mark.integration
-async def test_requests_are_counted_by_route_and_status(gateway: Client, engine: FakeEngine) -> None:
+async def test_requests_are_counted_by_route_and_status(
+    make_gateway: GatewayFactory, engine: FakeEngine
+) -> None:
+    registry = CollectorRegistry()
+    gateway = await make_gateway(registry=registry)
     await gateway.get("/workflows/greet")
     await gateway.get("/workflows/nope")
     await gateway.get("/no/such/path")
 
-    text = await (await gateway.get("/metrics")).text()
+    text = generate_latest(registry).decode()
 
     assert 'omni_gateway_http_requests_total{method="GET",route="/workflows/{name}",status="200"} 1.0' in text
     assert 'omni_gateway_http_requests_total{method="GET",route="/workflows/{name}",status="404"} 1.0' in text
     assert 'omni_gateway_http_requests_total{method="GET",route="unmatched",status="404"} 1.0' in text
     assert 'omni_gateway_http_request_duration_seconds_count{method="GET",route="/workflows/{name}"' in text
     assert 'omni_gateway_engine_rpc_duration_seconds_count{endpoint="workflows.get",outcome="ok"} 1.0' in text
+    assert 'omni_gateway_auth_decisions_total{outcome="allowed"} 2.0' in text
+
+
+@pytest.mark.integration
+async def test_metrics_are_not_on_the_public_port(gateway: Client, engine: FakeEngine) -> None:
+    """Prometheus scrapes the health port (every service's /metrics); the public API has none."""
+    response = await gateway.get("/metrics")
+
+    assert response.status == 404
 
 
 @pytest.mark.integration
@@ -115,8 +129,8 @@ def test_openapi_document_describes_every_route_with_resolvable_refs() -> None:
         "/servers/{name}",
         "/healthz",
         "/readyz",
-        "/metrics",
         "/openapi.json",
+        *(op.path for op in security.OPERATIONS),
     }
     operation_ids = [op["operationId"] for path in doc["paths"].values() for op in path.values()]
     assert len(operation_ids) == len(set(operation_ids))

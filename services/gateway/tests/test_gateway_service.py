@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import nats
 import pytest
-from gateway_fakes import FakeEngine
+from gateway_fakes import ADMIN_KEY, FakeEngine, FakeSecurity
 from nats.aio.client import Client as NATS
 from omni_contract import streams
 from omni_gateway.main import ListenError, body
@@ -90,9 +90,11 @@ async def test_the_service_provisions_streams_serves_and_stops(
 
 
 @pytest.mark.integration
-async def test_stopping_releases_a_waiting_execute_with_202(running: RunningGateway, engine_nc: NATS) -> None:
+async def test_stopping_releases_a_waiting_execute_with_202(
+    running: RunningGateway, engine_nc: NATS, security: FakeSecurity
+) -> None:
     engine = await FakeEngine(engine_nc, auto_complete=False).start()
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as session:
         await wait_for(lambda: _healthz(session, running.base), timeout=10, retry_on=(aiohttp.ClientError,))
         waiting = asyncio.create_task(
             session.post(

@@ -32,6 +32,7 @@ class RpcError(msgspec.Struct, kw_only=True, omit_defaults=True):
     code: str
     message: str
     details: list[FieldProblem] = []
+    retry_after_s: float | None = None  # rate_limited: when to try again
 
 
 ERROR_HTTP_STATUS: dict[str, int] = {
@@ -47,6 +48,10 @@ ERROR_HTTP_STATUS: dict[str, int] = {
     # The same Idempotency-Key with a different request body (IETF draft
     # "The Idempotency-Key HTTP Header Field", section 2.7: 422 Unprocessable Content).
     "idempotency_mismatch": 422,
+    # The security-service's answers: no or bad credentials, a missing permission, too many failures.
+    "unauthorized": 401,
+    "forbidden": 403,
+    "rate_limited": 429,
     "internal": 500,
 }
 

@@ -10,10 +10,36 @@ names of ``omni_gateway.openapi.ERRORS``), parameters (:func:`param_ref`) and sc
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 SCHEMA_REF = "#/components/schemas/{name}"
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may call an operation. ``public``: anyone, without credentials. Otherwise the caller
+    must authenticate and, when ``permission`` is set, hold it: ``resource:action[:instance]``
+    (``omni_contract.security``), where ``{param}`` stands for the route's path parameter, so
+    ``workflow:execute:{name}`` asks for the workflow being executed."""
+
+    permission: str | None = None
+    public: bool = False
+
+    def wanted(self, path_params: Mapping[str, str]) -> tuple[str, str, str]:
+        """``(resource, action, instance)`` for one request."""
+        assert self.permission is not None
+        resource, action, *instance = self.permission.split(":", 2)
+        return resource, action, instance[0].format_map(path_params) if instance else ""
+
+
+PUBLIC = Access(public=True)
+AUTHENTICATED = Access()
+
+
+def needs(permission: str) -> Access:
+    return Access(permission=permission)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,6 +52,7 @@ class Operation:
     tag: str
     summary: str
     responses: dict[str, Any]  # by status, the answers that are not errors
+    access: Access  # who may call it: the gateway enforces this, the document shows it
     errors: tuple[str, ...] = ()  # the error responses, by name; every operation may also fail with a 500
     description: str | None = None
     parameters: tuple[dict[str, Any], ...] = ()

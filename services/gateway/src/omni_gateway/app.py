@@ -12,13 +12,24 @@ from nats.aio.client import Client as NATS
 from opentelemetry import propagate, trace
 from prometheus_client import CollectorRegistry
 
-from omni_gateway import deadletters, declarations, events, operations, runs, servers, tools, workflows
+from omni_gateway import (
+    deadletters,
+    declarations,
+    events,
+    operations,
+    runs,
+    security,
+    servers,
+    tools,
+    workflows,
+)
 from omni_gateway.bodies import CONTROL, too_large
 from omni_gateway.engine import EngineClient
 from omni_gateway.errors import ApiError, error_response
+from omni_gateway.guard import GUARD, Guard
 from omni_gateway.metrics import GatewayMetrics
-from omni_gateway.openapi import render_openapi
-from omni_gateway.operations import OPENAPI_DOCUMENT, REGISTRY
+from omni_gateway.openapi import OPERATIONS, render_openapi
+from omni_gateway.operations import OPENAPI_DOCUMENT
 from omni_gateway.settings import GatewaySettings
 from omni_gateway.state import GATEWAY, Gateway
 
@@ -37,18 +48,27 @@ def build_app(nc: NATS, settings: GatewaySettings, registry: CollectorRegistry) 
         metrics=metrics,
         js=nc.jetstream(),
     )
+    guard = Guard(nc, settings, metrics, OPERATIONS)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[_observe(metrics), _errors(settings)],
+        middlewares=[_observe(metrics), _errors(settings), guard.middleware()],
     )
     app[GATEWAY] = gateway
-    app[REGISTRY] = registry
+    app[GUARD] = guard
     app[OPENAPI_DOCUMENT] = render_openapi().encode()
+
+    async def on_startup(_: web.Application) -> None:
+        await guard.start()
 
     async def on_shutdown(_: web.Application) -> None:
         gateway.stop()
 
+    async def on_cleanup(_: web.Application) -> None:
+        await guard.stop()
+
+    app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)
+    app.on_cleanup.append(on_cleanup)
     app.add_routes(
         [
             web.get("/workflows", workflows.list_workflows),
@@ -80,8 +100,8 @@ def build_app(nc: NATS, settings: GatewaySettings, registry: CollectorRegistry) 
             web.get("/servers/{name}", servers.get_server),
             web.get("/healthz", operations.healthz),
             web.get("/readyz", operations.readyz),
-            web.get("/metrics", operations.prometheus),
             web.get("/openapi.json", operations.openapi),
+            *security.ROUTES,
         ]
     )
     return app

@@ -30,7 +30,7 @@ from omni_contract.envelope import Envelope, decode_envelope, payload_of
 from omni_contract.events import DEADLETTER_V1, DeadLetter
 from omni_runtime.publish import publish
 
-from omni_gateway.apidoc import Operation, json_answer, page_parameters, param_ref
+from omni_gateway.apidoc import Operation, json_answer, needs, page_parameters, param_ref
 from omni_gateway.bodies import query_int, respond
 from omni_gateway.errors import ApiError
 from omni_gateway.jetstream import NO_MESSAGE_FOUND, Missing, jetstream_errors, publish_errors
@@ -59,6 +59,7 @@ _SUBJECT_TOKEN = re.compile(r"[^\s*>.]+")
 LIST_DEADLETTERS = Operation(
     method="get",
     path="/deadletters",
+    access=needs("deadletter:read"),
     operation_id="listDeadLetters",
     tag="deadletters",
     summary="List dead letters, newest first, a page at a time",
@@ -96,6 +97,7 @@ async def list_deadletters(request: web.Request) -> web.Response:
 GET_DEADLETTER = Operation(
     method="get",
     path="/deadletters/{id}",
+    access=needs("deadletter:read"),
     operation_id="getDeadLetter",
     tag="deadletters",
     summary="Read one dead letter",
@@ -114,6 +116,7 @@ async def get_deadletter(request: web.Request) -> web.Response:
 REDRIVE_DEADLETTER = Operation(
     method="post",
     path="/deadletters/{id}/redrive",
+    access=needs("deadletter:redrive"),
     operation_id="redriveDeadLetter",
     tag="deadletters",
     summary="Deliver a dead letter's original message again, and remove the dead letter",

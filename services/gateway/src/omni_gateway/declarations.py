@@ -43,7 +43,7 @@ from omni_contract.declared import (
 from omni_contract.kv import DECLARED_TOOLS
 from omni_runtime import nats as omni_nats
 
-from omni_gateway.apidoc import Operation, json_answer, param_ref, schema_ref
+from omni_gateway.apidoc import Operation, json_answer, needs, param_ref, schema_ref
 from omni_gateway.bodies import MAX_DEPTH, json_type, read_json_object, read_text
 from omni_gateway.errors import ApiError, ErrorDetail
 from omni_gateway.state import GATEWAY
@@ -146,6 +146,7 @@ def _registered(stored: StoredDeclaration, status: int) -> web.Response:
 LIST_DECLARATIONS = Operation(
     method="get",
     path="/tools/declarations",
+    access=needs("tool:read"),
     operation_id="listDeclaredTools",
     tag="tools",
     summary="List the tools declared by configuration (HTTP calls served by tool-runner-integrations)",
@@ -167,6 +168,7 @@ async def list_declarations(request: web.Request) -> web.Response:
 GET_DECLARATION = Operation(
     method="get",
     path="/tools/declarations/{name}",
+    access=needs("tool:read:{name}"),
     operation_id="getDeclaredTool",
     tag="tools",
     summary="Read one declared tool",
@@ -222,6 +224,7 @@ _DECLARATION_BODY = {
 PUT_DECLARATION = Operation(
     method="put",
     path="/tools/declarations/{name}",
+    access=needs("tool:declare:{name}"),
     operation_id="putDeclaredTool",
     tag="tools",
     summary="Declare a tool, or replace its declaration",
@@ -247,6 +250,7 @@ async def put_declaration(request: web.Request) -> web.Response:
 CREATE_DECLARATION = Operation(
     method="post",
     path="/tools/declarations",
+    access=needs("tool:declare"),
     operation_id="declareTool",
     tag="tools",
     summary="Declare a new tool backed by one HTTP call",
@@ -291,6 +295,7 @@ async def create_declaration(request: web.Request) -> web.Response:
 DELETE_DECLARATION = Operation(
     method="delete",
     path="/tools/declarations/{name}",
+    access=needs("tool:declare:{name}"),
     operation_id="deleteDeclaredTool",
     tag="tools",
     summary="Withdraw a declared tool",

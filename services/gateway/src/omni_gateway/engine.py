@@ -1,7 +1,8 @@
-"""The workflow engine, as the gateway sees it: typed request/reply calls over NATS.
+"""The services behind the gateway (the workflow engine, the security-service), as it sees them:
+typed request/reply calls over NATS.
 
 Every reply is an ``RpcReply``. An ``error`` in it becomes an :class:`ApiError` with the HTTP
-status of its code; no answer within the timeout (or nobody listening), and the engine's
+status of its code; no answer within the timeout (or nobody listening), and a service's
 ``unavailable`` (its database cannot be reached), become a 503 with ``Retry-After``.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
@@ -50,20 +52,34 @@ UNAVAILABLE = "unavailable"
 _reply_decoder = msgspec.json.Decoder(RpcReply)
 
 
-class EngineClient:
-    def __init__(self, nc: NATS, timeout_s: float, metrics: GatewayMetrics | None = None) -> None:
+class RpcClient:
+    """Calls to one service's endpoints under ``prefix``; ``unavailable`` makes its 503."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        timeout_s: float,
+        metrics: GatewayMetrics | None,
+        *,
+        service: str,
+        prefix: str,
+        unavailable: Callable[[str], ApiError],
+    ) -> None:
         self.nc = nc
         self.timeout_s = timeout_s
         self.metrics = metrics
+        self.service = service
+        self.prefix = prefix
+        self.unavailable = unavailable
 
     async def call(self, subject: str, request: Any, *, timeout_s: float | None = None) -> msgspec.Raw:
         """Send ``request`` (a struct or plain data) and return the reply's raw ``result``."""
-        endpoint = subject.removeprefix(subjects.ENGINE_RPC_PREFIX + ".")
+        endpoint = subject.removeprefix(self.prefix + ".")
         started = time.perf_counter()
         outcome = "error"
         try:
             with tracer.start_as_current_span(
-                f"engine {endpoint}",
+                f"{self.service} {endpoint}",
                 kind=trace.SpanKind.CLIENT,
                 attributes={"messaging.system": "nats", "messaging.destination.name": subject},
             ):
@@ -82,35 +98,37 @@ class EngineClient:
         try:
             msg = await self.nc.request(subject, encode(request), timeout=timeout_s, headers=headers or None)
         except nats.errors.NoRespondersError:
-            raise engine_unavailable("no instance is answering") from None
+            raise self.unavailable("no instance is answering") from None
         except nats.errors.TimeoutError:
-            raise engine_unavailable(f"no answer within {timeout_s:g} s") from None
+            raise self.unavailable(f"no answer within {timeout_s:g} s") from None
         except nats.errors.Error as exc:
-            raise engine_unavailable(f"NATS connection: {exc}") from None
+            raise self.unavailable(f"NATS connection: {exc}") from None
         service_error = (msg.headers or {}).get(SERVICE_ERROR)
         if service_error is not None:
-            # The engine's endpoint raised instead of answering: NATS micro replied for it, with an
-            # empty body and the exception in a header (which must not reach the client).
-            log.error("the engine failed on %s: %s", subject, service_error)
+            # The endpoint raised instead of answering: NATS micro replied for it, with an empty
+            # body and the exception in a header (which must not reach the client).
+            log.error("the %s failed on %s: %s", self.service, subject, service_error)
             raise ApiError(500, "internal", "internal error")
         try:
             reply = _reply_decoder.decode(msg.data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             log.error("unreadable reply from %s: %s", subject, exc)
-            raise bad_reply(subject) from None
+            raise bad_reply(self.service, subject) from None
         if reply.error is not None:
             if reply.error.code == UNAVAILABLE:
-                # The engine is up but its database is not (a transient outage): try again shortly.
-                log.warning("engine unavailable on %s: %s", subject, reply.error.message)
+                # The service is up but its database is not (a transient outage): try again shortly.
+                log.warning("%s unavailable on %s: %s", self.service, subject, reply.error.message)
                 raise service_unavailable(reply.error.message)
             if ERROR_HTTP_STATUS.get(reply.error.code, 500) >= 500:
-                # The engine's own failure text may carry internals; it goes to the log, not the caller.
-                log.error("engine failed on %s: %s: %s", subject, reply.error.code, reply.error.message)
-                raise ApiError(500, "internal", "the workflow engine failed to handle the request")
+                # The service's own failure text may carry internals; it goes to the log, not the caller.
+                log.error(
+                    "%s failed on %s: %s: %s", self.service, subject, reply.error.code, reply.error.message
+                )
+                raise ApiError(500, "internal", f"the {self.service} failed to handle the request")
             raise ApiError.from_rpc(reply.error)
         if bytes(reply.result) == b"null":
             log.error("reply from %s has neither result nor error", subject)
-            raise bad_reply(subject)
+            raise bad_reply(self.service, subject)
         return reply.result
 
     async def call_as(
@@ -121,7 +139,19 @@ class EngineClient:
             return msgspec.json.decode(raw, type=result_type)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             log.error("unexpected result from %s: %s", subject, exc)
-            raise bad_reply(subject) from None
+            raise bad_reply(self.service, subject) from None
+
+
+class EngineClient(RpcClient):
+    def __init__(self, nc: NATS, timeout_s: float, metrics: GatewayMetrics | None = None) -> None:
+        super().__init__(
+            nc,
+            timeout_s,
+            metrics,
+            service="workflow engine",
+            prefix=subjects.ENGINE_RPC_PREFIX,
+            unavailable=engine_unavailable,
+        )
 
     # -- the endpoints -------------------------------------------------------------------------
     async def list_workflows(self, *, timeout_s: float | None = None) -> WorkflowList:
@@ -163,5 +193,5 @@ SERVICE_ERROR = "Nats-Service-Error"
 """The header of a NATS micro reply sent for an endpoint that raised."""
 
 
-def bad_reply(subject: str) -> ApiError:
-    return ApiError(502, "bad_gateway", f"the workflow engine sent an unreadable reply to {subject}")
+def bad_reply(service: str, subject: str) -> ApiError:
+    return ApiError(502, "bad_gateway", f"the {service} sent an unreadable reply to {subject}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import msgspec
 from aiohttp import web
 from omni_contract.rpc import ERROR_HTTP_STATUS, RpcError
@@ -53,7 +55,12 @@ class ApiError(Exception):
         details = [
             ErrorDetail(field=p.field, message=p.message, file=p.file, step=p.step) for p in error.details
         ]
-        return cls(ERROR_HTTP_STATUS.get(error.code, 500), error.code, error.message, details)
+        headers: dict[str, str] = {}
+        if error.retry_after_s is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
+        if error.code == UNAUTHORIZED:
+            headers["WWW-Authenticate"] = BEARER_CHALLENGE
+        return cls(ERROR_HTTP_STATUS.get(error.code, 500), error.code, error.message, details, headers)
 
     def response(self) -> web.Response:
         return error_response(self.status, self.code, self.message, self.details, self.headers)
@@ -71,6 +78,35 @@ def engine_unavailable(reason: str) -> ApiError:
         "engine_unavailable",
         f"workflow engine unavailable: {reason}",
         headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
+def security_unavailable(reason: str) -> ApiError:
+    """503 with ``Retry-After``: nobody answers for the security-service, so nobody is let in."""
+    return ApiError(
+        503,
+        "security_unavailable",
+        f"security-service unavailable: {reason}",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
+UNAUTHORIZED = "unauthorized"
+BEARER_CHALLENGE = 'Bearer realm="omni"'
+
+
+def unauthorized(message: str) -> ApiError:
+    """401 with the challenge RFC 6750 asks for."""
+    return ApiError(401, UNAUTHORIZED, message, headers={"WWW-Authenticate": BEARER_CHALLENGE})
+
+
+def forbidden(permission: str, reason: str) -> ApiError:
+    """403 naming the permission that is missing."""
+    return ApiError(
+        403,
+        "forbidden",
+        f"permission {permission} is required: {reason}",
+        [ErrorDetail(field="permission", message=permission)],
     )
 
 

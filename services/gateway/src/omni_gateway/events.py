@@ -10,7 +10,7 @@ from omni_contract import streams, subjects
 from omni_contract.envelope import encode_envelope, new_envelope
 from omni_runtime.publish import publish
 
-from omni_gateway.apidoc import Operation, json_answer
+from omni_gateway.apidoc import Operation, json_answer, needs
 from omni_gateway.bodies import read_json_object, respond
 from omni_gateway.errors import ApiError
 from omni_gateway.jetstream import publish_errors
@@ -57,6 +57,7 @@ def event_id_of(request: web.Request) -> str:
 PUBLISH_EVENT = Operation(
     method="post",
     path="/events/{subject}",
+    access=needs("event:publish:{subject}"),
     operation_id="publishEvent",
     tag="events",
     summary="Publish an application event",

@@ -25,6 +25,12 @@ class GatewayMetrics:
         self.in_flight = Gauge(
             "omni_gateway_http_requests_in_flight", "HTTP requests being answered", registry=registry
         )
+        self.auth = Counter(
+            "omni_gateway_auth_decisions",
+            "Requests to protected routes by outcome: allowed, unauthorized, forbidden, rate_limited, ...",
+            ["outcome"],
+            registry=registry,
+        )
         self.rpc_latency = Histogram(
             "omni_gateway_engine_rpc_duration_seconds",
             "Time of request/reply calls to the workflow engine, by endpoint and outcome",

@@ -27,6 +27,7 @@ from omni_gateway import (
     events,
     operations,
     runs,
+    security,
     servers,
     tools,
     workflows,
@@ -65,7 +66,11 @@ TAGS: list[dict[str, str]] = [
     {"name": "tools", "description": "The tools the runners serve, and calling one directly"},
     {"name": "events", "description": "Application events that trigger workflows"},
     {"name": "deadletters", "description": "Messages Omni could not process, and their redrive"},
-    {"name": "operations", "description": "Health, readiness, metrics and this document"},
+    {
+        "name": "security",
+        "description": "API keys, principals, roles, permission checks and the hash-chained audit log",
+    },
+    {"name": "operations", "description": "Health, readiness and this document"},
 ]
 TAG_NAMES = tuple(tag["name"] for tag in TAGS)
 
@@ -99,6 +104,7 @@ BODY_TYPES: tuple[type[msgspec.Struct], ...] = (
     Health,
     Readiness,
     ErrorBody,
+    *security.BODY_TYPES,
 )
 
 _PAYLOAD_FIELD: dict[str, Any] = {
@@ -206,7 +212,9 @@ def build_openapi() -> dict[str, Any]:
         },
         "tags": copy.deepcopy(TAGS),
         "paths": _paths(),
+        "security": [{"bearerAuth": []}, {"apiKey": []}],
         "components": {
+            "securitySchemes": SECURITY_SCHEMES,
             "schemas": dict(sorted(schemas.items())),
             "responses": _error_responses(),
             "parameters": _parameters(),
@@ -214,9 +222,19 @@ def build_openapi() -> dict[str, Any]:
     }
 
 
+SECURITY_SCHEMES: dict[str, Any] = {
+    "bearerAuth": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An Omni API key (omni_...) or a JWT from the configured identity provider",
+    },
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "An Omni API key"},
+}
+
+
 # -- paths --------------------------------------------------------------------------------------
 # The modules whose handlers serve the app's routes, each describing its own in ``OPERATIONS``.
-HANDLER_MODULES = (workflows, runs, deadletters, events, tools, declarations, servers, operations)
+HANDLER_MODULES = (workflows, runs, deadletters, events, tools, declarations, servers, security, operations)
 OPERATIONS: tuple[Operation, ...] = tuple(op for module in HANDLER_MODULES for op in module.OPERATIONS)
 
 
@@ -252,8 +270,17 @@ def _operation(op: Operation) -> dict[str, Any]:
     responses = copy.deepcopy(op.responses)
     by_status: dict[str, list[str]] = {}
     # An operation the engine answers may also get its unreadable reply (502).
-    implied = ("EngineBadReply",) if "EngineUnavailable" in op.errors else ()
-    for name in (*op.errors, *implied, "InternalError"):
+    implied: tuple[str, ...] = ("EngineBadReply",) if "EngineUnavailable" in op.errors else ()
+    if op.access.public:
+        rendered["security"] = []
+    else:  # the guard's answers (omni_gateway.guard)
+        implied += ("Unauthorized", "RateLimited", "SecurityUnavailable")
+        if op.access.permission is not None:
+            implied += ("Forbidden",)
+            rendered["x-omni-permission"] = op.access.permission
+    for name in dict.fromkeys((*op.errors, *implied, "InternalError")):
+        if name in implied and _ERROR_STATUS[name] in responses:
+            continue  # the operation's own answer of that status describes it already
         by_status.setdefault(_ERROR_STATUS[name], []).append(name)
     for status, names in by_status.items():
         if status in responses:
@@ -352,6 +379,14 @@ ERRORS: dict[str, tuple[str, str]] = {
     "InvalidRequest": ("422", "A required field is missing or unusable; details name it"),
     "IdempotencyMismatch": ("422", "The Idempotency-Key was used before with another request body"),
     "InternalError": ("500", "An unexpected failure (never with internals)"),
+    "Unauthorized": (
+        "401",
+        "No credentials, or credentials the security-service does not accept (unknown, revoked or "
+        "expired key; a token with a bad signature, issuer, audience or time)",
+    ),
+    "Forbidden": ("403", "The caller lacks the permission the operation needs; the details name it"),
+    "RateLimited": ("429", "Too many failed authentications from this source; Retry-After says when to try"),
+    "SecurityUnavailable": ("503", "The security-service did not answer, so nobody can be let in now"),
     "EngineUnavailable": (
         "503",
         "The workflow engine did not answer in time (engine_unavailable), or answered that its "
@@ -359,6 +394,7 @@ ERRORS: dict[str, tuple[str, str]] = {
     ),
     "EngineBadReply": ("502", "The workflow engine's reply could not be read (bad_gateway)"),
     "EventsUnavailable": ("503", "JetStream did not store the event"),
+    "SecurityConflict": ("409", "The principal exists already, or a principal would delete itself"),
     "ToolsUnavailable": (
         "503",
         "NATS or JetStream did not answer, or refused, while the gateway read or wrote the runners' "
@@ -380,7 +416,7 @@ def _error_response(status: str, description: str) -> dict[str, Any]:
         "description": description,
         "content": {"application/json": {"schema": schema_ref("ErrorBody")}},
     }
-    if status == "503":  # every 503 says when to try again (errors.error_response)
+    if status in ("503", "429"):  # every 503 and 429 says when to try again (errors.error_response)
         response["headers"] = {
             "Retry-After": {
                 "description": "Seconds to wait before trying again",

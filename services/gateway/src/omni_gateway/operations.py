@@ -1,27 +1,27 @@
-"""``/healthz``, ``/readyz``, ``/metrics`` and ``/openapi.json``: the routes that serve operators
-and tooling rather than callers of the API.
+"""``/healthz``, ``/readyz`` and ``/openapi.json``: the routes that serve operators and tooling
+rather than callers of the API. Prometheus metrics are on the health port (``/metrics`` there,
+with every service's), not on the public one.
 
-The metrics registry and the rendered OpenAPI document are the app's (``REGISTRY``,
-``OPENAPI_DOCUMENT``, set by ``omni_gateway.app.build_app``): ``omni_gateway.openapi`` reads these
+The rendered OpenAPI document is the app's (``OPENAPI_DOCUMENT``, set by
+``omni_gateway.app.build_app``): ``omni_gateway.openapi`` reads these
 routes' descriptions from this module, so this module cannot import it to render the document."""
 
 from __future__ import annotations
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from omni_gateway.apidoc import Operation, json_answer
+from omni_gateway.apidoc import AUTHENTICATED, PUBLIC, Operation, json_answer
 from omni_gateway.bodies import respond
 from omni_gateway.state import GATEWAY, SERVICE
 from omni_gateway.views import Health, Readiness
 
-REGISTRY = web.AppKey("registry", CollectorRegistry)
 OPENAPI_DOCUMENT = web.AppKey("openapi_document", bytes)
 
 
 HEALTHZ = Operation(
     method="get",
     path="/healthz",
+    access=PUBLIC,
     operation_id="healthz",
     tag="operations",
     summary="The process is alive",
@@ -36,6 +36,7 @@ async def healthz(_: web.Request) -> web.Response:
 READYZ = Operation(
     method="get",
     path="/readyz",
+    access=PUBLIC,
     operation_id="readyz",
     tag="operations",
     summary="The gateway can serve: NATS is connected and the engine answers",
@@ -53,30 +54,10 @@ async def readyz(request: web.Request) -> web.Response:
     return respond(Readiness(status="ready", service=SERVICE))
 
 
-METRICS = Operation(
-    method="get",
-    path="/metrics",
-    operation_id="metrics",
-    tag="operations",
-    summary="Prometheus metrics",
-    responses={
-        "200": {
-            "description": "Prometheus text format",
-            "content": {"text/plain": {"schema": {"type": "string"}}},
-        }
-    },
-)
-
-
-async def prometheus(request: web.Request) -> web.Response:
-    return web.Response(
-        body=generate_latest(request.app[REGISTRY]), headers={"Content-Type": CONTENT_TYPE_LATEST}
-    )
-
-
 OPENAPI = Operation(
     method="get",
     path="/openapi.json",
+    access=AUTHENTICATED,
     operation_id="openapi",
     tag="operations",
     summary="This document",
@@ -93,4 +74,4 @@ async def openapi(request: web.Request) -> web.Response:
     return web.Response(body=request.app[OPENAPI_DOCUMENT], content_type="application/json")
 
 
-OPERATIONS = (HEALTHZ, READYZ, METRICS, OPENAPI)
+OPERATIONS = (HEALTHZ, READYZ, OPENAPI)

@@ -11,7 +11,15 @@ from omni_contract.events import RunEventRecord, RunEventType, RunProgress, RunS
 from omni_contract.rpc import CancelRunRequest, ListRunsRequest, RerunRequest
 from omni_runtime.logging import run_id_var
 
-from omni_gateway.apidoc import Operation, json_answer, page_parameters, param_ref, schema_ref, string_header
+from omni_gateway.apidoc import (
+    Operation,
+    json_answer,
+    needs,
+    page_parameters,
+    param_ref,
+    schema_ref,
+    string_header,
+)
 from omni_gateway.bodies import json_type, parse_int, query_int, read_json_object, respond
 from omni_gateway.convert import to_camel
 from omni_gateway.errors import ApiError, ErrorDetail
@@ -40,6 +48,7 @@ def run_id_of(request: web.Request) -> str:
 LIST_RUNS = Operation(
     method="get",
     path="/runs",
+    access=needs("run:read"),
     operation_id="listRuns",
     tag="runs",
     summary="List runs, newest first, a page at a time",
@@ -75,6 +84,7 @@ async def list_runs(request: web.Request) -> web.Response:
 GET_RUN = Operation(
     method="get",
     path="/runs/{runId}",
+    access=needs("run:read"),
     operation_id="getRun",
     tag="runs",
     summary="Read one run with its steps",
@@ -92,6 +102,7 @@ async def get_run(request: web.Request) -> web.Response:
 RUN_EVENTS = Operation(
     method="get",
     path="/runs/{runId}/events",
+    access=needs("run:read"),
     operation_id="getRunEvents",
     tag="runs",
     summary="Read a run's history of events",
@@ -111,6 +122,7 @@ async def run_events(request: web.Request) -> web.Response:
 CANCEL_RUN = Operation(
     method="post",
     path="/runs/{runId}/cancel",
+    access=needs("run:cancel"),
     operation_id="cancelRun",
     tag="runs",
     summary="Cancel a run",
@@ -154,6 +166,7 @@ async def cancel_run(request: web.Request) -> web.Response:
 RERUN = Operation(
     method="post",
     path="/runs/{runId}/rerun",
+    access=needs("run:rerun"),
     operation_id="rerunRun",
     tag="runs",
     summary="Run a workflow again from one of its steps",
@@ -229,6 +242,7 @@ def _resume_after(request: web.Request) -> int:
 STREAM_RUN = Operation(
     method="get",
     path="/runs/{runId}/stream",
+    access=needs("run:read"),
     operation_id="streamRun",
     tag="runs",
     summary="Follow a run's progress as server-sent events",

@@ -36,7 +36,7 @@ from omni_contract.tools import (
     key_token,
 )
 
-from omni_gateway.apidoc import Operation, json_answer, param_ref
+from omni_gateway.apidoc import Operation, json_answer, needs, param_ref
 from omni_gateway.bodies import respond
 from omni_gateway.errors import ApiError
 from omni_gateway.jetstream import Missing
@@ -156,6 +156,7 @@ async def _health(request: web.Request, provider: str | None) -> dict[str, list[
 LIST_SERVERS = Operation(
     method="get",
     path="/servers",
+    access=needs("server:read"),
     operation_id="listServers",
     tag="tools",
     summary="Every provider Omni knows, and any other with a live runner, with its health",
@@ -184,6 +185,7 @@ async def list_servers(request: web.Request) -> web.Response:
 GET_SERVER = Operation(
     method="get",
     path="/servers/{name}",
+    access=needs("server:read:{name}"),
     operation_id="getServer",
     tag="tools",
     summary="One provider's health, with each runner replica's view",

@@ -47,3 +47,10 @@ class GatewaySettings(ServiceSettings):
     readiness_timeout_s: float = Field(
         default=1.0, gt=0, description="How long /readyz waits for the workflow engine to answer"
     )
+    auth_cache_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long an authenticated identity is reused without asking the security-service "
+        "(any change to keys or roles drops the cache at once)",
+    )
+    auth_cache_size: int = Field(default=10_000, ge=1, description="Identities cached at most")

@@ -67,7 +67,7 @@ from omni_runtime.publish import Published, publish
 from opentelemetry import trace
 
 from omni_gateway import jetstream
-from omni_gateway.apidoc import Operation, json_answer, param_ref, schema_ref
+from omni_gateway.apidoc import Operation, json_answer, needs, param_ref, schema_ref
 from omni_gateway.bodies import json_type, read_json_object, respond
 from omni_gateway.errors import ApiError, ErrorDetail
 from omni_gateway.state import EVENT_SOURCE, GATEWAY
@@ -277,6 +277,7 @@ def _query_filter(name: str, description: str) -> dict[str, Any]:
 LIST_TOOLS = Operation(
     method="get",
     path="/tools",
+    access=needs("tool:read"),
     operation_id="listTools",
     tag="tools",
     summary="List the registered tools, one entry per tool and provider",
@@ -325,6 +326,7 @@ async def list_tools(request: web.Request) -> web.Response:
 GET_TOOL = Operation(
     method="get",
     path="/tools/{name}",
+    access=needs("tool:read:{name}"),
     operation_id="getTool",
     tag="tools",
     summary="Read one tool with each provider that serves it",
@@ -346,6 +348,7 @@ async def get_tool(request: web.Request) -> web.Response:
 GET_TOOL_PROVIDER = Operation(
     method="get",
     path="/tools/{name}/{provider}",
+    access=needs("tool:read:{name}"),
     operation_id="getToolProvider",
     tag="tools",
     summary="Read one tool at one provider, with its input and output schemas",
@@ -369,6 +372,7 @@ async def get_tool_provider(request: web.Request) -> web.Response:
 EXECUTE_TOOL = Operation(
     method="post",
     path="/tools/{category}/{action}/{provider}",
+    access=needs("tool:execute:{category}.{action}"),
     operation_id="executeTool",
     tag="tools",
     summary="Call one tool at one provider, outside any workflow, and wait for its result",
@@ -379,7 +383,8 @@ EXECUTE_TOOL = Operation(
             "description": (
                 "No runner replica is live and available for the tool at the provider "
                 "(a ToolExecution with error.code tool_unavailable, saying why); or NATS "
-                "could not be used (tools_unavailable)"
+                "could not be used (tools_unavailable); or the security-service did not answer "
+                "(security_unavailable)"
             ),
             "content": {
                 "application/json": {

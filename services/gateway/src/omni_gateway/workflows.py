@@ -21,7 +21,7 @@ from omni_contract.rpc import (
 from omni_runtime.logging import run_id_var
 from opentelemetry import trace
 
-from omni_gateway.apidoc import Operation, json_answer, param_ref, schema_ref, string_header
+from omni_gateway.apidoc import Operation, json_answer, needs, param_ref, schema_ref, string_header
 from omni_gateway.bodies import (
     json_response,
     object_field,
@@ -69,6 +69,7 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 LIST_WORKFLOWS = Operation(
     method="get",
     path="/workflows",
+    access=needs("workflow:read"),
     operation_id="listWorkflows",
     tag="workflows",
     summary="List the current version of every workflow definition (id and name of each)",
@@ -85,6 +86,7 @@ async def list_workflows(request: web.Request) -> web.Response:
 GET_WORKFLOW = Operation(
     method="get",
     path="/workflows/{name}",
+    access=needs("workflow:read:{name}"),
     operation_id="getWorkflow",
     tag="workflows",
     summary="Read the current version of one workflow definition, by its id",
@@ -103,6 +105,7 @@ async def get_workflow(request: web.Request) -> web.Response:
 WORKFLOW_VERSIONS = Operation(
     method="get",
     path="/workflows/{name}/versions",
+    access=needs("workflow:read:{name}"),
     operation_id="getWorkflowVersions",
     tag="workflows",
     summary="List the versions of a workflow definition the engine has registered",
@@ -124,6 +127,7 @@ async def workflow_versions(request: web.Request) -> web.Response:
 REGISTER_WORKFLOW = Operation(
     method="post",
     path="/workflows",
+    access=needs("workflow:write"),
     operation_id="registerWorkflow",
     tag="workflows",
     summary="Register a new version of a workflow definition",
@@ -216,6 +220,7 @@ _REPLAYED = {
 EXECUTE_WORKFLOW = Operation(
     method="post",
     path="/workflows/{name}/execute",
+    access=needs("workflow:execute:{name}"),
     operation_id="executeWorkflow",
     tag="workflows",
     summary="Start a run of a workflow and wait for it to end",
