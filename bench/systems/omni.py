@@ -259,7 +259,7 @@ class OmniSystem:
         connector = aiohttp.TCPConnector(limit=clients)
         timeout = aiohttp.ClientTimeout(total=60)
         async with aiohttp.ClientSession(
-            self.stack.gateway_url, connector=connector, timeout=timeout
+            self.stack.gateway_url, connector=connector, timeout=timeout, headers=self.stack.auth_headers
         ) as session:
 
             async def worker(k: int) -> None:

@@ -442,16 +442,23 @@ class FakeSecurity:
         self.nc = nc
         self.identities = {key: _identity(role, role) for role, key in ROLE_KEYS.items()}
         self.requests: list[security.AuthenticateRequest] = []
-        self._sub: Subscription | None = None
+        self._subs: list[Subscription] = []
 
     async def start(self) -> FakeSecurity:
-        self._sub = await self.nc.subscribe(subjects.SECURITY_AUTHENTICATE, cb=self._authenticate)
+        self._subs = [
+            await self.nc.subscribe(subjects.SECURITY_AUTHENTICATE, cb=self._authenticate),
+            await self.nc.subscribe(f"$SRV.PING.{subjects.SECURITY_SERVICE_NAME}", cb=self._ping),
+        ]
         await subscribed(self.nc)
         return self
 
     async def stop(self) -> None:
-        if self._sub is not None:
-            await self._sub.unsubscribe()
+        for sub in self._subs:
+            await sub.unsubscribe()
+        self._subs = []
+
+    async def _ping(self, msg: Msg) -> None:
+        await msg.respond(b"{}")
 
     async def _authenticate(self, msg: Msg) -> None:
         request = msgspec.json.decode(msg.data, type=security.AuthenticateRequest)

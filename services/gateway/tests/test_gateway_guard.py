@@ -6,6 +6,7 @@ in the security-service's tests and end to end."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -14,8 +15,11 @@ import pytest
 from aiohttp.test_utils import TestClient
 from gateway_fakes import ADMIN_KEY, ROLE_KEYS, VIEWER_KEY, FakeEngine, FakeSecurity, GatewayFactory
 from nats.aio.client import Client as NATS
+from nats.js.kv import KeyValue
 from omni_contract import kv, streams, subjects
-from omni_contract.security import SHIPPED_ROLES, AuditEvent
+from omni_contract.declared import StoredDeclaration, decode_declaration
+from omni_contract.security import SHIPPED_ROLES, AuditEvent, Grant, Identity, new_api_key
+from omni_contract.tools import ToolRegistration, ToolSpec, registry_key
 from omni_gateway.app import build_app
 from omni_gateway.openapi import OPERATIONS
 from omni_gateway.settings import GatewaySettings
@@ -243,3 +247,99 @@ async def test_concurrent_first_requests_each_get_an_answer(
     gateway = await make_gateway()
     statuses = await asyncio.gather(*(gateway.get("/workflows") for _ in range(20)))
     assert {s.status for s in statuses} == {200}
+
+
+# -- tenants and list filters --------------------------------------------------------------------
+def _acme(security: FakeSecurity, *permissions: str, principal: str = "acme-dev") -> str:
+    """A key of tenant acme with these permissions."""
+    key = new_api_key()
+    security.identities[key] = Identity(
+        principal=principal,
+        kind="user",
+        tenant="acme",
+        roles=["custom"],
+        grants=[Grant(permission=p, role="custom") for p in permissions],
+    )
+    return key
+
+
+DECLARED = {
+    "request": {"method": "GET", "url": "https://status.test/api"},
+    "output": {"state": "${response.status}"},
+}
+
+
+async def test_a_tenant_sees_and_changes_only_its_own_declared_tools_and_the_shipped_ones(
+    make_gateway: GatewayFactory, engine: FakeEngine, security: FakeSecurity, nc: NATS
+) -> None:
+    admin = await make_gateway()
+    acme = await make_gateway(key=_acme(security, "tool:*"))
+    bucket = await ensure_key_value(nc.jetstream(), kv.DECLARED_TOOLS)
+    shipped = StoredDeclaration(
+        declaration=decode_declaration({"name": "status.shipped", **DECLARED}), origin="file:status.yaml"
+    )
+    await bucket.put("status.shipped", msgspec.json.encode(shipped))
+
+    assert (await acme.put("/tools/declarations/status.acme", json=DECLARED)).status == 201
+    assert (await admin.put("/tools/declarations/status.mine", json=DECLARED)).status == 201
+
+    async def names(client: Client) -> list[str]:
+        body = await (await client.get("/tools/declarations")).json()
+        return [d["declaration"]["name"] for d in body["declarations"]]
+
+    assert await names(acme) == ["status.acme", "status.shipped"]
+    assert await names(admin) == ["status.mine", "status.shipped"]
+    assert (await admin.get("/tools/declarations/status.acme")).status == 404
+    assert (await admin.delete("/tools/declarations/status.acme")).status == 404
+    taken = await admin.put("/tools/declarations/status.acme", json=DECLARED)
+    assert taken.status == 409
+    assert "acme" not in (await taken.text()).replace("status.acme", "")  # the owner is not named
+    assert (await acme.put("/tools/declarations/status.shipped", json=DECLARED)).status == 409
+    assert (await acme.delete("/tools/declarations/status.shipped")).status == 409
+    replaced = await admin.put("/tools/declarations/status.shipped", json=DECLARED)
+    assert replaced.status == 200
+    assert (await replaced.json())["tenant"] is None  # still everyone's
+    created = await (await acme.get("/tools/declarations/status.acme")).json()
+    assert created["tenant"] == "acme"
+
+
+async def test_tools_the_caller_may_not_execute_are_not_listed(
+    make_gateway: GatewayFactory, engine: FakeEngine, security: FakeSecurity, nc: NATS
+) -> None:
+    registry = await ensure_key_value(nc.jetstream(), kv.TOOL_REGISTRY)
+    for name in ("mt.translate", "tts.speak"):
+        entry = ToolRegistration(
+            spec=ToolSpec(name=name, provider="mock", category=name.split(".")[0]),
+            runner="mock-1",
+            status="available",
+            started_at=datetime.now(UTC),
+            heartbeat_at=datetime.now(UTC),
+        )
+        await bucket_put(registry, registry_key("mock", name, "mock-1"), entry)
+    translator = await make_gateway(key=_acme(security, "tool:read", "tool:execute:mt.*"))
+    viewer = await make_gateway(key=VIEWER_KEY)
+
+    listed = await (await translator.get("/tools")).json()
+    assert [t["name"] for t in listed["tools"]] == ["mt.translate"]
+    assert (await (await viewer.get("/tools")).json())["tools"] == []  # viewers execute nothing
+    refused = await translator.post("/tools/tts/speak/mock", json={"input": {}})
+    assert refused.status == 403
+
+
+async def bucket_put(bucket: KeyValue, key: str, value: msgspec.Struct) -> None:
+    await bucket.put(key, msgspec.json.encode(value))
+
+
+async def test_runs_of_workflows_the_caller_may_not_read_are_neither_listed_nor_readable(
+    make_gateway: GatewayFactory, engine: FakeEngine, security: FakeSecurity
+) -> None:
+    admin = await make_gateway()
+    started = await admin.post("/workflows/greet/execute", json={"payload": {"name": "Ada"}})
+    run_id = (await started.json())["runId"]
+    only_other = await make_gateway(key=_acme(security, "run:read:other-*"))
+    greet_reader = await make_gateway(key=_acme(security, "run:read:greet", principal="reader"))
+
+    assert (await (await only_other.get("/runs")).json())["runs"] == []
+    assert (await only_other.get(f"/runs/{run_id}")).status == 404
+    assert [r["runId"] for r in (await (await greet_reader.get("/runs")).json())["runs"]] == [run_id]
+    assert (await greet_reader.get(f"/runs/{run_id}")).status == 200

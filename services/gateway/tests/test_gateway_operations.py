@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from gateway_fakes import FakeEngine, GatewayFactory
+from gateway_fakes import FakeEngine, FakeSecurity, GatewayFactory
 from nats.aio.client import Client as NATS
 from omni_contract import subjects
 from omni_contract.events import RunStatus
@@ -41,6 +41,18 @@ async def test_readyz_is_503_with_the_reason_when_no_engine_answers(gateway: Cli
     assert body["status"] == "unavailable"
     assert set(body["problems"]) == {"engine"}
     assert "workflow engine unavailable" in body["problems"]["engine"]
+
+
+@pytest.mark.integration
+async def test_readyz_is_503_naming_the_security_service_when_none_answers(
+    gateway: Client, engine: FakeEngine, security: FakeSecurity
+) -> None:
+    await security.stop()
+
+    response = await gateway.get("/readyz")
+
+    assert response.status == 503
+    assert (await response.json())["problems"] == {"security": "no security-service instance is answering"}
 
 
 @pytest.mark.integration

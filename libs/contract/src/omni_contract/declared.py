@@ -141,6 +141,9 @@ class StoredDeclaration(msgspec.Struct, kw_only=True, rename="camel"):
     declaration: HttpToolDeclaration
     origin: str = ORIGIN_API  # "api", or "file:<file name>" for a shipped one
     updated_at: datetime | None = None
+    # The tenant that declared it; None: shipped with the deployment, seen by every tenant and
+    # changed only by the default tenant.
+    tenant: str | None = None
 
 
 def declared_key(name: str) -> str:

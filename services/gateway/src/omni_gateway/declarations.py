@@ -41,11 +41,13 @@ from omni_contract.declared import (
     deprecations,
 )
 from omni_contract.kv import DECLARED_TOOLS
+from omni_contract.security import DEFAULT_TENANT
 from omni_runtime import nats as omni_nats
 
 from omni_gateway.apidoc import Operation, json_answer, needs, param_ref, schema_ref
 from omni_gateway.bodies import MAX_DEPTH, json_type, read_json_object, read_text
 from omni_gateway.errors import ApiError, ErrorDetail
+from omni_gateway.guard import identity_of
 from omni_gateway.state import GATEWAY
 from omni_gateway.tools import jetstream_errors, read_entries
 from omni_gateway.views import DeclarationList
@@ -116,8 +118,31 @@ def _declaration_of(body: dict[str, Any], name: str | None) -> HttpToolDeclarati
     return declaration
 
 
-async def _save(kv: KeyValue, declaration: HttpToolDeclaration) -> StoredDeclaration:
-    stored = StoredDeclaration(declaration=declaration, origin=ORIGIN_API, updated_at=datetime.now(UTC))
+def _visible(stored: StoredDeclaration, tenant: str) -> bool:
+    """A tenant sees its own declarations and the shipped ones (tenant None)."""
+    return stored.tenant is None or stored.tenant == tenant
+
+
+def _writable(stored: StoredDeclaration, tenant: str) -> bool:
+    """A tenant changes its own; the shipped ones belong to the deployment's default tenant."""
+    return stored.tenant == tenant or (stored.tenant is None and tenant == DEFAULT_TENANT)
+
+
+async def _own(request: web.Request, kv: KeyValue, name: str) -> StoredDeclaration | None:
+    """The declaration of ``name`` as the caller's tenant may see it (None: not there for it)."""
+    stored = await _stored(kv, name)
+    return stored if stored is not None and _visible(stored, identity_of(request).tenant) else None
+
+
+def _taken(name: str) -> ApiError:
+    # Said the same way whether another tenant holds the name or a shipped declaration does.
+    return ApiError(409, "conflict", f"the tool name {name!r} is taken; declare the tool under another name")
+
+
+async def _save(kv: KeyValue, declaration: HttpToolDeclaration, tenant: str | None) -> StoredDeclaration:
+    stored = StoredDeclaration(
+        declaration=declaration, origin=ORIGIN_API, updated_at=datetime.now(UTC), tenant=tenant
+    )
     with jetstream_errors("store a declared tool"):
         await kv.put(declared_key(declaration.name), msgspec.json.encode(stored))
     return stored
@@ -138,7 +163,11 @@ def _registered(stored: StoredDeclaration, status: int) -> web.Response:
             "; ".join(f"{warning.field}: {warning.message}" for warning in warnings),
         )
     registered = RegisteredDeclaration(
-        declaration=stored.declaration, origin=stored.origin, updated_at=stored.updated_at, warnings=warnings
+        declaration=stored.declaration,
+        origin=stored.origin,
+        updated_at=stored.updated_at,
+        tenant=stored.tenant,
+        warnings=warnings,
     )
     return _view(registered, status)
 
@@ -159,6 +188,8 @@ async def list_declarations(request: web.Request) -> web.Response:
     kv = await _bucket(request)
     with jetstream_errors("read the declared tools"):
         found = await read_entries(kv, ">", StoredDeclaration, DECLARED_TOOLS_BUCKET)
+    tenant = identity_of(request).tenant
+    found = [stored for stored in found if _visible(stored, tenant)]
     found.sort(key=lambda stored: stored.declaration.name)
     return web.Response(
         body=msgspec.json.encode(DeclarationList(declarations=found)), content_type="application/json"
@@ -180,7 +211,7 @@ GET_DECLARATION = Operation(
 
 async def get_declaration(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    stored = await _stored(await _bucket(request), name)
+    stored = await _own(request, await _bucket(request), name)
     if stored is None:
         raise ApiError(404, "not_found", f"no declared tool {name!r}")
     return _view(stored)
@@ -232,7 +263,7 @@ PUT_DECLARATION = Operation(
         "200": json_answer("The declaration replaced the previous one", "RegisteredDeclaration"),
         "201": json_answer("The tool is newly declared", "RegisteredDeclaration"),
     },
-    errors=("BadRequest", "PayloadTooLarge", "InvalidDeclaration", "ToolsUnavailable"),
+    errors=("BadRequest", "PayloadTooLarge", "InvalidDeclaration", "DeclarationNotYours", "ToolsUnavailable"),
     request_body=_DECLARATION_BODY,
     parameters=(param_ref("ToolName"),),
 )
@@ -243,8 +274,13 @@ async def put_declaration(request: web.Request) -> web.Response:
     body = await _body(request)
     declaration = _declaration_of(body, name)
     kv = await _bucket(request)
-    existed = await _stored(kv, name) is not None
-    return _registered(await _save(kv, declaration), status=200 if existed else 201)
+    tenant = identity_of(request).tenant
+    existing = await _stored(kv, name)
+    if existing is not None and not _writable(existing, tenant):
+        raise _taken(name)
+    # A shipped declaration replaced by the default tenant stays everyone's.
+    owner = existing.tenant if existing is not None else tenant
+    return _registered(await _save(kv, declaration, owner), status=200 if existing else 201)
 
 
 CREATE_DECLARATION = Operation(
@@ -278,11 +314,17 @@ async def create_declaration(request: web.Request) -> web.Response:
     body = await _body(request)
     declaration = _declaration_of(body, None)
     kv = await _bucket(request)
-    stored = StoredDeclaration(declaration=declaration, origin=ORIGIN_API, updated_at=datetime.now(UTC))
+    tenant = identity_of(request).tenant
+    stored = StoredDeclaration(
+        declaration=declaration, origin=ORIGIN_API, updated_at=datetime.now(UTC), tenant=tenant
+    )
     with jetstream_errors("store a declared tool"):
         try:
             await kv.create(declared_key(declaration.name), msgspec.json.encode(stored))
         except nats.js.errors.KeyWrongLastSequenceError:
+            existing = await _stored(kv, declaration.name)
+            if existing is not None and not _visible(existing, tenant):
+                raise _taken(declaration.name) from None
             raise ApiError(
                 409,
                 "conflict",
@@ -300,7 +342,7 @@ DELETE_DECLARATION = Operation(
     tag="tools",
     summary="Withdraw a declared tool",
     responses={"204": {"description": "Withdrawn; the runners stop serving it"}},
-    errors=("NotFound", "ToolsUnavailable"),
+    errors=("NotFound", "DeclarationNotYours", "ToolsUnavailable"),
     parameters=(param_ref("ToolName"),),
 )
 
@@ -308,8 +350,13 @@ DELETE_DECLARATION = Operation(
 async def delete_declaration(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     kv = await _bucket(request)
-    if await _stored(kv, name) is None:
+    stored = await _own(request, kv, name)
+    if stored is None:
         raise ApiError(404, "not_found", f"no declared tool {name!r}")
+    if not _writable(stored, identity_of(request).tenant):
+        raise ApiError(
+            409, "conflict", f"{name!r} ships with the deployment; only its default tenant can withdraw it"
+        )
     with jetstream_errors("delete a declared tool"):
         await kv.delete(declared_key(name))
     return web.Response(status=204)

@@ -102,6 +102,17 @@ class Guard:
     async def _settled(self) -> None:
         return None
 
+    async def problem(self) -> str | None:
+        """None when a security-service replica answers discovery (``$SRV.PING``) in time."""
+        subject = f"$SRV.PING.{subjects.SECURITY_SERVICE_NAME}"
+        try:
+            await self.nc.request(subject, b"", timeout=self.settings.readiness_timeout_s)
+        except nats.errors.NoRespondersError:
+            return "no security-service instance is answering"
+        except (nats.errors.Error, TimeoutError):
+            return f"the security-service did not answer within {self.settings.readiness_timeout_s:g} s"
+        return None
+
     # -- identify -------------------------------------------------------------------------------
     async def identify(self, request: web.Request) -> Identity:
         credentials, raw = _credentials(request)

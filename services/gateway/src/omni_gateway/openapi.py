@@ -376,6 +376,11 @@ ERRORS: dict[str, tuple[str, str]] = {
     "DefinitionTooLarge": ("413", "The body is larger than the gateway accepts, or than a definition may be"),
     "InvalidDeclaration": ("422", "The tool declaration is invalid; details name the field ($.request.url)"),
     "AlreadyDeclared": ("409", "A tool of that name is declared already (PUT replaces it)"),
+    "DeclarationNotYours": (
+        "409",
+        "The tool name is another tenant's, or the declaration ships with the deployment and only "
+        "its default tenant changes it",
+    ),
     "InvalidRequest": ("422", "A required field is missing or unusable; details name it"),
     "IdempotencyMismatch": ("422", "The Idempotency-Key was used before with another request body"),
     "InternalError": ("500", "An unexpected failure (never with internals)"),

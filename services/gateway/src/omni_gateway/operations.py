@@ -12,6 +12,7 @@ from aiohttp import web
 
 from omni_gateway.apidoc import AUTHENTICATED, PUBLIC, Operation, json_answer
 from omni_gateway.bodies import respond
+from omni_gateway.guard import GUARD
 from omni_gateway.state import GATEWAY, SERVICE
 from omni_gateway.views import Health, Readiness
 
@@ -39,7 +40,7 @@ READYZ = Operation(
     access=PUBLIC,
     operation_id="readyz",
     tag="operations",
-    summary="The gateway can serve: NATS is connected and the engine answers",
+    summary="The gateway can serve: NATS is connected, the engine and the security-service answer",
     responses={
         "200": json_answer("Ready", "Readiness"),
         "503": json_answer("Not ready, with the reasons", "Readiness"),
@@ -49,6 +50,8 @@ READYZ = Operation(
 
 async def readyz(request: web.Request) -> web.Response:
     problems = await request.app[GATEWAY].readiness()
+    if "nats" not in problems and (problem := await request.app[GUARD].problem()):
+        problems["security"] = problem
     if problems:
         return respond(Readiness(status="unavailable", service=SERVICE, problems=problems), status=503)
     return respond(Readiness(status="ready", service=SERVICE))

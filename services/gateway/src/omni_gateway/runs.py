@@ -24,6 +24,7 @@ from omni_gateway.bodies import json_type, parse_int, query_int, read_json_objec
 from omni_gateway.convert import to_camel
 from omni_gateway.errors import ApiError, ErrorDetail
 from omni_gateway.follow import FollowerClosed, is_terminal
+from omni_gateway.guard import identity_of
 from omni_gateway.state import GATEWAY, Gateway
 from omni_gateway.views import MAX_CANCEL_REASON, ExecutionAccepted, is_finished, record_of_progress
 
@@ -78,7 +79,11 @@ async def list_runs(request: web.Request) -> web.Response:
         limit=query_int(request, "limit", DEFAULT_PAGE, minimum=1, maximum=MAX_PAGE),
         cursor=request.query.get("cursor") or None,
     )
-    return respond(await gateway.engine.list_runs(query))
+    page = await gateway.engine.list_runs(query)
+    # Listing applies the decision reading applies: a grant may name workflows (run:read:greet).
+    identity = identity_of(request)
+    page.runs = [run for run in page.runs if identity.decide("run", "read", run.workflow).allowed]
+    return respond(page)
 
 
 GET_RUN = Operation(
@@ -96,7 +101,11 @@ GET_RUN = Operation(
 
 async def get_run(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
-    return respond(await gateway.engine.get_run(run_id_of(request)))
+    run_id = run_id_of(request)
+    run = await gateway.engine.get_run(run_id)
+    if not identity_of(request).decide("run", "read", run.workflow).allowed:
+        raise ApiError(404, "not_found", f"no run {run_id!r}")  # as if it did not exist
+    return respond(run)
 
 
 RUN_EVENTS = Operation(

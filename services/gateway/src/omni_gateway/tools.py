@@ -70,6 +70,7 @@ from omni_gateway import jetstream
 from omni_gateway.apidoc import Operation, json_answer, needs, param_ref, schema_ref
 from omni_gateway.bodies import json_type, read_json_object, respond
 from omni_gateway.errors import ApiError, ErrorDetail
+from omni_gateway.guard import identity_of
 from omni_gateway.state import EVENT_SOURCE, GATEWAY
 from omni_gateway.views import (
     ToolDetail,
@@ -311,10 +312,13 @@ async def list_tools(request: web.Request) -> web.Response:
         raise ApiError.bad_request("name", "name must be a tool name such as stt.transcribe")
     registry = ToolRegistry(gateway.js, gateway.settings.rpc_timeout_s)
     found = await registry.tools(provider=wanted["provider"], name=wanted["name"])
+    identity = identity_of(request)
     views = [
         tool.view()
         for tool in found
-        if (wanted["category"] is None or tool.category == wanted["category"])
+        # Listing applies the decision calling applies: a tool the caller may not execute is left out.
+        if identity.decide("tool", "execute", tool.name).allowed
+        and (wanted["category"] is None or tool.category == wanted["category"])
         and (
             wanted["capability"] is None
             or any(capability.name == wanted["capability"] for capability in tool.current.spec.capabilities)
