@@ -24,6 +24,10 @@ HDR_MSG_ID = "Nats-Msg-Id"
 HDR_TRACEPARENT = "traceparent"
 HDR_TRACESTATE = "tracestate"
 HDR_CONTENT_TYPE = "content-type"
+# The tenant an application event (``app.>``) comes from: the gateway's POST /events/{subject} sets
+# the caller's. The runs it starts belong to that tenant, and it reaches only that tenant's runs
+# and workflows (absent: the default tenant, omni_contract.security.DEFAULT_TENANT).
+HDR_TENANT = "Omni-Tenant"
 
 
 class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):

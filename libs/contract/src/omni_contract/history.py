@@ -131,6 +131,9 @@ class RunStarted(HistoryEvent, kw_only=True):
     rerun_of: str | None = None  # a rerun: the run it reruns, and the step it reruns from
     rerun_from_step: str | None = None
     reused: dict[str, ReusedStep] | None = None  # a rerun: the old run's outputs it keeps
+    # The tenant the run belongs to; None (runs started before tenants, or by an internal caller):
+    # the default tenant (omni_contract.security.DEFAULT_TENANT).
+    tenant: str | None = None
 
 
 class StepScheduled(StepEvent, kw_only=True):

@@ -2,6 +2,13 @@
 
 Every reply is an ``RpcReply``: ``result`` on success, ``error`` otherwise. Error codes map to HTTP
 statuses in the gateway (see ``ERROR_HTTP_STATUS``).
+
+Tenants: every request about runs or workflows may name the caller's ``tenant`` (the gateway sends
+the authenticated caller's). With a tenant, the engine answers only about that tenant's runs and
+the workflows it can see (its own and the shared ones, loaded from files); another tenant's run or
+workflow is ``not_found`` exactly as one that does not exist. ``tenant=None`` is an internal caller:
+no filter. A run with no tenant of its own (started before tenants, or by an internal caller)
+belongs to ``omni_contract.security.DEFAULT_TENANT``.
 """
 
 from __future__ import annotations
@@ -72,8 +79,11 @@ class StartRunRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     context: dict[str, Any] = {}
     run_id: str | None = None  # callers may choose the id so they can subscribe before starting
     # Exactly one run per key: the same key again returns that run; the same key with another
-    # workflow, payload or context is refused (``idempotency_mismatch``).
+    # workflow, payload or context is refused (``idempotency_mismatch``). Keys are per tenant.
     idempotency_key: str | None = None
+    # The run belongs to this tenant, and the workflow must be one it can see. None: an internal
+    # caller (any workflow; the run belongs to the default tenant).
+    tenant: str | None = None
 
 
 class StartRunReply(msgspec.Struct, kw_only=True):
@@ -83,13 +93,25 @@ class StartRunReply(msgspec.Struct, kw_only=True):
     status: str
 
 
-class GetRequest(msgspec.Struct, kw_only=True):
+class GetRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """runs.get (``name`` is the run id), workflows.get and workflows.versions (the workflow id)."""
+
     name: str
+    tenant: str | None = None  # None: no tenant filter
 
 
-class RegisterWorkflowRequest(msgspec.Struct, kw_only=True):
+class ListWorkflowsRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """workflows.list; an empty request (``{}``) lists every workflow."""
+
+    tenant: str | None = None  # the shared workflows and this tenant's own; None: every workflow
+
+
+class RegisterWorkflowRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     source: str  # YAML or JSON text of one definition, at most MAX_DEFINITION_BYTES
     filename: str = "<api>"
+    # A new workflow belongs to this tenant (None: the default tenant); a new version of a workflow
+    # must be one of its own (or, for the default tenant, a shared one), else ``id_taken``.
+    tenant: str | None = None
 
 
 # The key a workflows.register result carries besides the definition: false when the same id,
@@ -102,6 +124,7 @@ class ListRunsRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     status: str | None = None
     limit: int = 50
     cursor: str | None = None  # opaque; from the previous page's next_cursor
+    tenant: str | None = None  # only this tenant's runs; None: every run
 
 
 class StepSummary(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -148,6 +171,7 @@ class RunSummary(msgspec.Struct, kw_only=True, omit_defaults=True):
     waiting: list[WaitingFor] = []
     rerun_of: str | None = None  # the run this one was rerun from
     rerun_from_step: str | None = None
+    tenant: str | None = None  # the tenant the run belongs to (the engine always says it)
 
 
 class RunPage(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -155,9 +179,10 @@ class RunPage(msgspec.Struct, kw_only=True, omit_defaults=True):
     next_cursor: str | None = None
 
 
-class RunEventsRequest(msgspec.Struct, kw_only=True):
+class RunEventsRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     run_id: str
     after_seq: int = 0
+    tenant: str | None = None  # None: no tenant filter
 
 
 class RunEventsReply(msgspec.Struct, kw_only=True):
@@ -168,6 +193,7 @@ class RunEventsReply(msgspec.Struct, kw_only=True):
 class CancelRunRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     run_id: str
     reason: str = ""
+    tenant: str | None = None  # None: no tenant filter
 
 
 class RerunRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -178,6 +204,8 @@ class RerunRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     run_id: str
     from_step: str
     payload: dict[str, Any] | None = None  # None: the old run's payload
+    # None: no tenant filter. The new run belongs to the old run's tenant, whoever asks.
+    tenant: str | None = None
 
 
 class WorkflowVersion(msgspec.Struct, kw_only=True, omit_defaults=True):
