@@ -1,6 +1,9 @@
 """The engine's request/reply endpoints (NATS services API; every replica is in one queue group).
 
 Each handler decodes one typed request from ``omni_contract.rpc`` and answers an ``RpcReply``.
+
+A request that names a tenant is answered about what that tenant sees only (``tenants.py``): a run
+or workflow of another tenant is ``not_found`` with the very message of one that does not exist.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from omni_engine.definitions import (
 from omni_engine.engine import Engine, EngineError
 from omni_engine.state import RunState, TaskState, compensation_address, item_address
 from omni_engine.store import Store
+from omni_engine.tenants import of_run, sees
 from omni_engine.transient import is_transient
 
 log = logging.getLogger(__name__)
@@ -162,6 +166,7 @@ def run_summary(state: RunState) -> rpc.RunSummary:
         waiting=waiting_for(state),
         rerun_of=state.rerun_of,
         rerun_from_step=state.rerun_from_step,
+        tenant=of_run(state.tenant),
     )
 
 
@@ -183,7 +188,11 @@ class EngineApi:
 
     async def register(self, service: Service) -> None:
         endpoints: list[tuple[str, str, Callable[[Request], Awaitable[None]]]] = [
-            ("workflows-list", subjects.ENGINE_WORKFLOWS_LIST, self._wrap(self.workflows_list, None)),
+            (
+                "workflows-list",
+                subjects.ENGINE_WORKFLOWS_LIST,
+                self._wrap(self.workflows_list, rpc.ListWorkflowsRequest),
+            ),
             ("workflows-get", subjects.ENGINE_WORKFLOWS_GET, self._wrap(self.workflows_get, rpc.GetRequest)),
             (
                 "workflows-register",
@@ -306,11 +315,16 @@ class EngineApi:
             message += f" ({len(error.details)} problems; the first {_FIT_DETAILS} are listed)"
         return encode(rpc.RpcReply(error=rpc.RpcError(code=error.code, message=message, details=details)))
 
-    async def workflows_list(self, _: None) -> dict[str, Any]:
-        """Every workflow's current version. Never fails because of one stored definition: one
-        that no longer loads is listed under ``errors``; when the whole list would not fit in one
-        reply, each workflow is shown as a summary (``"summary": true``, no steps)."""
-        defs, stored_errors = await self.definitions.all_current()
+    async def workflows_list(self, req: rpc.ListWorkflowsRequest | None) -> dict[str, Any]:
+        """Every workflow's current version (with a tenant, those it sees: the shared ones and its
+        own; no request is an empty one). Never fails because of one stored definition: one that
+        no longer loads is listed under ``errors``; when the whole list would not fit in one reply,
+        each workflow is shown as a summary (``"summary": true``, no steps)."""
+        tenant = req.tenant if req is not None else None
+        if tenant is None:
+            defs, stored_errors = await self.definitions.all_current()
+        else:
+            defs, stored_errors = await self.definitions.all_current(tenant)
         errors = [e.to_dict() for e in [*self.definitions.load_errors, *stored_errors]]
         listing: dict[str, Any] = {"workflows": [workflow_doc(d) for d in defs], "errors": errors}
         budget = self.max_reply_bytes - 4096
@@ -331,7 +345,7 @@ class EngineApi:
         return listing
 
     async def workflows_get(self, req: rpc.GetRequest) -> dict[str, Any]:
-        defn = await self.definitions.current(req.name)
+        defn = await self.definitions.current(req.name, req.tenant)
         if defn is None:
             message = f"unknown workflow '{req.name}'"
             slug = workflow_slug(req.name)
@@ -341,23 +355,28 @@ class EngineApi:
         return workflow_doc(defn)
 
     async def workflows_register(self, req: rpc.RegisterWorkflowRequest) -> dict[str, Any]:
-        defn, created = await self.definitions.register(req.source, req.filename)
+        defn, created = await self.definitions.register(req.source, req.filename, req.tenant)
         return {**workflow_doc(defn), rpc.REGISTER_CREATED_KEY: created}
 
     async def runs_start(self, req: rpc.StartRunRequest) -> rpc.StartRunReply:
         state = await self.engine.start_run(
-            req.workflow, req.payload, req.context, run_id=req.run_id, idempotency_key=req.idempotency_key
+            req.workflow,
+            req.payload,
+            req.context,
+            run_id=req.run_id,
+            idempotency_key=req.idempotency_key,
+            tenant=req.tenant,
         )
         return _start_reply(state)
 
     async def runs_cancel(self, req: rpc.CancelRunRequest) -> rpc.RunSummary:
-        return run_summary(await self.engine.cancel(req.run_id, req.reason))
+        return run_summary(await self.engine.cancel(req.run_id, req.reason, req.tenant))
 
     async def runs_rerun(self, req: rpc.RerunRequest) -> rpc.StartRunReply:
-        return _start_reply(await self.engine.rerun(req.run_id, req.from_step, req.payload))
+        return _start_reply(await self.engine.rerun(req.run_id, req.from_step, req.payload, req.tenant))
 
     async def workflows_versions(self, req: rpc.GetRequest) -> rpc.WorkflowVersions:
-        rows = await self.store.versions(req.name)
+        rows = await self.store.versions(req.name, req.tenant)
         if not rows:
             raise EngineError("not_found", f"unknown workflow '{req.name}'")
         return rpc.WorkflowVersions(
@@ -366,7 +385,7 @@ class EngineApi:
 
     async def runs_get(self, req: rpc.GetRequest) -> rpc.RunSummary:
         state = await self.store.load_run(req.name)
-        if state is None:
+        if state is None or not sees(req.tenant, state.tenant):
             raise EngineError("not_found", f"unknown run '{req.name}'")
         return run_summary(state)
 
@@ -379,7 +398,9 @@ class EngineApi:
             )
         limit = max(1, min(req.limit, 500))
         try:
-            states, cursor = await self.store.list_runs(req.workflow, req.status, limit, req.cursor)
+            states, cursor = await self.store.list_runs(
+                req.workflow, req.status, limit, req.cursor, req.tenant
+            )
         except ValueError as exc:
             raise EngineError(
                 "bad_request", str(exc), [rpc.FieldProblem(field="cursor", message=str(exc))]
@@ -387,7 +408,8 @@ class EngineApi:
         return rpc.RunPage(runs=[run_summary(s) for s in states], next_cursor=cursor)
 
     async def runs_events(self, req: rpc.RunEventsRequest) -> rpc.RunEventsReply:
-        if not await self.store.run_exists(req.run_id):
+        owner = await self.store.run_tenant(req.run_id)
+        if owner is None or not sees(req.tenant, owner):
             raise EngineError("not_found", f"unknown run '{req.run_id}'")
         rows = await self.store.run_events(req.run_id, req.after_seq)
         return rpc.RunEventsReply(

@@ -6,6 +6,11 @@ are keyed by the event, results by run/step/attempt). A message that can never b
 goes to the dead-letter stream with the reason and is acknowledged; a transient failure
 (database or NATS unreachable) keeps the message in hand and retries it with a capped back-off for
 as long as the outage lasts, without counting it as a failed delivery.
+
+A trigger event comes from the tenant in its ``Omni-Tenant`` header (``HDR_TENANT``; absent: the
+default tenant): it starts only the workflows that tenant sees, its runs belong to that tenant, and
+it reaches only the waiting steps of that tenant's runs. A workflow the tenant does not see is, for
+its events, as if it did not exist.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from omni_contract import deadletters, streams
 from omni_contract import events as ev
-from omni_contract.envelope import HDR_MSG_ID, decode_envelope, payload_of
+from omni_contract.envelope import HDR_MSG_ID, HDR_TENANT, decode_envelope, payload_of
 from omni_contract.events import ToolResult
 from omni_contract.history import TriggerRef
 from omni_contract.tools import DIRECT_RUN_PREFIX
@@ -37,6 +42,7 @@ from opentelemetry import trace
 from omni_engine.batch import SOURCE
 from omni_engine.definitions import Definitions
 from omni_engine.engine import Engine, EngineError, ResultRefused
+from omni_engine.tenants import of_run, scoped
 from omni_engine.transient import TRANSIENT
 from omni_engine.transient import is_transient as is_transient  # re-exported: it lived here first
 
@@ -100,21 +106,23 @@ class TriggerHandler:
             payload = body["data"]
         else:
             payload = body
+        headers = msg.headers or {}
         if event_id is None:
-            headers = msg.headers or {}
             event_id = headers.get(HDR_MSG_ID) or f"seq-{msg.metadata.sequence.stream}"
+        tenant = of_run(headers.get(HDR_TENANT))
         if isinstance(payload, dict):
-            for match in await self.engine.store.matching_waits(msg.subject, payload):
+            for match in await self.engine.store.matching_waits(msg.subject, payload, tenant):
                 await self.engine.on_wait_event(match.run_id, match.step, {"id": event_id, "data": payload})
-        defs = await self.definitions.for_trigger(msg.subject)
+        defs = await self.definitions.for_trigger(msg.subject, tenant)
         if not defs:
-            log.debug("no workflow is triggered by %s", msg.subject)
+            log.debug("no workflow of tenant %s is triggered by %s", tenant, msg.subject)
             return
         if not isinstance(payload, dict):
             raise Unprocessable("trigger.rejected", "the event payload must be a JSON object")
         rejected: list[dict[str, Any]] = []
         for defn in defs:
-            origin = f"trigger:{msg.subject}:{event_id}:{defn.name}"
+            # Two tenants' events with one id are two events: each starts its own run.
+            origin = scoped("trigger", tenant, f"{msg.subject}:{event_id}:{defn.name}")
             run_id = uuid.uuid5(TRIGGER_NAMESPACE, origin).hex
             try:
                 await self.engine.start_run(
@@ -124,6 +132,8 @@ class TriggerHandler:
                     run_id=run_id,
                     origin_key=origin,
                     trigger=TriggerRef(subject=msg.subject, event_id=event_id),
+                    spec=defn,
+                    tenant=tenant,
                 )
             except EngineError as exc:
                 if exc.code != "invalid_payload":

@@ -11,6 +11,13 @@ A workflow is addressed by its id (``id:``, or the slug of its display name). A 
 immutable: registering the same id and version with other content is refused
 (``version_exists``); registering the very same content again changes nothing.
 
+Tenants: a workflow loaded from a file is shared (every tenant lists, reads and runs it); one
+registered over the API belongs to the registering tenant (the default tenant when none) and only
+that tenant sees it. Another tenant saving a version of it, or a tenant other than the default one
+saving a version of a shared one, is refused as ``id_taken``, without naming the owner. Who sees
+what is read from PostgreSQL with the current version (the same query as without tenants), never
+from the cache: the cache holds parsed contents by (id, hash), which are the same for everyone.
+
 Reading is defensive: a stored definition that no longer validates (stored before a limit
 existed, or by an older engine) is logged and left out of lists and trigger matching, and asking
 for it by id is answered with a clear error; it never fails a list, and readiness never reads it.
@@ -34,7 +41,8 @@ from omni_engine.definition import (
     parse_workflow,
     validate_payload,
 )
-from omni_engine.store import DefinitionRow, IdTaken, Store, VersionExists
+from omni_engine.store import DefinitionRow, ForeignWorkflow, IdTaken, Store, VersionExists
+from omni_engine.tenants import DEFAULT_TENANT
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +150,14 @@ class Definitions:
                 problems.append(WorkflowError(f"{row.id}@{row.hash[:12]}", None, None, str(exc)))
         return found, problems
 
-    async def save(self, defn: WorkflowDefinition, origin: str) -> bool:
+    async def save(
+        self, defn: WorkflowDefinition, origin: str, *, tenant: str | None = None, shared: bool = False
+    ) -> bool:
         """Store ``defn`` as the current version of its id; False when this content was stored
-        before (nothing changes). Raises ``DefinitionConflict``."""
+        before (nothing changes). A ``shared`` one (a file's) is saved as the default tenant and
+        shared; else a new workflow belongs to ``tenant`` (None: the default tenant), and ``tenant``
+        must be allowed to save versions of an existing one (None: always). Raises
+        ``DefinitionConflict``."""
         try:
             new = await self.store.save_definition(
                 defn.id,
@@ -155,7 +168,24 @@ class Definitions:
                 definition_to_dict(defn),
                 origin,
                 id_from_name=defn.explicit_id is None,
+                owner=None if shared else tenant or DEFAULT_TENANT,
+                writer=DEFAULT_TENANT if shared else tenant,
             )
+        except ForeignWorkflow:
+            field = address_field(defn)
+            if field == "id":
+                message = (
+                    f"the id {defn.id!r} is taken by a workflow this caller cannot change: give this "
+                    "workflow another id"
+                )
+            else:
+                message = (
+                    f"the name {defn.display_name!r} gives the id {defn.id!r}, which is taken by a "
+                    "workflow this caller cannot change: give this workflow an id of its own"
+                )
+            raise DefinitionConflict(
+                "id_taken", message, FieldProblem(field=field, message=message, file=defn.source)
+            ) from None
         except VersionExists as exc:
             message = (
                 f"workflow {defn.id!r} already has a version {defn.version!r} with other content "
@@ -191,7 +221,7 @@ class Definitions:
         loaded: list[WorkflowDefinition] = []
         for defn in defs:
             try:
-                new = await self.save(defn, origin=defn.source)
+                new = await self.save(defn, origin=defn.source, shared=True)
             except DefinitionConflict as exc:
                 errors.append(WorkflowError(defn.source, None, exc.problem.field, exc.message))
                 continue
@@ -209,36 +239,44 @@ class Definitions:
             log.error("workflow definition rejected: %s", error)
         return loaded
 
-    async def register(self, source: str, filename: str) -> tuple[WorkflowDefinition, bool]:
-        """Validate and store a definition; True when it is a new version, False when the same
-        content was registered before. Raises ``InvalidDefinition`` or ``DefinitionConflict``."""
+    async def register(
+        self, source: str, filename: str, tenant: str | None = None
+    ) -> tuple[WorkflowDefinition, bool]:
+        """Validate and store a definition for ``tenant`` (see ``save``); True when it is a new
+        version, False when the same content was registered before. Raises ``InvalidDefinition``
+        or ``DefinitionConflict``."""
         try:
             defn = parse_workflow(source, source=filename)
         except WorkflowValidationError as exc:
             raise invalid_definition(exc) from exc
         except WorkflowError as exc:
             raise InvalidDefinition(str(exc), problems_of([exc])) from exc
-        created = await self.save(defn, origin="api")
+        created = await self.save(defn, origin="api", tenant=tenant)
         return defn, created
 
-    async def current(self, id_: str) -> WorkflowDefinition | None:
-        """The current version of workflow ``id_``; raises ``StoredDefinitionInvalid`` when it no
-        longer loads."""
-        row = await self.store.definition(id_)
+    async def current(self, id_: str, tenant: str | None = None) -> WorkflowDefinition | None:
+        """The current version of workflow ``id_``, None when ``tenant`` does not see it (None:
+        every tenant's); raises ``StoredDefinitionInvalid`` when it no longer loads."""
+        row = await self.store.definition(id_, tenant=tenant)
         return None if row is None else self._parse_row(row)
 
     async def get(self, id_: str, hash_: str) -> WorkflowDefinition | None:
+        """The version ``hash_`` of workflow ``id_``: a run's own (no tenant is checked)."""
         cached = self._cached((id_, hash_))
         if cached is not None:
             return cached
         row = await self.store.definition(id_, hash_)
         return None if row is None else self._parse_row(row)
 
-    async def all_current(self) -> tuple[list[WorkflowDefinition], list[WorkflowError]]:
-        """The current version of every workflow, and one error per stored one that no longer loads."""
-        return self._parse_rows(await self.store.current_definitions())
+    async def all_current(
+        self, tenant: str | None = None
+    ) -> tuple[list[WorkflowDefinition], list[WorkflowError]]:
+        """The current version of every workflow ``tenant`` sees (None: every workflow), and one
+        error per stored one that no longer loads."""
+        return self._parse_rows(await self.store.current_definitions(tenant=tenant))
 
-    async def for_trigger(self, subject: str) -> list[WorkflowDefinition]:
-        """The workflows ``subject`` starts (one that no longer loads is logged and left out)."""
-        found, _ = self._parse_rows(await self.store.current_definitions(trigger=subject))
+    async def for_trigger(self, subject: str, tenant: str | None = None) -> list[WorkflowDefinition]:
+        """The workflows ``subject`` starts for an event of ``tenant`` (None: every workflow); one
+        that no longer loads is logged and left out."""
+        found, _ = self._parse_rows(await self.store.current_definitions(trigger=subject, tenant=tenant))
         return found

@@ -6,6 +6,9 @@ waits on something, then append the events with the outbox rows, timers and wait
 one transaction, and relay the rows. What can happen to a run: a tool result, a timer firing
 (retry back-off, step timeout, run deadline, wait timeout), an outside event a step waits for,
 and a cancel request.
+
+Tenants (``tenants.py``): a run's tenant is chosen once, when it starts, and kept in its state; a
+request naming a tenant is checked against the state it reads anyway, so no step costs a query more.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from omni_engine.progress import Decider, result_problem
 from omni_engine.relay import OutboxRelay
 from omni_engine.state import NewEvent, RunState, apply
 from omni_engine.store import AppendConflict, Store
+from omni_engine.tenants import scoped, sees
 from omni_engine.timer_kinds import DEADLINE_TIMER, AnyTimer, RunDeadline, wait_timer
 
 log = logging.getLogger(__name__)
@@ -202,15 +206,18 @@ class Engine:
         trigger: TriggerRef | None = None,
         spec: WorkflowDefinition | None = None,
         rerun: Rerun | None = None,
+        tenant: str | None = None,
     ) -> RunState:
-        """Start a run: idempotent on ``run_id``, on ``origin_key`` (a trigger event) and on
-        ``idempotency_key`` (a caller's key: the same key with another request is refused)."""
-        spec = spec or await self.definitions.current(workflow)
+        """Start a run of ``tenant`` (None: the default tenant's, and any workflow may be started):
+        idempotent on ``run_id``, on ``origin_key`` (a trigger event) and on ``idempotency_key`` (a
+        caller's key, per tenant: the same key with another request is refused). Without ``spec``
+        the workflow must be one ``tenant`` sees, else it is ``not_found`` as an unknown one."""
+        spec = spec or await self.definitions.current(workflow, tenant)
         if spec is None:
             raise EngineError("not_found", f"unknown workflow '{workflow}'")
         origin_hash = None
         if idempotency_key is not None:
-            origin_key = f"key:{idempotency_key}"
+            origin_key = scoped("key", tenant, idempotency_key)
             origin_hash = request_hash(spec.name, payload, context)
             existing = await self._existing_origin(origin_key, origin_hash)
             if existing is not None:
@@ -240,6 +247,7 @@ class Engine:
                     rerun_of=rerun.run_id if rerun else None,
                     rerun_from_step=rerun.from_step if rerun else None,
                     reused=rerun.reused if rerun else None,
+                    tenant=tenant,
                 ),
                 at=now,
             )
@@ -258,7 +266,9 @@ class Engine:
                 existing_state = await self.store.load_run(run_id)
                 if existing_state is None and origin_key:
                     existing_state = await self._existing_origin(origin_key, origin_hash)
-                if existing_state is None:
+                # A run id of another tenant's run is answered as one that could not be created:
+                # that run is not this caller's to see.
+                if existing_state is None or not sees(tenant, existing_state.tenant):
                     raise EngineError("conflict", f"run '{run_id}' could not be created")
                 return existing_state
             self.metrics.runs_started.labels(self.metrics.workflow(spec.name)).inc()
@@ -280,11 +290,14 @@ class Engine:
             )
         return await self.store.load_run(run_id)
 
-    async def rerun(self, run_id: str, from_step: str, payload: dict[str, Any] | None) -> RunState:
+    async def rerun(
+        self, run_id: str, from_step: str, payload: dict[str, Any] | None, tenant: str | None = None
+    ) -> RunState:
         """A new run of the old run's version that reuses the outputs of the steps before
-        ``from_step`` (in the order written) which completed in the old run."""
+        ``from_step`` (in the order written) which completed in the old run. The new run belongs
+        to the old run's tenant; a run ``tenant`` does not see is ``not_found``."""
         old = await self.store.load_run(run_id)
-        if old is None:
+        if old is None or not sees(tenant, old.tenant):
             raise EngineError("not_found", f"unknown run '{run_id}'")
         spec = await self.definitions.get(old.workflow, old.hash)
         if spec is None:
@@ -308,6 +321,7 @@ class Engine:
             old.context,
             spec=spec,
             rerun=Rerun(run_id=run_id, from_step=from_step, reused=reused),
+            tenant=old.tenant,
         )
 
     # -- advancing ---------------------------------------------------------------------------
@@ -440,13 +454,19 @@ class Engine:
         )
         return state is not None
 
-    async def cancel(self, run_id: str, reason: str) -> RunState:
+    async def cancel(self, run_id: str, reason: str, tenant: str | None = None) -> RunState:
         """Stop the run: work in flight is abandoned (late results are ignored), compensation
-        runs for completed steps, and the run ends as ``cancelled``."""
-        state = await self._update(run_id, lambda decider: decider.request_cancel(reason))
+        runs for completed steps, and the run ends as ``cancelled``. A run ``tenant`` does not see
+        is ``not_found`` and left alone."""
+
+        def request(decider: Decider) -> bool:
+            # Judged on the state the change is applied to: no read more than a cancel makes anyway.
+            return sees(tenant, decider.state.tenant) and decider.request_cancel(reason)
+
+        state = await self._update(run_id, request)
         if state is None:
             state = await self.store.load_run(run_id)
-            if state is None:
+            if state is None or not sees(tenant, state.tenant):
                 raise EngineError("not_found", f"unknown run '{run_id}'")
         return state
 

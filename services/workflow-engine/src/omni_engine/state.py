@@ -148,6 +148,7 @@ class RunState(msgspec.Struct, kw_only=True, omit_defaults=True, dict=True):
     timed: bool = False
     rerun_of: str | None = None
     rerun_from_step: str | None = None
+    tenant: str | None = None  # None: the default tenant (see tenants.py)
     # Index of the first step not done: decisions start there, so one step's cost does not grow
     # with the number of steps before it.
     cursor: int = 0
@@ -248,6 +249,7 @@ def initial_state(run_id: str, event: RunStarted, at: datetime) -> RunState:
         timed=event.deadline_at is not None,
         rerun_of=event.rerun_of,
         rerun_from_step=event.rerun_from_step,
+        tenant=event.tenant,
     )
     for name, reused in (event.reused or {}).items():
         step = state.step(name)

@@ -6,6 +6,10 @@ again. The events, the projection and the outbox rows of one decision are writte
 transaction. Under load the appends of different runs share a statement and a transaction
 (``append_runs``), each still checked against its own run's ``last_seq``.
 
+Tenants (see ``tenants.py``): each run row has its tenant (``runs.tenant``), each workflow its owner
+(``workflows.owner``, NULL for a shared one); reads given a tenant return only what it may see,
+in the same statement as before (never a query more).
+
 History rows are written with their type and version (``omni_contract.history``) and read back
 straight into their structs: ``data`` is selected as text and decoded once, by msgspec, for the
 struct of its type (older versions are upcast on the way).
@@ -26,6 +30,7 @@ from omni_contract.history import HistoryEvent, decode_data
 from omni_runtime.db import Conn
 
 from omni_engine.state import NewEvent, RunState, apply
+from omni_engine.tenants import DEFAULT_TENANT
 from omni_engine.timer_kinds import AnyTimer, TimerData
 
 _state_decoder = msgspec.json.Decoder(RunState)
@@ -118,6 +123,23 @@ class VersionExists(Exception):
         self.hash = hash_
 
 
+class ForeignWorkflow(Exception):
+    """The workflow belongs to a tenant other than the one saving a version of it (or is shared,
+    and the one saving is not the default tenant). Says nothing of the owner."""
+
+    def __init__(self, id_: str) -> None:
+        super().__init__(f"the id {id_!r} belongs to a workflow of another tenant")
+        self.id = id_
+
+
+def may_write(writer: str | None, owner: str | None) -> bool:
+    """Whether tenant ``writer`` (None: an internal caller) may save versions of a workflow of
+    ``owner`` (None: shared): its own, and, for the default tenant, the shared ones."""
+    if writer is None:
+        return True
+    return writer == (owner or DEFAULT_TENANT)
+
+
 class IdTaken(Exception):
     """The address derived from a display name belongs to a workflow with another display name."""
 
@@ -155,19 +177,32 @@ class Store:
         origin: str,
         *,
         id_from_name: bool = False,
+        owner: str | None = None,
+        writer: str | None = None,
     ) -> bool:
         """Store a new version of workflow ``id_`` and make it current. Returns False, changing
-        nothing, when this content was stored before.
+        nothing else, when this content was stored before.
 
-        Raises ``VersionExists`` when ``version`` is stored with other content, and, when the id
-        was derived from the display name (``id_from_name``), ``IdTaken`` when the workflow
-        holding it is named differently. Saves of one id are serialised by an advisory lock, so
-        two replicas cannot store two contents under one version.
+        A new workflow belongs to ``owner`` (None: shared, as a file's); a shared save (``owner``
+        None, a file) makes a workflow of the default tenant shared. ``writer`` is the tenant saving
+        (None: an internal caller): a workflow it may not write (``may_write``) raises
+        ``ForeignWorkflow`` before anything else is compared, so the answer tells nothing of the
+        other workflow. Raises ``VersionExists`` when ``version`` is stored with other content, and,
+        when the id was derived from the display name (``id_from_name``), ``IdTaken`` when the
+        workflow holding it is named differently. Saves of one id are serialised by an advisory
+        lock, so two replicas cannot store two contents under one version.
         """
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"omni-workflow:{id_}"
             )
+            current = await conn.fetchrow(
+                "SELECT w.owner, d.name FROM workflows w"
+                " JOIN workflow_definitions d ON d.id = w.id AND d.hash = w.hash WHERE w.id = $1",
+                id_,
+            )
+            if current is not None and not may_write(writer, current["owner"]):
+                raise ForeignWorkflow(id_)
             stored = await conn.fetch(
                 "SELECT hash FROM workflow_definitions WHERE id = $1 AND version = $2 ORDER BY created_at",
                 id_,
@@ -175,15 +210,12 @@ class Store:
             )
             hashes = [r["hash"] for r in stored]
             if hash_ in hashes:
+                if owner is None and current is not None and current["owner"] is not None:
+                    # A file with content registered before over the API: the file shares it.
+                    await conn.execute("UPDATE workflows SET owner = NULL WHERE id = $1", id_)
                 return False
-            if id_from_name:
-                holder = await conn.fetchval(
-                    "SELECT d.name FROM workflows w"
-                    " JOIN workflow_definitions d ON d.id = w.id AND d.hash = w.hash WHERE w.id = $1",
-                    id_,
-                )
-                if holder is not None and holder != name:
-                    raise IdTaken(id_, holder)
+            if id_from_name and current is not None and current["name"] != name:
+                raise IdTaken(id_, current["name"])
             if hashes:
                 raise VersionExists(id_, version, hashes[0])
             await conn.execute(
@@ -196,34 +228,48 @@ class Store:
                 origin,
                 definition,
             )
+            # The owner is the first save's: a later version keeps it, unless a file shares it.
             await conn.execute(
-                "INSERT INTO workflows (id, hash, trigger, updated_at) VALUES ($1, $2, $3, now())"
-                " ON CONFLICT (id) DO UPDATE SET hash = $2, trigger = $3, updated_at = now()",
+                "INSERT INTO workflows (id, hash, trigger, updated_at, owner) VALUES ($1, $2, $3, now(), $4)"
+                " ON CONFLICT (id) DO UPDATE SET hash = $2, trigger = $3, updated_at = now(),"
+                " owner = CASE WHEN $4::text IS NULL THEN NULL ELSE workflows.owner END",
                 id_,
                 hash_,
                 trigger,
+                owner,
             )
             return True
 
-    async def current_definitions(self, trigger: str | None = None) -> list[DefinitionRow]:
+    async def current_definitions(
+        self, trigger: str | None = None, tenant: str | None = None
+    ) -> list[DefinitionRow]:
+        """The current version of every workflow ``tenant`` sees (None: every workflow), or of
+        those ``trigger`` starts."""
         query = (
             "SELECT w.id, w.hash, d.definition FROM workflows w"
             " JOIN workflow_definitions d ON d.id = w.id AND d.hash = w.hash"
+            # What the tenant sees (NULL: every workflow): the shared ones and its own.
+            " WHERE ($1::text IS NULL OR w.owner IS NULL OR w.owner = $1)"
         )
-        args: list[Any] = []
+        args: list[Any] = [tenant]
         if trigger is not None:
-            query += " WHERE w.trigger = $1"
+            query += " AND w.trigger = $2"
             args.append(trigger)
         rows = await self.pool.fetch(query + " ORDER BY w.id", *args)
         return [DefinitionRow(id=r["id"], hash=r["hash"], definition=r["definition"]) for r in rows]
 
-    async def definition(self, id_: str, hash_: str | None = None) -> DefinitionRow | None:
-        """Workflow ``id_``'s current version, or its version ``hash_``."""
+    async def definition(
+        self, id_: str, hash_: str | None = None, tenant: str | None = None
+    ) -> DefinitionRow | None:
+        """Workflow ``id_``'s current version when ``tenant`` sees it (None: always), or its version
+        ``hash_`` (the version of a run, which its tenant saw when it started)."""
         if hash_ is None:
             row = await self.pool.fetchrow(
                 "SELECT w.id, w.hash, d.definition FROM workflows w"
-                " JOIN workflow_definitions d ON d.id = w.id AND d.hash = w.hash WHERE w.id = $1",
+                " JOIN workflow_definitions d ON d.id = w.id AND d.hash = w.hash"
+                " WHERE w.id = $1 AND ($2::text IS NULL OR w.owner IS NULL OR w.owner = $2)",
                 id_,
+                tenant,
             )
         else:
             row = await self.pool.fetchrow(
@@ -238,6 +284,11 @@ class Store:
     # -- runs ----------------------------------------------------------------------------------
     async def run_exists(self, run_id: str) -> bool:
         return bool(await self.pool.fetchval("SELECT true FROM runs WHERE run_id = $1", run_id))
+
+    async def run_tenant(self, run_id: str) -> str | None:
+        """The tenant of run ``run_id``; None when there is no such run."""
+        tenant: str | None = await self.pool.fetchval("SELECT tenant FROM runs WHERE run_id = $1", run_id)
+        return tenant
 
     async def load_run(self, run_id: str) -> RunState | None:
         """The run's state: its snapshot with the events after it folded on."""
@@ -282,7 +333,7 @@ class Store:
         """Insert a new run with its first events. Returns None when the run (or its origin) exists."""
         ids = await self.pool.fetchval(
             "SELECT create_run($1, $2, $3, $4, $5, $6, $7::text::jsonb, $8::text::jsonb, $9, $10,"
-            " $11, $12, $13, $14, $15, $16::text::jsonb)",
+            " $11, $12, $13, $14, $15, $16::text::jsonb, $17)",
             state.run_id,
             state.workflow,
             state.hash,
@@ -295,6 +346,7 @@ class Store:
             state.updated_at,
             *_outbox_columns(outbox),
             effects.encoded() if effects else None,
+            state.tenant,
         )
         return None if ids is None else _with_ids(outbox, ids)
 
@@ -401,11 +453,19 @@ class Store:
         ]
 
     async def list_runs(
-        self, workflow: str | None, status: str | None, limit: int, cursor: str | None
+        self,
+        workflow: str | None,
+        status: str | None,
+        limit: int,
+        cursor: str | None,
+        tenant: str | None = None,
     ) -> tuple[list[RunState], str | None]:
-        """Newest first, keyset-paginated on (created_at, run_id)."""
+        """Newest first, keyset-paginated on (created_at, run_id); only ``tenant``'s runs when given."""
         clauses: list[str] = []
         args: list[Any] = []
+        if tenant is not None:
+            args.append(tenant)
+            clauses.append(f"tenant = ${len(args)}")
         if workflow:
             args.append(workflow)
             clauses.append(f"workflow = ${len(args)}")
@@ -471,23 +531,30 @@ class Store:
     async def delete_timer(self, run_id: str, name: str) -> None:
         await self.pool.execute("DELETE FROM timers WHERE run_id = $1 AND name = $2", run_id, name)
 
-    async def matching_waits(self, subject: str, data: Any) -> list[WaitMatch]:
-        """The steps waiting for an event on ``subject`` whose ``match`` field equals their key."""
+    async def matching_waits(self, subject: str, data: Any, tenant: str | None = None) -> list[WaitMatch]:
+        """The steps waiting for an event on ``subject`` whose ``match`` field equals their key, in
+        the runs of ``tenant`` (None: of every tenant)."""
         rows = await self.pool.fetch(
-            "SELECT run_id, step FROM waits WHERE subject = $1"
-            " AND key = jsonb_extract_path_text($2::jsonb, VARIADIC string_to_array(match, '.'))",
+            "SELECT run_id, step FROM waits w WHERE subject = $1"
+            " AND key = jsonb_extract_path_text($2::jsonb, VARIADIC string_to_array(match, '.'))"
+            " AND ($3::text IS NULL OR EXISTS"
+            "      (SELECT 1 FROM runs r WHERE r.run_id = w.run_id AND r.tenant = $3))",
             subject,
             data,
+            tenant,
         )
         return [WaitMatch(run_id=r["run_id"], step=r["step"]) for r in rows]
 
     # -- versions ------------------------------------------------------------------------------
-    async def versions(self, id_: str) -> list[dict[str, Any]]:
+    async def versions(self, id_: str, tenant: str | None = None) -> list[dict[str, Any]]:
+        """Every version of workflow ``id_``, newest first; none when ``tenant`` does not see it."""
         rows = await self.pool.fetch(
             "SELECT d.hash, d.version, d.origin, d.created_at, (w.hash = d.hash) AS current"
             " FROM workflow_definitions d LEFT JOIN workflows w ON w.id = d.id"
-            " WHERE d.id = $1 ORDER BY d.created_at DESC, d.hash",
+            " WHERE d.id = $1 AND ($2::text IS NULL OR w.owner IS NULL OR w.owner = $2)"
+            " ORDER BY d.created_at DESC, d.hash",
             id_,
+            tenant,
         )
         return [dict(r) for r in rows]
 
