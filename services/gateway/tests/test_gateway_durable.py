@@ -45,7 +45,9 @@ async def test_cancel_answers_202_with_the_run_as_recorded(gateway: Client, engi
     assert run["runId"] == run_id
     assert run["status"] == "running"  # cancelled once the engine has stopped the work
     assert run["lastSeq"] == 2
-    assert engine.calls_to(subjects.ENGINE_RUNS_CANCEL) == [{"run_id": run_id, "reason": "user left"}]
+    assert engine.calls_to(subjects.ENGINE_RUNS_CANCEL) == [
+        {"run_id": run_id, "reason": "user left", "tenant": "default"}
+    ]
 
 
 async def test_cancel_without_a_body_sends_no_reason(gateway: Client, engine: FakeEngine) -> None:
@@ -55,7 +57,7 @@ async def test_cancel_without_a_body_sends_no_reason(gateway: Client, engine: Fa
     response = await gateway.post(f"/runs/{run_id}/cancel")
 
     assert response.status == 202
-    assert engine.calls_to(subjects.ENGINE_RUNS_CANCEL) == [{"run_id": run_id}]
+    assert engine.calls_to(subjects.ENGINE_RUNS_CANCEL) == [{"run_id": run_id, "tenant": "default"}]
 
 
 async def test_a_cancelled_run_reads_as_cancelled(gateway: Client, engine: FakeEngine) -> None:
@@ -171,7 +173,7 @@ async def test_runs_are_listed_by_the_new_statuses(gateway: Client, engine: Fake
     response = await gateway.get(f"/runs?status={status}")
 
     assert response.status == 200
-    assert engine.calls_to(subjects.ENGINE_RUNS_LIST) == [{"status": status}]
+    assert engine.calls_to(subjects.ENGINE_RUNS_LIST) == [{"status": status, "tenant": "default"}]
 
 
 async def test_run_views_carry_what_a_run_waits_for_and_why_a_step_retries(
@@ -233,7 +235,9 @@ async def test_rerun_starts_a_new_run_and_answers_like_an_async_execute(
     assert body == {"runId": body["runId"], "status": "running"}
     assert body["runId"] != run_id
     assert response.headers["Location"] == f"/runs/{body['runId']}"
-    assert engine.calls_to(subjects.ENGINE_RUNS_RERUN) == [{"run_id": run_id, "from_step": "compose"}]
+    assert engine.calls_to(subjects.ENGINE_RUNS_RERUN) == [
+        {"run_id": run_id, "from_step": "compose", "tenant": "default"}
+    ]
     rerun = await (await gateway.get(f"/runs/{body['runId']}")).json()
     assert rerun["rerunOf"] == run_id
     assert rerun["rerunFromStep"] == "compose"
@@ -334,7 +338,7 @@ async def test_the_versions_of_a_workflow_are_listed_newest_first(
             },
         ],
     }
-    assert engine.calls_to(subjects.ENGINE_WORKFLOWS_VERSIONS) == [{"name": "greet"}]
+    assert engine.calls_to(subjects.ENGINE_WORKFLOWS_VERSIONS) == [{"name": "greet", "tenant": "default"}]
 
 
 async def test_the_versions_of_an_unknown_workflow_are_404(gateway: Client, engine: FakeEngine) -> None:

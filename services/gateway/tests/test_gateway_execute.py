@@ -49,6 +49,7 @@ async def test_execute_waits_for_the_run_and_returns_its_summary(gateway: Client
         "payload": {"name": "Ada"},
         "context": {"userId": "u1"},
         "run_id": body["runId"],
+        "tenant": "default",
     }
 
 

@@ -18,7 +18,8 @@ from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 from omni_contract import kv, streams, subjects
 from omni_contract.declared import StoredDeclaration, decode_declaration
-from omni_contract.security import SHIPPED_ROLES, AuditEvent, Grant, Identity, new_api_key
+from omni_contract.envelope import HDR_TENANT
+from omni_contract.security import DEFAULT_TENANT, SHIPPED_ROLES, AuditEvent, Grant, Identity, new_api_key
 from omni_contract.tools import ToolRegistration, ToolSpec, registry_key
 from omni_gateway.app import build_app
 from omni_gateway.openapi import OPERATIONS
@@ -343,3 +344,19 @@ async def test_runs_of_workflows_the_caller_may_not_read_are_neither_listed_nor_
     assert (await only_other.get(f"/runs/{run_id}")).status == 404
     assert [r["runId"] for r in (await (await greet_reader.get("/runs")).json())["runs"]] == [run_id]
     assert (await greet_reader.get(f"/runs/{run_id}")).status == 200
+
+
+async def test_an_event_carries_its_publishers_tenant_whatever_header_the_client_sends(
+    make_gateway: GatewayFactory, engine: FakeEngine, security: FakeSecurity, nc: NATS
+) -> None:
+    acme = await make_gateway(key=_acme(security, "event:publish"))
+
+    response = await acme.post(
+        "/events/app.greet.requested", json={"name": "Ada"}, headers={HDR_TENANT: DEFAULT_TENANT}
+    )
+
+    assert response.status == 202, await response.text()
+    sub = await nc.jetstream().pull_subscribe("app.greet.requested", stream=streams.APP_EVENTS.name)
+    [message] = await sub.fetch(1, timeout=2)
+    assert message.headers is not None
+    assert message.headers[HDR_TENANT] == "acme"

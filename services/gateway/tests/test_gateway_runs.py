@@ -40,6 +40,7 @@ async def test_runs_are_listed_a_page_at_a_time(gateway: Client, engine: FakeEng
         "workflow": "greet",
         "status": "running",
         "limit": 2,
+        "tenant": "default",
     }
 
 

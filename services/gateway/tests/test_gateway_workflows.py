@@ -24,7 +24,7 @@ async def test_workflows_are_listed(gateway: Client, engine: FakeEngine) -> None
 
     assert response.status == 200
     assert await response.json() == {"workflows": [GREET], "errors": []}
-    assert engine.calls_to(subjects.ENGINE_WORKFLOWS_LIST) == [{}]
+    assert engine.calls_to(subjects.ENGINE_WORKFLOWS_LIST) == [{"tenant": "default"}]
 
 
 async def test_a_workflow_is_read_as_the_engine_wrote_it(gateway: Client, engine: FakeEngine) -> None:
@@ -52,7 +52,7 @@ async def test_a_definition_is_registered_and_located(gateway: Client, engine: F
     assert response.headers["Location"] == "/workflows/echo"
     assert (await response.json())["hash"] == "h-echo"
     assert engine.calls_to(subjects.ENGINE_WORKFLOWS_REGISTER) == [
-        {"source": source, "filename": "echo.json"}
+        {"source": source, "filename": "echo.json", "tenant": "default"}
     ]
 
 

@@ -98,12 +98,14 @@ async def publish(
     stream: str | None = None,
     timeout_s: float = PUBLISH_TIMEOUT_S,
     envelope: bool = True,
+    extra_headers: dict[str, str] | None = None,
 ) -> Published:
     """Publish ``body`` to ``subject`` through JetStream and wait up to ``timeout_s`` for its ack.
 
     ``envelope`` False: the body is not an Omni envelope (no content type is claimed for it).
+    ``extra_headers``: more NATS headers, such as the publisher's tenant.
     Raises :class:`PublishUnavailable` or :class:`PublishRefused` (see the module's docstring)."""
-    headers = {HDR_MSG_ID: msg_id}
+    headers = {**(extra_headers or {}), HDR_MSG_ID: msg_id}
     if envelope:
         headers[HDR_CONTENT_TYPE] = CONTENT_TYPE
     inject_headers(headers)

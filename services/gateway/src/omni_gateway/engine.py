@@ -23,6 +23,7 @@ from omni_contract.rpc import (
     CancelRunRequest,
     GetRequest,
     ListRunsRequest,
+    ListWorkflowsRequest,
     RegisterWorkflowRequest,
     RerunRequest,
     RpcReply,
@@ -46,7 +47,6 @@ tracer = trace.get_tracer("omni_gateway.engine")
 
 T = TypeVar("T")
 
-_EMPTY_REQUEST: dict[str, Any] = {}
 # The engine's error code for "my database cannot be reached right now".
 UNAVAILABLE = "unavailable"
 _reply_decoder = msgspec.json.Decoder(RpcReply)
@@ -154,32 +154,47 @@ class EngineClient(RpcClient):
         )
 
     # -- the endpoints -------------------------------------------------------------------------
-    async def list_workflows(self, *, timeout_s: float | None = None) -> WorkflowList:
+    async def list_workflows(
+        self, *, tenant: str | None = None, timeout_s: float | None = None
+    ) -> WorkflowList:
         return await self.call_as(
-            subjects.ENGINE_WORKFLOWS_LIST, _EMPTY_REQUEST, WorkflowList, timeout_s=timeout_s
+            subjects.ENGINE_WORKFLOWS_LIST,
+            ListWorkflowsRequest(tenant=tenant),
+            WorkflowList,
+            timeout_s=timeout_s,
         )
 
-    async def get_workflow(self, name: str) -> dict[str, Any]:
-        return await self.call_as(subjects.ENGINE_WORKFLOWS_GET, GetRequest(name=name), dict[str, Any])
+    async def get_workflow(self, name: str, *, tenant: str | None = None) -> dict[str, Any]:
+        return await self.call_as(
+            subjects.ENGINE_WORKFLOWS_GET, GetRequest(name=name, tenant=tenant), dict[str, Any]
+        )
 
     async def register_workflow(self, request: RegisterWorkflowRequest) -> dict[str, Any]:
         return await self.call_as(subjects.ENGINE_WORKFLOWS_REGISTER, request, dict[str, Any])
 
-    async def workflow_versions(self, name: str) -> WorkflowVersions:
-        return await self.call_as(subjects.ENGINE_WORKFLOWS_VERSIONS, GetRequest(name=name), WorkflowVersions)
+    async def workflow_versions(self, name: str, *, tenant: str | None = None) -> WorkflowVersions:
+        return await self.call_as(
+            subjects.ENGINE_WORKFLOWS_VERSIONS, GetRequest(name=name, tenant=tenant), WorkflowVersions
+        )
 
     async def start_run(self, request: StartRunRequest) -> StartRunReply:
         return await self.call_as(subjects.ENGINE_RUNS_START, request, StartRunReply)
 
-    async def get_run(self, run_id: str) -> RunSummary:
-        return await self.call_as(subjects.ENGINE_RUNS_GET, GetRequest(name=run_id), RunSummary)
+    async def get_run(self, run_id: str, *, tenant: str | None = None) -> RunSummary:
+        return await self.call_as(
+            subjects.ENGINE_RUNS_GET, GetRequest(name=run_id, tenant=tenant), RunSummary
+        )
 
     async def list_runs(self, request: ListRunsRequest) -> RunPage:
         return await self.call_as(subjects.ENGINE_RUNS_LIST, request, RunPage)
 
-    async def run_events(self, run_id: str, after_seq: int = 0) -> RunEventsReply:
+    async def run_events(
+        self, run_id: str, after_seq: int = 0, *, tenant: str | None = None
+    ) -> RunEventsReply:
         return await self.call_as(
-            subjects.ENGINE_RUNS_EVENTS, RunEventsRequest(run_id=run_id, after_seq=after_seq), RunEventsReply
+            subjects.ENGINE_RUNS_EVENTS,
+            RunEventsRequest(run_id=run_id, after_seq=after_seq, tenant=tenant),
+            RunEventsReply,
         )
 
     async def cancel_run(self, request: CancelRunRequest) -> RunSummary:

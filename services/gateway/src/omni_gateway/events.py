@@ -7,12 +7,13 @@ import uuid
 
 from aiohttp import web
 from omni_contract import streams, subjects
-from omni_contract.envelope import encode_envelope, new_envelope
+from omni_contract.envelope import HDR_TENANT, encode_envelope, new_envelope
 from omni_runtime.publish import publish
 
 from omni_gateway.apidoc import Operation, json_answer, needs
 from omni_gateway.bodies import read_json_object, respond
 from omni_gateway.errors import ApiError
+from omni_gateway.guard import identity_of
 from omni_gateway.jetstream import publish_errors
 from omni_gateway.state import EVENT_SOURCE, GATEWAY
 from omni_gateway.views import EventAccepted
@@ -121,6 +122,8 @@ async def publish_event(request: web.Request) -> web.Response:
             msg_id=event_id,
             stream=streams.APP_EVENTS.name,
             timeout_s=gateway.settings.rpc_timeout_s,
+            # The run it starts belongs to the publisher's tenant; a client cannot choose another.
+            extra_headers={HDR_TENANT: identity_of(request).tenant},
         )
     accepted = EventAccepted(
         id=event_id, subject=subject, stream=ack.stream, seq=ack.seq, duplicate=ack.duplicate

@@ -78,6 +78,7 @@ async def list_runs(request: web.Request) -> web.Response:
         status=status,
         limit=query_int(request, "limit", DEFAULT_PAGE, minimum=1, maximum=MAX_PAGE),
         cursor=request.query.get("cursor") or None,
+        tenant=identity_of(request).tenant,
     )
     page = await gateway.engine.list_runs(query)
     # Listing applies the decision reading applies: a grant may name workflows (run:read:greet).
@@ -102,8 +103,9 @@ GET_RUN = Operation(
 async def get_run(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     run_id = run_id_of(request)
-    run = await gateway.engine.get_run(run_id)
-    if not identity_of(request).decide("run", "read", run.workflow).allowed:
+    identity = identity_of(request)
+    run = await gateway.engine.get_run(run_id, tenant=identity.tenant)
+    if not identity.decide("run", "read", run.workflow).allowed:
         raise ApiError(404, "not_found", f"no run {run_id!r}")  # as if it did not exist
     return respond(run)
 
@@ -125,7 +127,7 @@ async def run_events(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     run_id = run_id_of(request)
     after = query_int(request, "after", 0, minimum=0, maximum=MAX_SEQ)
-    return respond(await gateway.engine.run_events(run_id, after))
+    return respond(await gateway.engine.run_events(run_id, after, tenant=identity_of(request).tenant))
 
 
 CANCEL_RUN = Operation(
@@ -168,7 +170,9 @@ async def cancel_run(request: web.Request) -> web.Response:
         raise ApiError.bad_request("reason", f"reason must be a string, not {json_type(reason)}")
     if len(reason) > MAX_CANCEL_REASON:
         raise ApiError.bad_request("reason", f"reason is longer than {MAX_CANCEL_REASON} characters")
-    run = await gateway.engine.cancel_run(CancelRunRequest(run_id=run_id, reason=reason))
+    run = await gateway.engine.cancel_run(
+        CancelRunRequest(run_id=run_id, reason=reason, tenant=identity_of(request).tenant)
+    )
     return respond(run, status=202, headers={"Location": f"/runs/{run.run_id}"})
 
 
@@ -225,7 +229,9 @@ async def rerun(request: web.Request) -> web.Response:
     payload = body.get("payload")
     if payload is not None and not isinstance(payload, dict):
         raise ApiError.bad_request("payload", f"payload must be a JSON object, not {json_type(payload)}")
-    started = await gateway.engine.rerun(RerunRequest(run_id=run_id, from_step=from_step, payload=payload))
+    started = await gateway.engine.rerun(
+        RerunRequest(run_id=run_id, from_step=from_step, payload=payload, tenant=identity_of(request).tenant)
+    )
     log.info("run %s rerun from step %s as %s", run_id, from_step, started.run_id)
     return respond(
         ExecutionAccepted(run_id=started.run_id, status=started.status),
@@ -293,7 +299,7 @@ async def stream_run(request: web.Request) -> web.StreamResponse:
     run_id = run_id_of(request)
     after = _resume_after(request)
     async with gateway.follow(run_id) as follower:
-        history = await gateway.engine.run_events(run_id, after)
+        history = await gateway.engine.run_events(run_id, after, tenant=identity_of(request).tenant)
         if not history.events and after > 0 and await _already_over(gateway, run_id, after):
             # 204 tells an EventSource that reconnects after the end to stop reconnecting.
             return web.Response(status=204)

@@ -33,6 +33,7 @@ from omni_gateway.bodies import (
 )
 from omni_gateway.errors import ApiError, ErrorDetail
 from omni_gateway.follow import FollowerClosed, RunFollower, is_terminal
+from omni_gateway.guard import identity_of
 from omni_gateway.settings import MAX_EXECUTE_WAIT_S
 from omni_gateway.state import GATEWAY, Gateway
 from omni_gateway.views import ExecutionAccepted, execution_of, is_finished
@@ -80,7 +81,7 @@ LIST_WORKFLOWS = Operation(
 
 async def list_workflows(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
-    return respond(await gateway.engine.list_workflows())
+    return respond(await gateway.engine.list_workflows(tenant=identity_of(request).tenant))
 
 
 GET_WORKFLOW = Operation(
@@ -98,7 +99,9 @@ GET_WORKFLOW = Operation(
 
 async def get_workflow(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
-    definition = await gateway.engine.get_workflow(request.match_info["name"])
+    definition = await gateway.engine.get_workflow(
+        request.match_info["name"], tenant=identity_of(request).tenant
+    )
     return json_response(definition)
 
 
@@ -121,7 +124,9 @@ WORKFLOW_VERSIONS = Operation(
 
 async def workflow_versions(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
-    return respond(await gateway.engine.workflow_versions(request.match_info["name"]))
+    return respond(
+        await gateway.engine.workflow_versions(request.match_info["name"], tenant=identity_of(request).tenant)
+    )
 
 
 REGISTER_WORKFLOW = Operation(
@@ -205,8 +210,13 @@ async def register_workflow(request: web.Request) -> web.Response:
     if not source.strip():
         raise ApiError.bad_request("body", "body is empty; send the definition as YAML or JSON text")
     filename = request.query.get("filename")
-    register = RegisterWorkflowRequest(source=source, filename=filename) if filename else None
-    definition = await gateway.engine.register_workflow(register or RegisterWorkflowRequest(source=source))
+    tenant = identity_of(request).tenant
+    register = (
+        RegisterWorkflowRequest(source=source, filename=filename, tenant=tenant)
+        if filename
+        else RegisterWorkflowRequest(source=source, tenant=tenant)
+    )
+    definition = await gateway.engine.register_workflow(register)
     created = definition.pop(REGISTER_CREATED_KEY, True) is not False
     address = definition.get("id", definition.get("name"))
     headers = {"Location": f"/workflows/{quote(address, safe='')}"} if isinstance(address, str) else None
@@ -307,6 +317,7 @@ async def execute_workflow(request: web.Request) -> web.Response:
         context=object_field(body, "context"),
         run_id=uuid.uuid4().hex,
         idempotency_key=idempotency_key,
+        tenant=identity_of(request).tenant,
     )
     assert start.run_id is not None
     _name_run(start.run_id)
