@@ -38,6 +38,11 @@ METRICS: tuple[tuple[str, str, str], ...] = (
     ("gateway", "p50_ms", "ms"),
     ("gateway", "p99_ms", "ms"),
     ("gateway", "errors", "count"),
+    ("gateway", "auth_cost_pct", "%"),
+    ("gateway_open", "requests_per_s", "requests/s"),
+    ("gateway_open", "p50_ms", "ms"),
+    ("gateway_open", "p99_ms", "ms"),
+    ("gateway_open", "errors", "count"),
 )
 
 

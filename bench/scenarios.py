@@ -12,7 +12,7 @@ from bench.systems.base import System
 
 __all__ = ["FULL", "SCENARIOS", "SMOKE", "Params", "Row", "derived_rows", "run_scenario"]
 
-SCENARIOS = ("latency", "sparse", "throughput", "long_history", "fan_out", "gateway")
+SCENARIOS = ("latency", "sparse", "throughput", "long_history", "fan_out", "gateway_open", "gateway")
 
 
 class Row(TypedDict):
@@ -138,8 +138,10 @@ async def run_scenario(system: System, scenario: str, params: Params) -> list[Ro
             _row(system, scenario, "wall_ms", _ms(wall), "ms"),
             _row(system, scenario, "steps_per_s", params.fan_out_width / wall, "steps/s"),
         ]
-    if scenario == "gateway":
-        outcome = await system.gateway(params.gateway_clients, params.gateway_duration_s)
+    if scenario in ("gateway", "gateway_open"):
+        outcome = await system.gateway(
+            params.gateway_clients, params.gateway_duration_s, authenticated=scenario == "gateway"
+        )
         if outcome is None:
             return None
         latencies, errors = outcome
@@ -160,7 +162,21 @@ def derived_rows(rows: Sequence[Row]) -> list[Row]:
     """Rows computed from one system's other rows: ``sparse``'s ``p50_vs_latency`` (its p50 over
     the same run's back-to-back ``latency`` p50), when both scenarios ran."""
     p50 = {(r["system"], r["scenario"]): r["value"] for r in rows if r["metric"] == "p50_ms"}
+    rate = {(r["system"], r["scenario"]): r["value"] for r in rows if r["metric"] == "requests_per_s"}
     derived: list[Row] = []
+    for (system, scenario), checked in rate.items():
+        unchecked = rate.get((system, "gateway_open"))
+        if scenario == "gateway" and unchecked:
+            # What authenticating every request costs: the share of throughput it takes.
+            derived.append(
+                Row(
+                    system=system,
+                    scenario="gateway",
+                    metric="auth_cost_pct",
+                    value=100.0 * (1.0 - checked / unchecked),
+                    unit="%",
+                )
+            )
     for (system, scenario), sparse in p50.items():
         back_to_back = p50.get((system, "latency"))
         if scenario == "sparse" and back_to_back:

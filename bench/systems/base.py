@@ -88,9 +88,12 @@ class System(Protocol):
         """Wall seconds of one run of ``width`` parallel steps; None when the system cannot express it."""
         ...
 
-    async def gateway(self, clients: int, duration_s: float) -> tuple[list[float], int] | None:
+    async def gateway(
+        self, clients: int, duration_s: float, *, authenticated: bool = True
+    ) -> tuple[list[float], int] | None:
         """HTTP execute-and-wait by ``clients`` concurrent clients for ``duration_s``: (latencies, errors).
 
-        None when the system has no HTTP gateway of its own.
+        ``authenticated`` False: through a gateway that checks no credentials (what authentication
+        costs is the difference). None when the system has no HTTP gateway of its own.
         """
         ...

@@ -128,7 +128,9 @@ class DbosSystem:
             raise RuntimeError("fan-out returned the wrong number of results")
         return time.perf_counter() - began
 
-    async def gateway(self, clients: int, duration_s: float) -> tuple[list[float], int] | None:
+    async def gateway(
+        self, clients: int, duration_s: float, *, authenticated: bool = True
+    ) -> tuple[list[float], int] | None:
         return None  # DBOS is a library: it has no HTTP execute-and-wait endpoint of its own
 
 

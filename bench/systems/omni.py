@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -21,7 +22,7 @@ from omni_contract import events as ev
 from omni_contract import rpc, subjects
 from omni_contract.envelope import decode_envelope, encode, payload_of
 from omni_devstack.servers import free_port
-from omni_devstack.supervisor import Stack, StackConfig
+from omni_devstack.supervisor import ServiceProcess, ServiceSpec, Stack, StackConfig, http_get
 
 from bench.common import spaced
 from bench.systems.base import BenchEnv, Throughput
@@ -249,8 +250,36 @@ class OmniSystem:
         )
         return await self._run_and_wait(name, list(range(width)))
 
-    async def gateway(self, clients: int, duration_s: float) -> tuple[list[float], int] | None:
+    async def gateway(
+        self, clients: int, duration_s: float, *, authenticated: bool = True
+    ) -> tuple[list[float], int] | None:
         assert self.stack is not None
+        if authenticated:
+            return await self._load_gateway(
+                self.stack.gateway_url, self.stack.auth_headers, clients, duration_s
+            )
+        # A second gateway, for this scenario only, that lets every request in unchecked.
+        port = free_port()
+        spec = ServiceSpec(
+            "gateway-unauthenticated",
+            "omni_gateway.main",
+            env={"OMNI_GATEWAY_HTTP_PORT": str(port), "OMNI_GATEWAY_INSECURE_NO_AUTH": "1"},
+        )
+        process = ServiceProcess(spec, self.stack.base_env(), self.stack.config.log_dir)
+        process.start()
+        url = f"http://127.0.0.1:{port}"
+        try:
+            await asyncio.to_thread(_wait_ready, url, process)
+            return await self._load_gateway(url, {}, clients, duration_s)
+        finally:
+            process.signal(signal.SIGTERM)
+            if not await asyncio.to_thread(process.wait, 10.0):
+                process.kill()
+            process.close_log()
+
+    async def _load_gateway(
+        self, url: str, headers: dict[str, str], clients: int, duration_s: float
+    ) -> tuple[list[float], int]:
         latencies: list[float] = []
         errors = 0
         deadline = time.perf_counter() + duration_s
@@ -259,7 +288,7 @@ class OmniSystem:
         connector = aiohttp.TCPConnector(limit=clients)
         timeout = aiohttp.ClientTimeout(total=60)
         async with aiohttp.ClientSession(
-            self.stack.gateway_url, connector=connector, timeout=timeout, headers=self.stack.auth_headers
+            url, connector=connector, timeout=timeout, headers=headers
         ) as session:
 
             async def worker(k: int) -> None:
@@ -283,6 +312,17 @@ class OmniSystem:
 
             await asyncio.gather(*(worker(k) for k in range(clients)))
         return latencies, errors
+
+
+def _wait_ready(url: str, process: ServiceProcess, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not process.running():
+            raise RuntimeError(f"{process.name} exited during start-up")
+        if http_get(url + "/readyz")[0] == 200:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{process.name} was not ready within {timeout_s:.0f} s")
 
 
 def _cpu(process: psutil.Process) -> float:

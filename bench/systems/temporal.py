@@ -167,7 +167,9 @@ class TemporalSystem:
             raise RuntimeError("fan-out returned the wrong number of results")
         return time.perf_counter() - began
 
-    async def gateway(self, clients: int, duration_s: float) -> tuple[list[float], int] | None:
+    async def gateway(
+        self, clients: int, duration_s: float, *, authenticated: bool = True
+    ) -> tuple[list[float], int] | None:
         return None  # Temporal has no HTTP execute-and-wait endpoint of its own
 
 

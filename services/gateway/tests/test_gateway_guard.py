@@ -360,3 +360,14 @@ async def test_an_event_carries_its_publishers_tenant_whatever_header_the_client
     [message] = await sub.fetch(1, timeout=2)
     assert message.headers is not None
     assert message.headers[HDR_TENANT] == "acme"
+
+
+async def test_insecure_no_auth_lets_every_request_in_as_an_admin_for_measuring_only(
+    make_gateway: GatewayFactory, engine: FakeEngine, security: FakeSecurity
+) -> None:
+    gateway = await make_gateway(key=None, insecure_no_auth=True)
+
+    response = await gateway.get("/workflows")
+
+    assert response.status == 200
+    assert security.requests == []  # nobody was asked

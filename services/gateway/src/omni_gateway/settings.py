@@ -54,3 +54,8 @@ class GatewaySettings(ServiceSettings):
         "(any change to keys or roles drops the cache at once)",
     )
     auth_cache_size: int = Field(default=10_000, ge=1, description="Identities cached at most")
+    insecure_no_auth: bool = Field(
+        default=False,
+        description="Let every request in as an administrator of the default tenant, without "
+        "credentials. Only for measuring what authentication costs (make bench); never set by make run",
+    )
