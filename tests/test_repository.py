@@ -139,6 +139,7 @@ RUNTIME_ONLY: Mapping[tuple[str, str], str] = {
     ("omni-devstack", "omni-provider-simulator"): "`omni run` starts it: python -m omni_simulator.main",
     ("omni-devstack", "omni-tool-runner"): "`omni run` starts it: python -m omni_toolrunner.main",
     ("omni-devstack", "omni-workflow-engine"): "`omni run` starts it: python -m omni_engine.main",
+    ("omni-devstack", "omni-security-service"): "`omni run` starts it: python -m omni_security.main",
     ("omni-tool-runner", "pyyaml"): "msgspec.yaml, which decodes YAML mock rules, imports PyYAML itself",
 }
 # Test-group entries that pytest loads as plugins instead of the tests importing them.

@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from omni_contract import events, history, kv, rpc, streams, subjects
+from omni_contract import events, history, kv, rpc, security, streams, subjects
 from omni_contract.envelope import Envelope
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -85,7 +85,7 @@ CHANNELS: list[tuple[str, str, str, str]] = [
 ]
 
 RPC_ENDPOINTS: list[tuple[str, str, type[Any] | None, type[Any] | None]] = [
-    ("workflowsList", subjects.ENGINE_WORKFLOWS_LIST, None, None),
+    ("workflowsList", subjects.ENGINE_WORKFLOWS_LIST, rpc.ListWorkflowsRequest, None),
     ("workflowsGet", subjects.ENGINE_WORKFLOWS_GET, rpc.GetRequest, None),
     ("workflowsRegister", subjects.ENGINE_WORKFLOWS_REGISTER, rpc.RegisterWorkflowRequest, None),
     ("runsStart", subjects.ENGINE_RUNS_START, rpc.StartRunRequest, rpc.StartRunReply),
@@ -95,6 +95,9 @@ RPC_ENDPOINTS: list[tuple[str, str, type[Any] | None, type[Any] | None]] = [
     ("runsCancel", subjects.ENGINE_RUNS_CANCEL, rpc.CancelRunRequest, rpc.RunSummary),
     ("runsRerun", subjects.ENGINE_RUNS_RERUN, rpc.RerunRequest, rpc.StartRunReply),
     ("workflowsVersions", subjects.ENGINE_WORKFLOWS_VERSIONS, rpc.GetRequest, rpc.WorkflowVersions),
+    ("securityAuthenticate", subjects.SECURITY_AUTHENTICATE, security.AuthenticateRequest, security.Identity),
+    ("securityCheck", subjects.SECURITY_CHECK, security.CheckRequest, security.Decision),
+    ("securityAdmin", subjects.SECURITY_ADMIN, security.AdminRequest, None),
 ]
 
 # Key-value buckets whose entries are part of the contract: (bucket, key pattern, value type), from
@@ -126,13 +129,27 @@ def asyncapi() -> dict[str, Any]:
             "action": "send",
             "channel": {"$ref": f"#/channels/{channel_id}"},
         }
+    channels["auditEvents"] = {
+        "address": "omni.audit.{service}",
+        "description": "Audit events every service publishes; the security-service appends them to its log",
+        "messages": {"AuditEvent": {"$ref": "#/components/messages/AuditEvent"}},
+    }
+    messages["AuditEvent"] = {
+        "name": "AuditEvent",
+        "contentType": "application/json",
+        "payload": {"$ref": "security/AuditEvent.schema.json"},
+    }
+    operations["send_auditEvents"] = {"action": "send", "channel": {"$ref": "#/channels/auditEvents"}}
     channels["appEvents"] = {
         "address": "app.{event}",
         "description": "Application trigger events: the bare JSON payload, or a CloudEvents envelope",
     }
     operations["receive_appEvents"] = {"action": "receive", "channel": {"$ref": "#/channels/appEvents"}}
     for op_id, subject, request, reply in RPC_ENDPOINTS:
-        channels[op_id] = {"address": subject, "description": "Workflow engine request/reply endpoint"}
+        service = (
+            "Security-service" if subject.startswith(subjects.SECURITY_RPC_PREFIX) else "Workflow engine"
+        )
+        channels[op_id] = {"address": subject, "description": f"{service} request/reply endpoint"}
         operation: dict[str, Any] = {"action": "receive", "channel": {"$ref": f"#/channels/{op_id}"}}
         if request is not None:
             operation["x-request"] = {"$ref": f"rpc/{request.__name__}.schema.json"}
@@ -180,6 +197,7 @@ def generate() -> dict[str, str]:
         schema = _schema(cls, cls.__name__)
         schema["description"] = f"The value of each entry of KV bucket {bucket!r}, keyed {key}"
         files[f"kv/{bucket}.schema.json"] = _dump(schema)
+    files["security/AuditEvent.schema.json"] = _dump(_schema(security.AuditEvent, "AuditEvent"))
     files["asyncapi.json"] = _dump(asyncapi())
     return files
 
