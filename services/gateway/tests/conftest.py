@@ -55,7 +55,13 @@ async def security(nc: NATS) -> AsyncIterator[FakeSecurity]:
 
 
 @pytest.fixture
-async def make_gateway(nats_url: str, security: FakeSecurity) -> AsyncIterator[GatewayFactory]:
+async def security_backend(security: FakeSecurity) -> object:
+    """What answers for the security-service: the fake, unless a test module overrides this."""
+    return security
+
+
+@pytest.fixture
+async def make_gateway(nats_url: str, security_backend: object) -> AsyncIterator[GatewayFactory]:
     """Start a gateway (its own NATS connection, like the real one) with settings overridden.
     Its client sends the admin's key unless ``key`` says otherwise (None: no credentials)."""
     clients: list[TestClient[Any, Any]] = []

@@ -447,7 +447,7 @@ class FakeSecurity:
     async def start(self) -> FakeSecurity:
         self._subs = [
             await self.nc.subscribe(subjects.SECURITY_AUTHENTICATE, cb=self._authenticate),
-            await self.nc.subscribe(f"$SRV.PING.{subjects.SECURITY_SERVICE_NAME}", cb=self._ping),
+            await self.nc.subscribe(subjects.SECURITY_PING, cb=self._ping),
         ]
         await subscribed(self.nc)
         return self

@@ -1,5 +1,5 @@
-"""A real tool-runner and a real workflow engine served in the test's event loop, for gateway tests
-of /tools, direct calls and the workflow routes."""
+"""A real tool-runner, workflow engine and security-service served in the test's event loop, for
+gateway tests of /tools, direct calls, the workflow routes and the whole API under schemathesis."""
 
 from __future__ import annotations
 
@@ -12,9 +12,12 @@ from typing import Any
 import nats
 import nats.errors
 from omni_contract import subjects
+from omni_contract.security import new_api_key
 from omni_engine.main import EngineSettings
 from omni_engine.main import body as engine_body
 from omni_runtime.service import serve
+from omni_security.main import body as security_body
+from omni_security.settings import SecuritySettings
 from omni_testkit import unique_name, wait_for
 from omni_toolrunner.app import make_body, service_name
 from omni_toolrunner.settings import ToolRunnerSettings
@@ -79,6 +82,37 @@ async def serving_engine(nats_url: str, database_url: str) -> AsyncIterator[None
     try:
         await wait_for(answering, timeout=60, message="the engine answering")
         yield
+    finally:
+        await nc.close()
+        stopping.set()
+        await asyncio.wait_for(task, timeout=30)
+
+
+@asynccontextmanager
+async def serving_security(nats_url: str, database_url: str) -> AsyncIterator[str]:
+    """The security-service until the block ends; yields the admin key it was started with."""
+    admin_key = new_api_key()
+    settings = SecuritySettings(
+        nats_url=nats_url, database_url=database_url, admin_key=admin_key, log_format="console"
+    )
+    stopping = asyncio.Event()
+    task = asyncio.create_task(
+        serve(
+            subjects.SECURITY_SERVICE_NAME, settings, security_body, install_signals=False, stopping=stopping
+        )
+    )
+    nc = await nats.connect(nats_url)
+
+    async def answering() -> bool:
+        try:
+            await nc.request(subjects.SECURITY_PING, b"{}", timeout=0.5)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            return False
+        return True
+
+    try:
+        await wait_for(answering, timeout=60, message="the security-service answering")
+        yield admin_key
     finally:
         await nc.close()
         stopping.set()

@@ -98,6 +98,7 @@ RPC_ENDPOINTS: list[tuple[str, str, type[Any] | None, type[Any] | None]] = [
     ("securityAuthenticate", subjects.SECURITY_AUTHENTICATE, security.AuthenticateRequest, security.Identity),
     ("securityCheck", subjects.SECURITY_CHECK, security.CheckRequest, security.Decision),
     ("securityAdmin", subjects.SECURITY_ADMIN, security.AdminRequest, None),
+    ("securityPing", subjects.SECURITY_PING, None, None),
 ]
 
 # Key-value buckets whose entries are part of the contract: (bucket, key pattern, value type), from

@@ -46,6 +46,8 @@ SECURITY_RPC_ALL = f"{SECURITY_RPC_PREFIX}.>"
 SECURITY_AUTHENTICATE = f"{SECURITY_RPC_PREFIX}.authenticate"
 SECURITY_CHECK = f"{SECURITY_RPC_PREFIX}.check"
 SECURITY_ADMIN = f"{SECURITY_RPC_PREFIX}.admin"
+SECURITY_PING = f"{SECURITY_RPC_PREFIX}.ping"
+"""Answered (with an empty result) once the service's handlers take requests: readiness checks."""
 """One endpoint for the administrative operations (keys, principals, roles, assignments, audit
 reads); the request names the operation, so a new one needs no new subject or permission."""
 

@@ -125,10 +125,10 @@ class Guard:
         return None
 
     async def problem(self) -> str | None:
-        """None when a security-service replica answers discovery (``$SRV.PING``) in time."""
-        subject = f"$SRV.PING.{subjects.SECURITY_SERVICE_NAME}"
+        """None when a security-service replica answers its ping in time (its handlers take
+        requests: discovery alone answers before they are subscribed)."""
         try:
-            await self.nc.request(subject, b"", timeout=self.settings.readiness_timeout_s)
+            await self.nc.request(subjects.SECURITY_PING, b"{}", timeout=self.settings.readiness_timeout_s)
         except nats.errors.NoRespondersError:
             return "no security-service instance is answering"
         except (nats.errors.Error, TimeoutError):

@@ -399,7 +399,11 @@ ERRORS: dict[str, tuple[str, str]] = {
     ),
     "EngineBadReply": ("502", "The workflow engine's reply could not be read (bad_gateway)"),
     "EventsUnavailable": ("503", "JetStream did not store the event"),
-    "SecurityConflict": ("409", "The principal exists already, or a principal would delete itself"),
+    "SecurityConflict": (
+        "409",
+        "The principal exists already, a principal would delete itself or take a role from itself, "
+        "or the admin role would change",
+    ),
     "ToolsUnavailable": (
         "503",
         "NATS or JetStream did not answer, or refused, while the gateway read or wrote the runners' "

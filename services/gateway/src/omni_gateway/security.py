@@ -310,7 +310,7 @@ UNASSIGN_ROLE = Operation(
     summary="Take a role from a principal",
     parameters=(_PRINCIPAL_ID, _ROLE_OF),
     responses={"200": json_answer("Removed", "AssignmentInfo")},
-    errors=("NotFound",),
+    errors=("NotFound", "SecurityConflict"),
 )
 
 
@@ -383,7 +383,7 @@ DELETE_ROLE = Operation(
     summary="Delete a role and its assignments",
     parameters=(_ROLE_NAME,),
     responses={"200": json_answer("Deleted", "Removed")},
-    errors=("NotFound",),
+    errors=("NotFound", "SecurityConflict"),
 )
 
 

@@ -63,6 +63,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$")
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_PAGE = 500
+ADMIN_ROLE = "admin"
 
 
 def _name(value: str, field: str) -> str:
@@ -431,9 +432,16 @@ class Admin:
             raise AdminError("not_found", f"no role {p.name!r}", "name")
         return role.info()
 
+    @staticmethod
+    def _not_admin(name: str) -> None:
+        if name == ADMIN_ROLE:
+            # Changing it could lock every administrator out; a narrower role is a new role.
+            raise AdminError("conflict", "the admin role cannot be changed or deleted", "name")
+
     async def put_role(self, call: Call, p: RoleParams) -> Result:
         await self._require(call, "role", "write")
         _name(p.name, "name")
+        self._not_admin(p.name)
         if not p.permissions:
             raise AdminError("bad_request", "a role needs at least one permission", "permissions")
         _permissions(p.permissions, "permissions")
@@ -452,6 +460,7 @@ class Admin:
 
     async def delete_role(self, call: Call, p: ByName) -> Result:
         await self._require(call, "role", "write")
+        self._not_admin(p.name)
         async with self.pool.acquire() as conn:
             if not await store.delete_role(conn, call.actor.tenant, p.name):
                 raise AdminError("not_found", f"no role {p.name!r}", "name")
@@ -471,6 +480,8 @@ class Admin:
 
     async def unassign(self, call: Call, p: Assignment) -> Result:
         await self._require(call, "role", "assign")
+        if p.principal == call.actor.principal:
+            raise AdminError("conflict", "a principal cannot take a role from itself", "principal")
         async with self.pool.acquire() as conn:
             await self._principal_in_tenant(call, conn, p.principal)
             if not await store.unassign(conn, p.principal, call.actor.tenant, p.role):

@@ -88,6 +88,7 @@ class SecurityApp:
         broker.subscriber(subjects.SECURITY_AUTHENTICATE, queue=QUEUE, decoder=_raw)(self.on_authenticate)
         broker.subscriber(subjects.SECURITY_CHECK, queue=QUEUE, decoder=_raw)(self.on_check)
         broker.subscriber(subjects.SECURITY_ADMIN, queue=QUEUE, decoder=_raw)(self.on_admin)
+        broker.subscriber(subjects.SECURITY_PING, queue=QUEUE, decoder=_raw)(self.on_ping)
         broker.subscriber(
             subjects.AUDIT_ALL,
             stream=JStream(streams.AUDIT.name, declare=False),
@@ -165,6 +166,9 @@ class SecurityApp:
             )
         )
         return ok(identity)
+
+    async def on_ping(self, _: bytes) -> bytes:
+        return ok({})
 
     async def on_check(self, body: bytes) -> bytes:
         try:
