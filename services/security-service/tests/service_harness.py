@@ -46,9 +46,11 @@ class SecurityClient:
             raise Refused(reply.error)
         return reply.result
 
-    async def authenticate(self, key: str, *, ip_address: str | None = None) -> Identity:
+    async def authenticate(
+        self, key: str | None = None, *, bearer: str | None = None, ip_address: str | None = None
+    ) -> Identity:
         request = AuthenticateRequest(
-            credentials=Credentials(api_key=key),
+            credentials=Credentials(api_key=key, bearer=bearer),
             ip_address=ip_address or self.ip_address,
             user_agent="pytest",
         )

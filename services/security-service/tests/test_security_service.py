@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import jwt
 import nats
 import pytest
 from omni_contract import kv
@@ -261,3 +262,40 @@ async def test_authentications_and_changes_are_in_the_audit_log_and_the_chain_ve
 async def test_concurrent_authentications_are_answered(sec: RunningSecurity) -> None:
     identities = await asyncio.gather(*(sec.client.authenticate(sec.admin_key) for _ in range(30)))
     assert {i.principal for i in identities} == {"admin"}
+
+
+async def test_a_jwt_of_the_configured_issuer_is_an_identity_with_the_tenant_and_roles_it_names(
+    nats_url: str, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "a-shared-secret-of-the-identity-provider-0123456789"
+    for name, value in {
+        "OMNI_SECURITY_JWT_ISSUER": "https://idp.test",
+        "OMNI_SECURITY_JWT_AUDIENCE": "omni",
+        "OMNI_SECURITY_JWT_ALGORITHMS": "HS256",
+        "OMNI_SECURITY_JWT_HS256_SECRET": secret,
+    }.items():
+        monkeypatch.setenv(name, value)
+    claims = {
+        "sub": "user-42",
+        "iss": "https://idp.test",
+        "aud": "omni",
+        "exp": int(time.time()) + 300,
+        "tenant": "acme",
+        "roles": ["developer"],
+    }
+    async with serving_security(nats_url, database_url) as sec:
+        identity = await sec.client.authenticate(bearer=jwt.encode(claims, secret, algorithm="HS256"))
+
+        assert (identity.principal, identity.tenant, identity.roles, identity.via) == (
+            "user-42",
+            "acme",
+            ["developer"],
+            "jwt",
+        )
+        assert identity.decide("workflow", "execute", "any").allowed
+        assert not identity.decide("audit", "read").allowed
+        forged = jwt.encode(claims, "another-secret-of-the-same-length-0123456789abc", algorithm="HS256")
+        with pytest.raises(Refused) as refused:
+            await sec.client.authenticate(bearer=forged)
+        assert refused.value.error.code == "unauthorized"
+        assert forged not in refused.value.error.message
