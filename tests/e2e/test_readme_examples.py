@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shlex
 from collections.abc import Awaitable, Callable
@@ -85,6 +86,7 @@ class Session:
     client: httpx.AsyncClient
     run_id: str = ""  # the run the README's execute example started: its ``<runId>``
     seen_runs: set[str] = field(default_factory=set)
+    env: dict[str, str] = field(default_factory=dict)  # what the README's export lines set
 
     async def curl(self, command: str, run_id: str | None = None) -> Answer:
         """Run one README command with bash (from the repository's root), against this stack."""
@@ -99,6 +101,7 @@ class Session:
             "-c",
             "set -o pipefail\n" + CURL_WRAPPER + script,
             cwd=ROOT,
+            env={**os.environ, **self.env},
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
@@ -158,6 +161,19 @@ async def start_the_stack(s: Session, command: str) -> None:
     # ``make run &``: the ``stack`` fixture is that very Stack, already serving.
     response = await s.client.get("/readyz")
     assert response.status_code == 200, response.text
+
+
+async def export_the_admin_key(s: Session, command: str) -> None:
+    # ``.omni/`` is make run's OMNI_HOME; the stack's is a temporary directory.
+    assert s.stack.admin_key_path is not None
+    script = command.replace(".omni/admin-key", str(s.stack.admin_key_path)) + '\nprintf %s "$OMNI_KEY"'
+    process = await asyncio.create_subprocess_exec(
+        "bash", "-c", script, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    stdout, stderr = await process.communicate()
+    assert process.returncode == 0, stderr.decode()
+    assert stdout.decode() == s.stack.admin_key
+    s.env["OMNI_KEY"] = stdout.decode()
 
 
 async def execute(s: Session, command: str) -> None:
@@ -314,6 +330,57 @@ async def declare_yaml(s: Session, command: str) -> None:
     await declared_tool_served(s, "my.create_issue")
 
 
+async def whoami(s: Session, command: str) -> None:
+    answer = await s.curl(command)
+    assert answer.status == 200, answer.body
+    me = answer.json()
+    assert (me["principal"], me["tenant"], me["roles"]) == ("admin", "default", ["admin"])
+
+
+async def create_principal(s: Session, command: str) -> None:
+    answer = await s.curl(command)
+    assert answer.status == 201, answer.body
+    assert (answer.json()["id"], answer.json()["roles"]) == ("wallboard", ["viewer"])
+
+
+async def create_key(s: Session, command: str) -> None:
+    answer = await s.curl(command)
+    assert answer.status == 201, answer.body
+    created = answer.json()
+    assert created["principal"] == "wallboard"
+    assert created["expiresAt"]
+    # The new key reads, and may not write.
+    headers = {"Authorization": f"Bearer {created['key']}"}
+    async with httpx.AsyncClient(base_url=s.stack.gateway_url, headers=headers, timeout=30) as wallboard:
+        assert (await wallboard.get("/runs", params={"limit": 1})).status_code == 200
+        denied = await wallboard.post("/workflows/bilingual-coach/execute", json={"payload": {}})
+        assert denied.status_code == 403, denied.text
+        assert denied.json()["error"]["details"] == [
+            {"field": "permission", "message": "workflow:execute:bilingual-coach"}
+        ]
+
+
+async def audit(s: Session, command: str) -> None:
+    async def logged() -> list[dict[str, Any]] | None:
+        answer = await s.curl(command)
+        assert answer.status == 200, answer.body
+        records: list[dict[str, Any]] = answer.json()["records"]
+        return records if records else None
+
+    records = await wait_for(logged, timeout=30, message="authentications in the audit log")
+    assert 1 <= len(records) <= 5
+    assert all(r["action"].startswith("auth.") for r in records), records
+    assert all(len(r["hash"]) == 64 for r in records)
+
+
+async def verify(s: Session, command: str) -> None:
+    answer = await s.curl(command)
+    assert answer.status == 200, answer.body
+    verified = answer.json()
+    assert verified["ok"] is True, verified
+    assert verified["checked"] > 0
+
+
 async def publish_event(s: Session, command: str) -> None:
     answer = await s.curl(command)
     assert answer.status == 202, answer.body
@@ -344,19 +411,25 @@ Example = Callable[[Session, str], Awaitable[None]]
 # (a pattern the README command matches, the example that runs and checks it)
 EXAMPLES: list[tuple[str, Example]] = [
     (r"^make run &$", start_the_stack),
+    (r"^export OMNI_KEY=\$\(cat \.omni/admin-key\)$", export_the_admin_key),
     (r"/workflows/bilingual-coach/execute\b", execute),
     (r"/runs\?workflow=bilingual-coach&limit=5", list_runs),
     (r"/runs/<runId>/events\b", run_events),
-    (r"^curl -N \S+/runs/<runId>/stream$", stream),
+    (r"^curl -N \S+/runs/<runId>/stream\b", stream),
     (r"-X POST \S+/runs/<runId>/cancel\b", cancel),
     (r"/runs/<runId>/rerun\b", rerun),
     (r"/deadletters\?limit=10", deadletters),
     (r"/tools\?category=mt", tools_of_a_category),
-    (r"/servers'?$", servers),
+    (r"/servers'? ", servers),
     (r"/tools/mt/translate/openrouter\b", call_a_tool),
     (r"-X PUT \S+/tools/declarations/status\.check\b", declare_json),
     (r"\S+/tools/declarations/my\.create_issue\b.*application/yaml", declare_yaml),
     (r"/events/app\.coach\.session\.start\b", publish_event),
+    (r"/security/whoami\b", whoami),
+    (r"/security/principals\b", create_principal),
+    (r"/security/keys\b", create_key),
+    (r"/security/audit\?", audit),
+    (r"/security/audit/verify\b", verify),
 ]
 
 
@@ -382,7 +455,7 @@ def test_each_readme_command_is_recognised_by_exactly_one_example() -> None:
 @pytest.mark.e2e
 async def test_every_readme_example_answers_as_documented_in_order(stack: Stack) -> None:
     commands = readme_commands()
-    async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=60) as client:
+    async with httpx.AsyncClient(base_url=stack.gateway_url, headers=stack.auth_headers, timeout=60) as client:
         session = Session(stack, client)
         for command in commands:
             await example_for(command)(session, command)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from omni_contract.providers import ALWAYS_STARTED, PROVIDER_KEYS
+from omni_contract.security import new_api_key, parse_api_key
 from omni_runtime.logging import LOG_FORMAT_ENV, choose_format
 
 from omni_devstack.servers import (
@@ -41,6 +42,30 @@ STOP_TIMEOUT_S = 8.0
 RESTART_FIRST_S = 0.5
 RESTART_LONGEST_S = 10.0
 WATCH_INTERVAL_S = 0.2
+ADMIN_KEY_ENV = "OMNI_ADMIN_KEY"
+ADMIN_KEY_FILE = "admin-key"
+
+
+def admin_key(home: Path) -> tuple[str, Path | None]:
+    """The first admin's API key: ``OMNI_ADMIN_KEY`` when set, else the one kept in
+    ``<home>/admin-key`` (created, readable by its owner only, on the first start). The path is
+    None when the key came from the environment."""
+    given = os.environ.get(ADMIN_KEY_ENV, "").strip()
+    if given:
+        if parse_api_key(given) is None:
+            raise ServerStartError(
+                f"{ADMIN_KEY_ENV} is not an Omni API key (omni_<8 lowercase letters or digits>_<43 "
+                "characters>); unset it and a key is made for you"
+            )
+        return given, None
+    path = home / ADMIN_KEY_FILE
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip(), path
+    key = new_api_key()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(key + "\n")
+    return key, path
 
 
 @dataclass
@@ -200,6 +225,8 @@ class Stack:
         self.sim_url: str | None = None
         self.processes: dict[str, ServiceProcess] = {}
         self.simulated = False
+        self.admin_key = ""
+        self.admin_key_path: Path | None = None
         self._watched: list[_Watched] = []
         self._watcher: threading.Thread | None = None
         self._stop_watching = threading.Event()
@@ -208,12 +235,18 @@ class Stack:
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.config.http_port}"
 
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """What a client of the gateway sends to act as the first admin."""
+        return {"Authorization": f"Bearer {self.admin_key}"}
+
     # -- start ---------------------------------------------------------------------------------
     def start(self, ready_timeout: float = 60.0) -> None:
         cfg = self.config
         cfg.home.mkdir(parents=True, exist_ok=True)
         if port_in_use(cfg.http_port):
             raise PortInUseError("the gateway", "127.0.0.1", cfg.http_port, "OMNI_HTTP_PORT")
+        self.admin_key, self.admin_key_path = admin_key(cfg.home)
         try:
             self._start_servers()
             self._watch_servers()
@@ -337,6 +370,9 @@ class Stack:
                     {"OMNI_TOOLRUNNER_DECLARATIONS_DIR": str(cfg.integrations_dir.resolve())},
                 )
             )
+        specs.append(
+            ServiceSpec("security-service", "omni_security.main", env={ADMIN_KEY_ENV: self.admin_key})
+        )
         specs.append(ServiceSpec("gateway", "omni_gateway.main"))
         return specs
 
@@ -399,6 +435,17 @@ class Stack:
             f"NATS:          {self.nats_url}",
             f"PostgreSQL:    {_redact(self.database_url)}",
         ]
+        if self.admin_key_path is not None:
+            where = f"$(cat {self.admin_key_path})"
+            lines.append(
+                f"Admin key:     in {self.admin_key_path} (made at the first start; {ADMIN_KEY_ENV} wins)"
+            )
+        else:
+            where = f"${ADMIN_KEY_ENV}"
+            lines.append(f"Admin key:     from {ADMIN_KEY_ENV}")
+        lines.append(
+            f'Use it:        curl -H "Authorization: Bearer {where}" {self.gateway_url}/security/whoami'
+        )
         if self.simulated:
             lines.append(
                 f"Providers:     SIMULATED at {self.sim_url} (set OPENROUTER_API_KEY to use OpenRouter)"
