@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.e2e
 
 
 def omni_run(home: Path, http_port: int, log: Path) -> subprocess.Popen[bytes]:
-    unset = {"NATS_URL", "DATABASE_URL", "OPENROUTER_API_KEY", "GITHUB_TOKEN", "ZAPIER_HOOK_URL"}
+    unset = {"NATS_URL", "DATABASE_URL", "OPENROUTER_API_KEY", "GITHUB_TOKEN", "ZAPIER_HOOK_URL", "OMNI_ADMIN_KEY"}
     env = {k: v for k, v in os.environ.items() if k not in unset}
     env.update(
         {
@@ -70,6 +71,12 @@ async def test_omni_run_serves_the_gateway_and_stops_cleanly_on_sigterm(world_tm
                     return False
 
             await wait_for(ready, timeout=120, message="gateway ready")
+            # Nothing but health and readiness without credentials; the admin key is in OMNI_HOME.
+            refused = await client.get("/workflows")
+            assert refused.status_code == 401
+            key_file = world_tmp / "home" / "admin-key"
+            client.headers["Authorization"] = f"Bearer {key_file.read_text().strip()}"
+            assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
             workflows = (await client.get("/workflows")).json()["workflows"]
             assert "bilingual-coach" in [w["name"] for w in workflows]
 
@@ -88,6 +95,8 @@ async def test_omni_run_serves_the_gateway_and_stops_cleanly_on_sigterm(world_tm
         output = await wait_for(lambda: "Press Ctrl-C" in log.read_text() and log.read_text(), timeout=10)
         assert "SIMULATED" in output
         assert f"Omni gateway:  http://127.0.0.1:{http_port}" in output
+        assert f"Admin key:     in {key_file}" in output
+        assert "/security/whoami" in output
 
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
