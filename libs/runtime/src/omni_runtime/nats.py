@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import nats
 import nats.errors
+from nats.aio.client import DEFAULT_INBOX_PREFIX
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -30,6 +31,7 @@ from omni_contract.kv import KvBucketSpec, Storage
 from omni_contract.streams import ConsumerSpec, Retention, StreamSpec
 
 from omni_runtime.outage import OutageLog
+from omni_runtime.settings import NatsClientSettings
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +51,13 @@ async def connect(
     name: str,
     *,
     on_disconnect: Callable[[], Awaitable[None]] | None = None,
+    credentials: NatsClientSettings | None = None,
 ) -> NATS:
     """Connect with unlimited reconnects: a service outlives a NATS restart.
+
+    As the identity of ``credentials`` (an NKey seed file or a creds file, and its reply inbox
+    prefix); when not given, the process's own (``OMNI_NATS_NKEY_SEED_FILE``, ...), so every
+    connection a service process opens is that service. Neither set: no credentials.
 
     An outage is logged as a warning when the connection is lost, then at most one every
     ``OUTAGE_WARN_EVERY_S`` however often reconnecting fails, and one line when it is back."""
@@ -76,8 +83,14 @@ async def connect(
         else:
             log.warning("nats (%s) error: %s: %s", name, type(exc).__name__, exc)
 
+    auth = credentials if credentials is not None else NatsClientSettings()
+    if auth.nats_nkey_seed_file and auth.nats_creds_file:
+        raise ValueError(f"nats ({name}): give an NKey seed file or a creds file, not both")
     nc = await nats.connect(
         servers=[u.strip() for u in url.split(",") if u.strip()],
+        nkeys_seed=auth.nats_nkey_seed_file,
+        user_credentials=auth.nats_creds_file,
+        inbox_prefix=auth.nats_inbox_prefix or DEFAULT_INBOX_PREFIX,
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,

@@ -7,8 +7,35 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+NKEY_SEED_FILE_ENV = "OMNI_NATS_NKEY_SEED_FILE"
+CREDS_FILE_ENV = "OMNI_NATS_CREDS_FILE"
+INBOX_PREFIX_ENV = "OMNI_NATS_INBOX_PREFIX"
 
-class ServiceSettings(BaseSettings):
+
+class NatsClientSettings(BaseSettings):
+    """Who a process is to NATS. Read without a service's prefix, like ``NATS_URL``: every replica
+    started as one identity has the same. None set: no credentials (a server without authorization)."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    nats_nkey_seed_file: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(NKEY_SEED_FILE_ENV, "nats_nkey_seed_file"),
+        description="File holding this identity's NKey seed (SU...), to authenticate to NATS",
+    )
+    nats_creds_file: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(CREDS_FILE_ENV, "nats_creds_file"),
+        description="A NATS credentials file (user JWT and seed), for servers run in operator mode",
+    )
+    nats_inbox_prefix: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(INBOX_PREFIX_ENV, "nats_inbox_prefix"),
+        description="Prefix of this identity's reply subjects (default _INBOX), where it may subscribe",
+    )
+
+
+class ServiceSettings(NatsClientSettings):
     model_config = SettingsConfigDict(env_prefix="OMNI_", extra="ignore")
 
     nats_url: str = Field(
