@@ -42,6 +42,10 @@ class NatsServer(ServerProcess):
     choosing one in advance. The HTTP monitoring endpoint is always on, on loopback: readiness is
     its ``/healthz``, which answers ok only once JetStream is up. ``monitoring_port`` 0 picks a
     free one. Usable as ``with``/``async with`` or through :meth:`start` and :meth:`stop`.
+
+    ``config``: more server configuration (such as an ``authorization`` block), written to
+    :attr:`config_path` (readable by its owner only: it may hold passwords) at every start. The
+    monitoring endpoint needs no credentials, so readiness is judged the same way with or without it.
     """
 
     def __init__(
@@ -57,8 +61,10 @@ class NatsServer(ServerProcess):
         binary: Path | None = None,
         start_timeout: float = 10.0,
         stop_timeout: float = 10.0,
+        config: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
+        self.config = config
         self.host = host
         self._requested_port = port or 0
         self._requested_monitoring_port = monitoring_port or 0
@@ -78,6 +84,11 @@ class NatsServer(ServerProcess):
     def log_path(self) -> Path:
         """The file receiving the server's output (appended to across restarts)."""
         return self.data_dir / "nats-server.log"
+
+    @property
+    def config_path(self) -> Path:
+        """Where the extra ``config`` is written."""
+        return self.data_dir / "nats-server.conf"
 
     @property
     def store_dir(self) -> Path:
@@ -135,6 +146,9 @@ class NatsServer(ServerProcess):
         ]  # fmt: skip
         if self._server_name:
             args += ["--name", self._server_name]
+        if self.config is not None:
+            self._write_config(self.config)
+            args += ["--config", str(self.config_path)]
 
         started = time.monotonic()
         with self.log_path.open("ab") as log:
@@ -178,6 +192,13 @@ class NatsServer(ServerProcess):
         self._port = self._monitoring_port = None
 
     # -- internals
+
+    def _write_config(self, text: str) -> None:
+        # Created 0600 before anything is written: the text may hold passwords.
+        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a file left by an older start keeps its mode through O_TRUNC
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
 
     def _ports_file(self, pid: int) -> Path:
         return self.data_dir / f"nats-server_{pid}.ports"
