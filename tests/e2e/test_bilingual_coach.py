@@ -71,7 +71,9 @@ async def finished(
 
 
 async def test_execute_over_http_runs_every_step_and_records_outputs(stack: Stack) -> None:
-    async with httpx.AsyncClient(base_url=stack.gateway_url, headers=stack.auth_headers, timeout=60) as client:
+    async with httpx.AsyncClient(
+        base_url=stack.gateway_url, headers=stack.auth_headers, timeout=60
+    ) as client:
         response = await client.post(
             "/workflows/bilingual-coach/execute",
             json={"payload": payload(), "context": {"userId": "learner-7"}},
@@ -107,7 +109,9 @@ async def test_trigger_event_on_nats_starts_and_completes_a_run(stack: Stack) ->
         await nc.jetstream().publish("app.coach.session.start", json.dumps(envelope).encode())
     finally:
         await nc.close()
-    async with httpx.AsyncClient(base_url=stack.gateway_url, headers=stack.auth_headers, timeout=30) as client:
+    async with httpx.AsyncClient(
+        base_url=stack.gateway_url, headers=stack.auth_headers, timeout=30
+    ) as client:
 
         async def started() -> str | None:
             runs = (await client.get("/runs", params={"workflow": "bilingual-coach"})).json()["runs"]
@@ -123,7 +127,9 @@ async def test_trigger_event_on_nats_starts_and_completes_a_run(stack: Stack) ->
 async def test_a_failing_step_fails_the_run_with_its_error(stack: Stack) -> None:
     fault = {"match": {"schema": "mt_translate"}, "status": 400, "message": "bad lang"}
     await sim(stack, "/_sim/faults", fault)
-    async with httpx.AsyncClient(base_url=stack.gateway_url, headers=stack.auth_headers, timeout=60) as client:
+    async with httpx.AsyncClient(
+        base_url=stack.gateway_url, headers=stack.auth_headers, timeout=60
+    ) as client:
         response = await client.post("/workflows/bilingual-coach/execute", json={"payload": payload()})
         assert response.status_code == 200, response.text
         body = response.json()
@@ -142,7 +148,9 @@ async def test_a_failing_step_fails_the_run_with_its_error(stack: Stack) -> None
 
 
 async def test_invalid_payload_is_rejected_naming_the_field(stack: Stack) -> None:
-    async with httpx.AsyncClient(base_url=stack.gateway_url, headers=stack.auth_headers, timeout=30) as client:
+    async with httpx.AsyncClient(
+        base_url=stack.gateway_url, headers=stack.auth_headers, timeout=30
+    ) as client:
         response = await client.post(
             "/workflows/bilingual-coach/execute", json={"payload": payload(targetLanguage=42)}
         )

@@ -31,7 +31,9 @@ def each_key_executed_once(stats: dict[str, Any], run_id: str) -> list[str]:
 async def test_engine_killed_mid_run_then_restarted_completes_the_run_once(stack: Stack) -> None:
     # Slow the third step so the engine is killed while the run is in flight.
     await sim(stack, "/_sim/faults", {"match": {"schema": "mt_translate"}, "delay_ms": 1500, "times": 1})
-    async with httpx.AsyncClient(base_url=stack.gateway_url, headers=stack.auth_headers, timeout=30) as client:
+    async with httpx.AsyncClient(
+        base_url=stack.gateway_url, headers=stack.auth_headers, timeout=30
+    ) as client:
         run_id = await start_run(client)
 
         async def translating() -> bool:
@@ -57,7 +59,9 @@ async def test_runner_killed_mid_step_work_is_redelivered_to_another_replica_and
     stack.processes["tool-runner-openrouter-2"].signal(15)
     assert stack.processes["tool-runner-openrouter-2"].wait(10)
     await sim(stack, "/_sim/faults", {"match": {"schema": "nlu_analyze"}, "delay_ms": 2000, "times": 1})
-    async with httpx.AsyncClient(base_url=stack.gateway_url, headers=stack.auth_headers, timeout=30) as client:
+    async with httpx.AsyncClient(
+        base_url=stack.gateway_url, headers=stack.auth_headers, timeout=30
+    ) as client:
         run_id = await start_run(client)
 
         async def analysing() -> bool:

@@ -126,7 +126,9 @@ async def test_concurrent_runs_on_three_engines_retry_and_perform_each_side_effe
     runner.signal(signal.SIGTERM)
     assert runner.wait(10)
     limits = httpx.Limits(max_connections=RUNS)
-    async with httpx.AsyncClient(base_url=stack.gateway_url, headers=stack.auth_headers, timeout=60, limits=limits) as client:
+    async with httpx.AsyncClient(
+        base_url=stack.gateway_url, headers=stack.auth_headers, timeout=60, limits=limits
+    ) as client:
 
         async def start_one(i: int) -> str:
             # Half the learners speak (speech_to_text runs), half type (it is skipped).
@@ -215,7 +217,9 @@ async def test_concurrent_runs_on_three_engines_retry_and_perform_each_side_effe
 
 async def test_retry_timer_fires_once_after_the_engine_is_killed_while_it_waits(stack: Stack) -> None:
     await sim(stack, "/_sim/faults", {"match": {"schema": "mt_translate"}, "status": 500, "times": 1})
-    async with httpx.AsyncClient(base_url=stack.gateway_url, headers=stack.auth_headers, timeout=30) as client:
+    async with httpx.AsyncClient(
+        base_url=stack.gateway_url, headers=stack.auth_headers, timeout=30
+    ) as client:
         await register(client, TIMER_WORKFLOW)
         run_id = await start(client, "e2e-retry-timer", {"payload": {"text": "the cat sleeps"}})
 
@@ -252,7 +256,9 @@ async def test_retry_timer_fires_once_after_the_engine_is_killed_while_it_waits(
 
 async def test_a_provider_that_stays_unavailable_falls_back_to_text_only(stack: Stack) -> None:
     await sim(stack, "/_sim/faults", {"match": "any", "status": 503})
-    async with httpx.AsyncClient(base_url=stack.gateway_url, headers=stack.auth_headers, timeout=60) as client:
+    async with httpx.AsyncClient(
+        base_url=stack.gateway_url, headers=stack.auth_headers, timeout=60
+    ) as client:
         await register(client, FALLBACK_WORKFLOW)
         response = await client.post(
             "/workflows/e2e-speak-or-write/execute", json={"payload": {"text": "Well done!"}}

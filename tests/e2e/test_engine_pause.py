@@ -80,7 +80,9 @@ async def start(client: httpx.AsyncClient, n: int) -> str:
 async def test_results_that_arrived_while_the_engine_was_paused_win_over_the_timeouts(stack: Stack) -> None:
     await sim(stack, "/_sim/config", {"latency_ms": LATENCY_MS})
     engine = stack.processes["workflow-engine-1"]
-    async with httpx.AsyncClient(base_url=stack.gateway_url, headers=stack.auth_headers, timeout=30) as client:
+    async with httpx.AsyncClient(
+        base_url=stack.gateway_url, headers=stack.auth_headers, timeout=30
+    ) as client:
         response = await client.post(
             "/workflows", content=WORKFLOW, headers={"Content-Type": "application/yaml"}
         )

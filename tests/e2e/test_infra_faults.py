@@ -215,7 +215,9 @@ async def test_postgres_killed_with_runs_in_flight_is_restarted_and_every_run_co
     await sim(
         stack, "/_sim/faults", {"match": {"schema": "mt_translate"}, "delay_ms": SLOW_STEP_MS, "times": RUNS}
     )
-    async with httpx.AsyncClient(base_url=stack.gateway_url, headers=stack.auth_headers, timeout=30) as client:
+    async with httpx.AsyncClient(
+        base_url=stack.gateway_url, headers=stack.auth_headers, timeout=30
+    ) as client:
         run_ids = await start_runs(client)
         await wait_for(lambda: translating(stack), timeout=60, interval=0.05, message="every run translating")
         port = stack.postgres.port
@@ -260,7 +262,9 @@ async def test_nats_killed_with_runs_in_flight_is_restarted_and_every_run_comple
     await sim(
         stack, "/_sim/faults", {"match": {"schema": "mt_translate"}, "delay_ms": SLOW_STEP_MS, "times": RUNS}
     )
-    async with httpx.AsyncClient(base_url=stack.gateway_url, headers=stack.auth_headers, timeout=30) as client:
+    async with httpx.AsyncClient(
+        base_url=stack.gateway_url, headers=stack.auth_headers, timeout=30
+    ) as client:
         run_ids = await start_runs(client)
         await wait_for(lambda: translating(stack), timeout=60, interval=0.05, message="every run translating")
         port = stack.nats.port

@@ -69,7 +69,9 @@ async def test_a_workflow_step_calls_a_declared_integration(
         stack = make_stack(tmp_path, nats_url, database_url, extra_env={"ZAPIER_HOOK_URL": hook_url})
         try:
             await asyncio.to_thread(stack.start, 90)
-            async with httpx.AsyncClient(base_url=stack.gateway_url, headers=stack.auth_headers, timeout=60) as client:
+            async with httpx.AsyncClient(
+                base_url=stack.gateway_url, headers=stack.auth_headers, timeout=60
+            ) as client:
 
                 async def available() -> bool:
                     response = await client.get(

@@ -455,7 +455,9 @@ def test_each_readme_command_is_recognised_by_exactly_one_example() -> None:
 @pytest.mark.e2e
 async def test_every_readme_example_answers_as_documented_in_order(stack: Stack) -> None:
     commands = readme_commands()
-    async with httpx.AsyncClient(base_url=stack.gateway_url, headers=stack.auth_headers, timeout=60) as client:
+    async with httpx.AsyncClient(
+        base_url=stack.gateway_url, headers=stack.auth_headers, timeout=60
+    ) as client:
         session = Session(stack, client)
         for command in commands:
             await example_for(command)(session, command)

@@ -80,7 +80,9 @@ async def test_one_trace_spans_gateway_engine_and_tool_runner(
     )
     await asyncio.to_thread(stack.start, 90)
     try:
-        async with httpx.AsyncClient(base_url=stack.gateway_url, headers=stack.auth_headers, timeout=60) as client:
+        async with httpx.AsyncClient(
+            base_url=stack.gateway_url, headers=stack.auth_headers, timeout=60
+        ) as client:
             response = await client.post("/workflows/bilingual-coach/execute", json={"payload": payload()})
             assert response.status_code == 200, response.text
             assert response.json()["status"] == "completed"
