@@ -24,7 +24,14 @@ pytestmark = pytest.mark.e2e
 
 
 def omni_run(home: Path, http_port: int, log: Path) -> subprocess.Popen[bytes]:
-    unset = {"NATS_URL", "DATABASE_URL", "OPENROUTER_API_KEY", "GITHUB_TOKEN", "ZAPIER_HOOK_URL", "OMNI_ADMIN_KEY"}
+    unset = {
+        "NATS_URL",
+        "DATABASE_URL",
+        "OPENROUTER_API_KEY",
+        "GITHUB_TOKEN",
+        "ZAPIER_HOOK_URL",
+        "OMNI_ADMIN_KEY",
+    }
     env = {k: v for k, v in os.environ.items() if k not in unset}
     env.update(
         {
