@@ -202,6 +202,20 @@ async def test_a_client_with_an_unknown_key_or_a_wrong_password_is_refused(
         await nats.connect(wrong.url(secured.server.url), allow_reconnect=False, error_cb=_quiet)
 
 
+async def test_a_runner_of_a_provider_left_out_of_the_authorization_is_refused(secured: Secured) -> None:
+    unlisted = secured.auth.service(Role.TOOL_RUNNER, provider="qwen")
+    assert "qwen" not in PROVIDERS
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        await nats.connect(
+            secured.server.url, nkeys_seed=str(unlisted.seed_file), allow_reconnect=False, error_cb=_quiet
+        )
+
+
+def test_only_services_have_nkeys(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="connects with a password"):
+        NatsAuth(tmp_path / "creds").service(Role.APPLICATION)
+
+
 async def _quiet(_: Exception) -> None:
     return None
 

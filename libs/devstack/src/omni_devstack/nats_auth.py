@@ -33,6 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 import nkeys  # type: ignore[import-untyped]  # no type information shipped
 from omni_contract.permissions import (
     RESPONSE_WINDOW_S,
+    SERVICE_ROLES,
     Permissions,
     Role,
     identity,
@@ -105,7 +106,7 @@ class NatsAuth:
     def service(self, role: Role | str, *, provider: str | None = None) -> ServiceIdentity:
         """The identity of one service (a tool-runner's for one ``provider``)."""
         role = Role(role)
-        if role not in (Role.GATEWAY, Role.ENGINE, Role.TOOL_RUNNER, Role.SECURITY):
+        if role not in SERVICE_ROLES:
             raise ValueError(f"{role} connects with a password, not an NKey")
         name = identity(role, provider=provider)
         path = self.directory / f"{name}{SEED_SUFFIX}"
