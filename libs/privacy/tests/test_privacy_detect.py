@@ -348,3 +348,33 @@ def test_min_score_drops_weaker_findings() -> None:
 def test_text_without_pii_gives_nothing() -> None:
     assert detect("") == []
     assert_nothing("The quick brown fox jumps over the lazy dog, twice, at 9:15.")
+
+
+def test_a_number_starting_with_plus_is_found_right_after_another_number() -> None:
+    assert found("Ref 12 +44 20 7946 0958") == [(PHONE_NUMBER, "+44 20 7946 0958")]
+    assert found("4111 1111 1111 1111 +1 415 555 0132") == [
+        (CREDIT_CARD, "4111 1111 1111 1111"),
+        (PHONE_NUMBER, "+1 415 555 0132"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1" * 20000,
+        "1 " * 10000,
+        "12-" * 7000,
+        "1." * 10000,
+        "a@" * 10000,
+        "ab:" * 7000,
+        "AB12" * 5000,
+        "DE89 " + "3704 " * 4000,
+        "a" * 20000 + "@",
+        "a@" + "b." * 10000,
+        "(1)" * 7000,
+        "1:" * 10000 + "x",
+    ],
+)
+def test_long_degenerate_input_is_scanned_without_findings(text: str) -> None:
+    # Patterns that backtracked exponentially would hang here (and hit the test timeout).
+    assert detect(text) == []

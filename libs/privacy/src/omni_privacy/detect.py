@@ -157,8 +157,9 @@ def _email_at(text: str, at: int) -> Finding | None:
 
 # Digit groups joined by one separator each; a group in parentheses may touch its neighbours.
 _PHONE_RE = re.compile(
-    r"(?=[\d(+])(?<![\w@+.\-/])(?<!\d[ .\-/])"
-    r"(\+ ?|\(\+\d{1,3}\) ?)?"
+    r"(?=[\d(+])(?<![\w@+.\-/])"
+    # A "+" always starts a number; a digit does not when a digit and a separator precede it.
+    r"(?:(\+ ?|\(\+\d{1,3}\) ?)|(?<!\d[ .\-/]))"
     r"(?:\(\d{1,5}\)|\d+)"
     r"(?:[ .\-/]\d+|[ .\-/]?\(\d{1,5}\)|(?<=\))\d+)*"
     r"(?![\w@]|[ .\-/]?\(?\d|[.\-/]\w)"
