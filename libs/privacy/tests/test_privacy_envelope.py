@@ -195,3 +195,14 @@ def test_keys_of_the_wrong_length_are_refused() -> None:
         DataKey(bytes(16))
     with pytest.raises(ValueError, match="32 bytes"):
         KeyEncryptionKey(bytes(24))
+
+
+def test_the_token_key_is_stable_per_data_key_across_rewrap_and_differs_between_runs() -> None:
+    old_kek, new_kek = KeyEncryptionKey.generate(), KeyEncryptionKey.generate()
+    data_key = DataKey(KEY_BYTES)
+    token_key = data_key.token_key()
+    assert len(token_key) == 32
+    assert token_key != KEY_BYTES
+    rewrapped = Keyring(new_kek, old_kek).rewrap(old_kek.wrap(data_key))
+    assert Keyring(new_kek).unwrap(rewrapped).token_key() == token_key
+    assert DataKey.generate().token_key() != token_key

@@ -25,6 +25,8 @@ Invariants:
   unwraps with whichever KEK the wrapped key names. ``rewrap`` re-wraps a data key under the current
   KEK; the records encrypted with that data key are unchanged. Once every wrapped key has been
   rewrapped (``needs_rewrap`` is false for all), a previous KEK can be dropped.
+- **One secret per run.** ``DataKey.token_key()`` derives (HKDF-SHA256) the key for the run's PII
+  tokens (``omni_privacy.redact``) from its data key, so tokens stay the same across KEK rotation.
 
 ``ENCRYPTION_KEY`` (and each entry of ``ENCRYPTION_KEY_PREVIOUS``, comma-separated) is 32 random
 bytes, base64 (standard or URL-safe, padding optional) or hex; ``base64:`` and ``hex:`` prefixes are
@@ -42,7 +44,9 @@ import re
 from collections.abc import Iterable
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 VERSION = 1
 KEY_BYTES = 32
@@ -55,6 +59,7 @@ WRAPPED_KEY_BYTES = HEADER_BYTES + NONCE_BYTES + KEY_BYTES + TAG_BYTES
 _RECORD_LABEL = b"omni-privacy/record/v1"
 _WRAP_LABEL = b"omni-privacy/wrap/v1"
 _AAD_LABEL = b"omni-privacy/aad/v1"
+_TOKEN_KEY_INFO = b"omni-privacy/token-key/v1"
 _HEX_KEY_RE = re.compile(r"[0-9a-fA-F]{64}")
 
 
@@ -130,6 +135,17 @@ class DataKey:
             raise DecryptionError(
                 "record failed authentication: tampered, or associated data (run id, record) differ"
             ) from None
+
+    def token_key(self) -> bytes:
+        """The run's key for ``omni_privacy.redact`` tokens: HKDF-SHA256 of this data key.
+
+        Stable for the run's life (rewrapping under a new KEK keeps the data key, so tokens made
+        before a rotation match those made after), different for every run, and never the data
+        key itself.
+        """
+        return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=_TOKEN_KEY_INFO).derive(
+            self._key
+        )
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, DataKey) and hmac.compare_digest(self._key, other._key)
