@@ -10,11 +10,11 @@ Invariants:
   its Base58Check or bech32/bech32m checksum; an e-mail's top-level domain is a country code or a
   known generic one; a phone number has a known country calling code or a national shape.
 - **Weak shapes need context.** A candidate scores its entity's base score, plus ``CONTEXT_BOOST``
-  when one of the entity's context words appears within ``CONTEXT_WINDOW`` characters before it
-  on the same line,
-  and is reported only when that reaches ``REPORT_THRESHOLD``. Shapes that are too common to mean
-  PII alone (a bare run of digits as a phone number or SSN, an SSN written with spaces) start
-  below the threshold, so they are reported only next to a word such as "phone" or "SSN".
+  when one of the entity's context words appears within ``CONTEXT_WINDOW`` characters before it on
+  the same line, and is reported only when that reaches ``REPORT_THRESHOLD``. Shapes that are too
+  common to mean PII alone (a bare run of digits as a phone number or SSN, an SSN written with
+  spaces, "612 345 678") start below the threshold, so they are reported only next to a word such
+  as "phone" or "SSN".
 - **Whole tokens only.** A match never starts or ends inside a longer word or number (``x4111…``,
   ``…1111-9``), so part of an order number or UUID is never reported.
 - **No overlaps.** Candidates are chosen by score, then length, then position, then entity type;
