@@ -1,5 +1,6 @@
 """End-to-end fixtures: the whole stack as processes (the same ``Stack`` that ``make run`` uses),
-on the per-test NATS server and database that ``omni_testkit`` provides."""
+with its own embedded NATS (under authorization, as ``make run``'s) and the per-test database that
+``omni_testkit`` provides."""
 
 from __future__ import annotations
 
@@ -14,11 +15,9 @@ from .stacks import make_stack
 
 
 @pytest.fixture
-def stack(
-    tmp_path: Path, nats_url: str, database_url: str, request: pytest.FixtureRequest
-) -> Iterator[Stack]:
+def stack(tmp_path: Path, database_url: str, request: pytest.FixtureRequest) -> Iterator[Stack]:
     options: dict[str, Any] = getattr(request, "param", {}) or {}
-    s = make_stack(tmp_path, nats_url, database_url, **options)
+    s = make_stack(tmp_path, database_url, **options)
     try:
         s.start(ready_timeout=90)
         yield s

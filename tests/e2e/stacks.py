@@ -12,7 +12,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def make_stack(
     tmp_path: Path,
-    nats_url: str,
     database_url: str,
     *,
     engine_replicas: int = 1,
@@ -23,7 +22,8 @@ def make_stack(
         StackConfig(
             home=tmp_path / "home",
             http_port=free_port(),
-            nats_url=nats_url,
+            # Its own embedded NATS, with authorization, as make run's: each service under its NKey.
+            nats_port=free_port(),
             database_url=database_url,
             workflows_dir=ROOT / "workflows",
             integrations_dir=ROOT / "integrations",

@@ -97,7 +97,7 @@ async def test_execute_over_http_runs_every_step_and_records_outputs(stack: Stac
 
 
 async def test_trigger_event_on_nats_starts_and_completes_a_run(stack: Stack) -> None:
-    nc = await nats.connect(stack.nats_url)
+    nc = await nats.connect(stack.admin_nats_url)
     try:
         envelope = {
             "specversion": "1.0",
@@ -158,7 +158,7 @@ async def test_invalid_payload_is_rejected_naming_the_field(stack: Stack) -> Non
         details = response.json()["error"]["details"]
         assert [d["field"] for d in details] == ["payload.targetLanguage"]
 
-    nc = await nats.connect(stack.nats_url)
+    nc = await nats.connect(stack.admin_nats_url)
     try:
         js = nc.jetstream()
         sub = await js.subscribe(subjects.deadletter("trigger.rejected"), stream=streams.DEADLETTERS.name)

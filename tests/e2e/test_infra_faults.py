@@ -174,7 +174,7 @@ async def translating(stack: Stack) -> bool:
 async def results_held_by_the_engine(stack: Stack) -> bool:
     """Every translation's result is kept, unacknowledged, while PostgreSQL is away: some in the
     engine's hands (the batch it retries), the rest still in the stream behind it."""
-    nc = await nats.connect(stack.nats_url)
+    nc = await nats.connect(stack.admin_nats_url)
     try:
         info = await nc.jetstream().consumer_info(
             streams.ENGINE_RESULTS.stream, streams.ENGINE_RESULTS.durable

@@ -62,11 +62,9 @@ async def catch_hook() -> AsyncIterator[tuple[str, list[Any]]]:
         yield f"{base_url}/hooks/catch/123/abc/", received
 
 
-async def test_a_workflow_step_calls_a_declared_integration(
-    tmp_path: Path, nats_url: str, database_url: str
-) -> None:
+async def test_a_workflow_step_calls_a_declared_integration(tmp_path: Path, database_url: str) -> None:
     async with catch_hook() as (hook_url, received):
-        stack = make_stack(tmp_path, nats_url, database_url, extra_env={"ZAPIER_HOOK_URL": hook_url})
+        stack = make_stack(tmp_path, database_url, extra_env={"ZAPIER_HOOK_URL": hook_url})
         try:
             await asyncio.to_thread(stack.start, 90)
             async with httpx.AsyncClient(

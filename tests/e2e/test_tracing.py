@@ -66,12 +66,11 @@ async def collector() -> AsyncIterator[tuple[Collector, int]]:
 
 
 async def test_one_trace_spans_gateway_engine_and_tool_runner(
-    tmp_path: Path, nats_url: str, database_url: str, collector: tuple[Collector, int]
+    tmp_path: Path, database_url: str, collector: tuple[Collector, int]
 ) -> None:
     spans, port = collector
     stack: Stack = make_stack(
         tmp_path,
-        nats_url,
         database_url,
         extra_env={
             "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",

@@ -77,6 +77,11 @@ AUDIT = StreamSpec(
 )
 
 ALL_STREAMS: tuple[StreamSpec, ...] = (APP_EVENTS, TOOL_WORK, TOOL_RESULTS, RUN_EVENTS, DEADLETTERS, AUDIT)
+# The streams each service provisions at start: those it writes or reads (under NATS authorization
+# a service may manage only these).
+GATEWAY_STREAMS: tuple[StreamSpec, ...] = (APP_EVENTS, TOOL_WORK, TOOL_RESULTS, DEADLETTERS, AUDIT)
+ENGINE_STREAMS: tuple[StreamSpec, ...] = (APP_EVENTS, TOOL_WORK, TOOL_RESULTS, RUN_EVENTS, DEADLETTERS)
+TOOL_RUNNER_STREAMS: tuple[StreamSpec, ...] = (TOOL_WORK, TOOL_RESULTS, DEADLETTERS)
 
 # The engine handles a message in milliseconds; a short ack wait hands the messages a killed
 # replica held to another (or to its restart) quickly, before the steps they answer time out.

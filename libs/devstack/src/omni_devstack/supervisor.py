@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from omni_contract.permissions import Role
 from omni_contract.providers import ALWAYS_STARTED, PROVIDER_KEYS
 from omni_contract.security import new_api_key, parse_api_key
 from omni_runtime.logging import LOG_FORMAT_ENV, choose_format
 
+from omni_devstack.nats_auth import NatsAuth
 from omni_devstack.servers import (
     NatsServer,
     PortInUseError,
@@ -70,12 +72,15 @@ def admin_key(home: Path) -> tuple[str, Path | None]:
 
 @dataclass
 class ServiceSpec:
-    """One service process: a Python module run with ``python -m``."""
+    """One service process: a Python module run with ``python -m``. ``role`` (and, for a
+    tool-runner, ``provider``) names its NATS identity on the embedded server."""
 
     name: str
     module: str
     args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    role: Role | None = None
+    provider: str | None = None
 
 
 # Providers ``omni run`` starts a runner for when one of their key variables is set.
@@ -227,6 +232,9 @@ class Stack:
         self.simulated = False
         self.admin_key = ""
         self.admin_key_path: Path | None = None
+        # The embedded NATS runs with authorization: each service as its own NKey identity, allowed
+        # only its role's subjects. None: NATS_URL names a server someone else runs.
+        self.nats_auth: NatsAuth | None = None
         self._watched: list[_Watched] = []
         self._watcher: threading.Thread | None = None
         self._stop_watching = threading.Event()
@@ -234,6 +242,18 @@ class Stack:
     @property
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.config.http_port}"
+
+    @property
+    def admin_nats_url(self) -> str:
+        """The NATS URL for tools and tests that need every subject (the embedded server's admin)."""
+        return self.nats_auth.admin().url(self.nats_url) if self.nats_auth is not None else self.nats_url
+
+    @property
+    def application_nats_url(self) -> str:
+        """The NATS URL an application uses: it may publish trigger events (app.>) only."""
+        return (
+            self.nats_auth.application().url(self.nats_url) if self.nats_auth is not None else self.nats_url
+        )
 
     @property
     def auth_headers(self) -> dict[str, str]:
@@ -259,7 +279,14 @@ class Stack:
     def _start_servers(self) -> None:
         cfg = self.config
         if not self.nats_url:
-            self.nats = NatsServer(cfg.home / "nats", port=cfg.nats_port, monitoring_port=0).start()
+            self.nats_auth = NatsAuth.in_home(cfg.home)
+            # An identity for every provider's runner (and the tests' mock), started now or later.
+            self.nats = NatsServer(
+                cfg.home / "nats",
+                port=cfg.nats_port,
+                monitoring_port=0,
+                config=self.nats_auth.authorization({*PROVIDER_KEYS, "mock"}),
+            ).start()
             self.nats_url = self.nats.url
         if not self.database_url:
             self.postgres = PostgresServer(self._pg_dir(), port=cfg.pg_port).start()
@@ -341,44 +368,34 @@ class Stack:
             else {}
         )
         for i in range(cfg.engine_replicas):
-            specs.append(ServiceSpec(f"workflow-engine-{i + 1}", "omni_engine.main"))
+            specs.append(ServiceSpec(f"workflow-engine-{i + 1}", "omni_engine.main", role=Role.ENGINE))
         for i in range(cfg.runner_replicas):
-            specs.append(
-                ServiceSpec(
-                    f"tool-runner-openrouter-{i + 1}",
-                    "omni_toolrunner.main",
-                    ["--provider", "openrouter"],
-                    runner_env,
-                )
-            )
+            specs.append(_runner(f"tool-runner-openrouter-{i + 1}", "openrouter", runner_env))
         for i in range(cfg.local_runner_replicas):
-            specs.append(
-                ServiceSpec(f"tool-runner-local-{i + 1}", "omni_toolrunner.main", ["--provider", "local"])
-            )
+            specs.append(_runner(f"tool-runner-local-{i + 1}", "local"))
         # Further providers run when their key is in the environment (OpenRouter always runs).
         for provider, variables in KEYED_PROVIDERS.items():
             if any(os.environ.get(name) for name in variables):
-                specs.append(
-                    ServiceSpec(f"tool-runner-{provider}-1", "omni_toolrunner.main", ["--provider", provider])
-                )
+                specs.append(_runner(f"tool-runner-{provider}-1", provider))
         if cfg.integrations_dir is not None and cfg.integrations_dir.is_dir():
-            specs.append(
-                ServiceSpec(
-                    "tool-runner-integrations-1",
-                    "omni_toolrunner.main",
-                    ["--provider", "integrations"],
-                    {"OMNI_TOOLRUNNER_DECLARATIONS_DIR": str(cfg.integrations_dir.resolve())},
-                )
-            )
+            declarations = {"OMNI_TOOLRUNNER_DECLARATIONS_DIR": str(cfg.integrations_dir.resolve())}
+            specs.append(_runner("tool-runner-integrations-1", "integrations", declarations))
         specs.append(
-            ServiceSpec("security-service", "omni_security.main", env={ADMIN_KEY_ENV: self.admin_key})
+            ServiceSpec(
+                "security-service",
+                "omni_security.main",
+                env={ADMIN_KEY_ENV: self.admin_key},
+                role=Role.SECURITY,
+            )
         )
-        specs.append(ServiceSpec("gateway", "omni_gateway.main"))
+        specs.append(ServiceSpec("gateway", "omni_gateway.main", role=Role.GATEWAY))
         return specs
 
     def _start_services(self) -> None:
         env = self.base_env()
         for spec in self.service_specs():
+            if self.nats_auth is not None and spec.role is not None:
+                spec.env = {**self.nats_auth.service_env(spec.role, provider=spec.provider), **spec.env}
             process = ServiceProcess(spec, env, self.config.log_dir)
             process.start()
             self.processes[spec.name] = process
@@ -446,11 +463,27 @@ class Stack:
         lines.append(
             f'Use it:        curl -H "Authorization: Bearer {where}" {self.gateway_url}/security/whoami'
         )
+        if self.nats_auth is not None:
+            lines.append(
+                f"Applications:  publish app.> on NATS as {_redact(self.application_nats_url)} "
+                f"(password in {self.nats_auth.directory})"
+            )
         if self.simulated:
             lines.append(
                 f"Providers:     SIMULATED at {self.sim_url} (set OPENROUTER_API_KEY to use OpenRouter)"
             )
         return "\n".join(lines)
+
+
+def _runner(name: str, provider: str, env: dict[str, str] | None = None) -> ServiceSpec:
+    return ServiceSpec(
+        name,
+        "omni_toolrunner.main",
+        ["--provider", provider],
+        env or {},
+        role=Role.TOOL_RUNNER,
+        provider=provider,
+    )
 
 
 def _redact(dsn: str) -> str:

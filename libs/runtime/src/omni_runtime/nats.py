@@ -142,6 +142,9 @@ async def ensure_streams(js: JetStreamContext, specs: tuple[StreamSpec, ...] | l
 def consumer_config(spec: ConsumerSpec) -> ConsumerConfig:
     filters = list(spec.filter_subjects)
     return ConsumerConfig(
+        # The name too: nats-py then creates it with CONSUMER.CREATE.<stream>.<name>.<filter>, the
+        # API subject NATS permissions can pin to the filter (CONSUMER.DURABLE.CREATE cannot be).
+        name=spec.durable,
         durable_name=spec.durable,
         description=spec.description or None,
         ack_policy=AckPolicy.EXPLICIT,

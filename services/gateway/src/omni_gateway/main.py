@@ -29,7 +29,7 @@ async def body(ctx: ServiceContext) -> None:
     if not isinstance(settings, GatewaySettings):
         raise TypeError(f"the gateway needs GatewaySettings, got {type(settings).__name__}")
     assert ctx.nc is not None
-    await ensure_streams(ctx.js, streams.ALL_STREAMS)
+    await ensure_streams(ctx.js, streams.GATEWAY_STREAMS)
     app = build_app(ctx.nc, settings, ctx.registry)
     ctx.health.add_check("engine", app[GATEWAY].engine_problem)
     runner = GatewayRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace_s)

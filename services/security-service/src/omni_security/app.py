@@ -74,6 +74,7 @@ class SecurityApp:
         authenticator: Authenticator,
         *,
         audit_batch: int,
+        inbox_prefix: str = "_INBOX",
     ) -> None:
         self.broker = broker
         self.pool = pool
@@ -81,9 +82,9 @@ class SecurityApp:
         self.revision = revision
         self.authenticator = authenticator
         self.admin = Admin(pool, self.emit, self.changed)
-        self._declare(audit_batch)
+        self._declare(audit_batch, inbox_prefix)
 
-    def _declare(self, audit_batch: int) -> None:
+    def _declare(self, audit_batch: int, inbox_prefix: str) -> None:
         broker = self.broker
         broker.subscriber(subjects.SECURITY_AUTHENTICATE, queue=QUEUE, decoder=_raw)(self.on_authenticate)
         broker.subscriber(subjects.SECURITY_CHECK, queue=QUEUE, decoder=_raw)(self.on_check)
@@ -96,6 +97,8 @@ class SecurityApp:
             pull_sub=PullSub(batch_size=audit_batch, batch=True, timeout=1.0),
             ack_policy=AckPolicy.NACK_ON_ERROR,
             decoder=_raw,
+            # FastStream's pull requests reply to "_INBOX." unless told: this identity's own inbox.
+            inbox_prefix=(inbox_prefix + ".").encode(),
         )(self.on_audit_batch)
 
     # -- audit and revision ---------------------------------------------------------------------

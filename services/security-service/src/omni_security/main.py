@@ -50,12 +50,17 @@ async def body(ctx: ServiceContext) -> None:
     limiter = FailureLimiter(
         window_s=settings.failure_window_s, slow_after=settings.slow_after, refuse_after=settings.refuse_after
     )
+    inbox_prefix = settings.nats_inbox_prefix or "_INBOX"
     broker = NatsBroker(
         settings.nats_url,
         name=f"{ctx.instance} (handlers)",
         apply_types=False,
         logger=log,
         graceful_timeout=settings.shutdown_grace_s,
+        # FastStream opens its own connection: the same NATS identity and reply inbox as ctx.nc.
+        nkeys_seed=settings.nats_nkey_seed_file,
+        user_credentials=settings.nats_creds_file,
+        inbox_prefix=inbox_prefix,
     )
     SecurityApp(
         broker,
@@ -64,6 +69,7 @@ async def body(ctx: ServiceContext) -> None:
         revision,
         Authenticator(pool, limiter, verifier),
         audit_batch=settings.audit_batch,
+        inbox_prefix=inbox_prefix,
     )
     await broker.start()
     ctx.stack.push_async_callback(broker.stop)

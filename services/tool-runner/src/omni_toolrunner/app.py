@@ -194,7 +194,7 @@ def make_body(
     """
 
     async def body(ctx: ServiceContext) -> None:
-        await omni_nats.ensure_streams(ctx.js, streams.ALL_STREAMS)
+        await omni_nats.ensure_streams(ctx.js, streams.TOOL_RUNNER_STREAMS)
         app = ToolRunnerApp(
             settings, registry=ctx.registry, instance=ctx.instance, tracer_provider=tracer_provider
         )

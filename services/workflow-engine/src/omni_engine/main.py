@@ -79,7 +79,7 @@ async def body(ctx: ServiceContext, settings: EngineSettings) -> None:
         return None
 
     ctx.health.add_check("postgres", db_ready)
-    await omni_nats.ensure_streams(ctx.js, streams.ALL_STREAMS)
+    await omni_nats.ensure_streams(ctx.js, streams.ENGINE_STREAMS)
 
     assert ctx.nc is not None
     assert ctx.micro is not None
