@@ -29,6 +29,7 @@ OUTAGE_ERRORS: list[BaseException] = [
     asyncpg.AdminShutdownError("terminating connection due to administrator command"),
     ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 15432)"),
     TimeoutError(),  # a pool acquire that timed out
+    asyncpg.InternalClientError("cannot switch to state 11; another operation (2) is in progress"),
     nats.errors.ConnectionClosedError(),
     nats.errors.NoRespondersError(),
 ]

@@ -14,6 +14,10 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.CrashShutdownError,  # another server process crashed: every session is ended
     asyncpg.TooManyConnectionsError,
     asyncpg.InterfaceError,  # the client's side of a closed connection or pool
+    # A pooled connection caught between two operations when the server died under it ("cannot
+    # switch to state 11; another operation (2) is in progress"); the pool replaces it. Seen in CI
+    # when PostgreSQL was killed with runs in flight.
+    asyncpg.InternalClientError,
     OSError,  # connection refused or reset; also nats.errors.TimeoutError
     TimeoutError,  # connecting, or acquiring a pooled connection, took too long
     nats.errors.ConnectionClosedError,
