@@ -299,3 +299,16 @@ async def test_a_jwt_of_the_configured_issuer_is_an_identity_with_the_tenant_and
             await sec.client.authenticate(bearer=forged)
         assert refused.value.error.code == "unauthorized"
         assert forged not in refused.value.error.message
+
+
+async def test_audit_events_are_still_appended_after_a_quiet_spell(sec: RunningSecurity) -> None:
+    # The quiet spell is what is tested: FastStream's batch pull loop ended on the first pull that
+    # found nothing (nats-py 2.16 raises the builtin TimeoutError), so later events stayed unread.
+    await asyncio.sleep(2.5)
+    await _principal_with_key(sec, "late", "viewer")
+
+    async def appended() -> bool:
+        page = await sec.client.admin(sec.admin, "audit.list", action="principal.create")
+        return [r["resource"] for r in page["records"]] == ["principal:late"]
+
+    await wait_for(appended, timeout=10)

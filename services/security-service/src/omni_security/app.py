@@ -9,13 +9,14 @@ Invariants:
   published as an ``AuditEvent`` on ``omni.audit.security-service`` (a JetStream publish, so it
   is in the stream before the reply leaves) and appended to the log by the audit consumer.
 - An audit batch is appended in one transaction and acknowledged only after it commits; a
-  failure leaves it to be redelivered (never dropped).
+  failure hands it back to be delivered again (never dropped).
 - Every change bumps the ``omni_security`` revision, which gateways watch to drop cached
   identities, so a revoked key is refused everywhere within a second.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from datetime import UTC, datetime
@@ -23,13 +24,13 @@ from typing import Any
 
 import asyncpg
 import msgspec
-from faststream import AckPolicy
-from faststream.nats import JStream, NatsBroker, PullSub
+from faststream.nats import NatsBroker
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
-from omni_contract import streams, subjects
+from omni_contract import subjects
 from omni_contract.rpc import FieldProblem, RpcError, RpcReply
 from omni_contract.security import AdminRequest, AuditEvent, AuthenticateRequest, CheckRequest, decide
+from omni_runtime import nats as omni_nats
 
 from omni_security import audit, store
 from omni_security.admin import Admin, AdminError
@@ -72,9 +73,6 @@ class SecurityApp:
         js: JetStreamContext,
         revision: KeyValue,
         authenticator: Authenticator,
-        *,
-        audit_batch: int,
-        inbox_prefix: str = "_INBOX",
     ) -> None:
         self.broker = broker
         self.pool = pool
@@ -82,24 +80,14 @@ class SecurityApp:
         self.revision = revision
         self.authenticator = authenticator
         self.admin = Admin(pool, self.emit, self.changed)
-        self._declare(audit_batch, inbox_prefix)
+        self._declare()
 
-    def _declare(self, audit_batch: int, inbox_prefix: str) -> None:
+    def _declare(self) -> None:
         broker = self.broker
         broker.subscriber(subjects.SECURITY_AUTHENTICATE, queue=QUEUE, decoder=_raw)(self.on_authenticate)
         broker.subscriber(subjects.SECURITY_CHECK, queue=QUEUE, decoder=_raw)(self.on_check)
         broker.subscriber(subjects.SECURITY_ADMIN, queue=QUEUE, decoder=_raw)(self.on_admin)
         broker.subscriber(subjects.SECURITY_PING, queue=QUEUE, decoder=_raw)(self.on_ping)
-        broker.subscriber(
-            subjects.AUDIT_ALL,
-            stream=JStream(streams.AUDIT.name, declare=False),
-            durable=streams.SECURITY_AUDIT.durable,
-            pull_sub=PullSub(batch_size=audit_batch, batch=True, timeout=1.0),
-            ack_policy=AckPolicy.NACK_ON_ERROR,
-            decoder=_raw,
-            # FastStream's pull requests reply to "_INBOX." unless told: this identity's own inbox.
-            inbox_prefix=(inbox_prefix + ".").encode(),
-        )(self.on_audit_batch)
 
     # -- audit and revision ---------------------------------------------------------------------
     async def emit(self, event: AuditEvent) -> None:
@@ -113,6 +101,27 @@ class SecurityApp:
 
     async def changed(self) -> None:
         await self.revision.put("revision", datetime.now(UTC).isoformat().encode())
+
+    async def consume_audit(self, pull: omni_nats.Puller, stopping: asyncio.Event) -> None:
+        """Append audit events a batch at a time until ``stopping``. A batch is acknowledged after
+        its transaction commits; one that fails is handed back (nak) to be delivered again.
+
+        The runtime's puller rather than a FastStream batch subscriber: FastStream's pull loop
+        catches nats-py's own TimeoutError, but nats-py 2.16 raises the builtin one when a fetch
+        finds nothing, which ended the loop on the first quiet second (seen in CI)."""
+        while not stopping.is_set():
+            messages = await pull.take(max_wait_s=1.0)
+            if not messages:
+                continue
+            try:
+                await self.on_audit_batch([m.data for m in messages])
+            except Exception:
+                log.exception("audit batch of %d events not appended; handing it back", len(messages))
+                for m in messages:
+                    await m.nak(delay=1.0)
+                continue
+            for m in messages:
+                await m.ack()
 
     async def on_audit_batch(self, bodies: list[bytes]) -> None:
         events: list[AuditEvent] = []

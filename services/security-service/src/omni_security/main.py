@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import httpx
@@ -56,25 +57,31 @@ async def body(ctx: ServiceContext) -> None:
         name=f"{ctx.instance} (handlers)",
         apply_types=False,
         logger=log,
+        log_level=logging.DEBUG,  # a line per request at DEBUG: the gateway asks for every new caller
         graceful_timeout=settings.shutdown_grace_s,
         # FastStream opens its own connection: the same NATS identity and reply inbox as ctx.nc.
         nkeys_seed=settings.nats_nkey_seed_file,
         user_credentials=settings.nats_creds_file,
         inbox_prefix=inbox_prefix,
     )
-    SecurityApp(
+    app = SecurityApp(
         broker,
         pool,
         ctx.js,
         revision,
         Authenticator(pool, limiter, verifier),
-        audit_batch=settings.audit_batch,
-        inbox_prefix=inbox_prefix,
     )
     await broker.start()
     ctx.stack.push_async_callback(broker.stop)
+    pull = await omni_nats.puller(ctx.js, streams.SECURITY_AUDIT, batch=settings.audit_batch)
+    ctx.stack.push_async_callback(pull.stop)
+    auditing = asyncio.create_task(app.consume_audit(pull, ctx.stopping), name="audit consumer")
     log.info("security-service ready")
     await ctx.stopping.wait()
+    # The batch in hand is appended and acknowledged; what is not is delivered again later.
+    done, _ = await asyncio.wait([auditing], timeout=settings.shutdown_grace_s)
+    if not done:
+        auditing.cancel()
 
 
 def main() -> None:
